@@ -1,0 +1,5 @@
+import sys
+
+from gradcamo.cli import main
+
+sys.exit(main())

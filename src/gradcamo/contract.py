@@ -1,0 +1,37 @@
+"""The gradcamo ONNX contract (format version 1): names shared by exporter and scorer.
+
+Nothing here imports torch or onnxruntime.
+"""
+
+FORMAT_VERSION = 1
+
+IMAGE = "image"
+TARGET = "target"
+LOGITS = "logits"
+ACTIVATIONS = "activations"
+GRADIENTS = "gradients"
+INPUT_NAMES = (IMAGE, TARGET)
+OUTPUT_NAMES = (LOGITS, ACTIVATIONS, GRADIENTS)
+BATCH_AXIS = "batch"
+
+PREDICTED_CLASS = -1
+"""Value of ``target`` that selects the argmax class of each sample."""
+
+META_PREFIX = "gradcamo."
+META_FORMAT_VERSION = "gradcamo.format_version"
+META_TARGET_LAYER = "gradcamo.target_layer"
+META_SPATIAL_DIMS = "gradcamo.spatial_dims"
+META_INPUT_SHAPE = "gradcamo.input_shape"
+META_CLASS_NAMES = "gradcamo.class_names"
+META_PREPROCESSING = "gradcamo.preprocessing"
+META_VALIDATION = "gradcamo.validation"
+META_TORCH_VERSION = "gradcamo.torch_version"
+META_WEIGHTS_SHA256 = "gradcamo.weights_sha256"
+META_GRADCAMO_VERSION = "gradcamo.version"
+REQUIRED_METADATA = (
+    META_FORMAT_VERSION,
+    META_TARGET_LAYER,
+    META_SPATIAL_DIMS,
+    META_INPUT_SHAPE,
+    META_CLASS_NAMES,
+)

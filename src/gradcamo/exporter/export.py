@@ -1,0 +1,221 @@
+"""export_model: a torch classifier -> one validated gradcamo ONNX file."""
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import tempfile
+
+import onnx
+import torch
+from torch import nn
+
+import gradcamo
+from gradcamo import contract
+from gradcamo.errors import ExportError, InputError
+from gradcamo.exporter.loading import hash_weights
+from gradcamo.exporter.trace import choose_trace_batch, convert_to_onnx, trace_gradient_graph
+from gradcamo.exporter.validate import validate_onnx
+from gradcamo.exporter.wrap import GradCamWrapper, capture_layer_output, resolve_layer
+
+LOGGER = logging.getLogger(__name__)
+DEFAULT_OPSET = 18
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """What export_model wrote."""
+
+    path: pathlib.Path
+    metadata: dict
+    validation: object  # ValidationReport, or None when validation was skipped
+
+
+def _check_input_shape(input_shape):
+    shape = tuple(input_shape)
+    if len(shape) not in (3, 4) or not all(isinstance(n, int) and n > 0 for n in shape):
+        raise InputError(
+            f"--input-shape: expected C,H,W (2D) or C,D,H,W (3D) positive integers, got {shape}"
+        )
+    return shape
+
+
+def _check_channel_values(values, n_channels, option):
+    if values is None:
+        return None
+    values = [float(v) for v in values]
+    if len(values) != n_channels:
+        raise InputError(f"{option}: expected {n_channels} values (one per channel), got {len(values)}")
+    if option == "--std" and not all(v > 0 for v in values):
+        raise InputError(f"--std: every value must be > 0, got {values}")
+    return values
+
+
+def _check_output_path(path):
+    path = pathlib.Path(path)
+    if path.is_dir():
+        raise InputError(f"-o: {str(path)!r} is a directory; give a file name such as model.onnx")
+    parent = path.parent if str(path.parent) else pathlib.Path(".")
+    if not parent.is_dir():
+        raise InputError(f"-o: directory {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"-o: directory {str(parent)!r} is not writable")
+    return path
+
+
+def _first_convolution(model):
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return name, module
+    return None, None
+
+
+def _probe(model, layer_name, input_shape):
+    """Run the model once; check the input fits and the layer is spatial. Returns n_classes."""
+    spatial_dims = len(input_shape) - 1
+    conv_name, conv = _first_convolution(model)
+    if conv is not None:
+        conv_dims = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[type(conv)]
+        if conv_dims != spatial_dims:
+            raise InputError(
+                f"--input-shape: {','.join(map(str, input_shape))} is {spatial_dims}D but the model's "
+                f"first convolution {conv_name!r} is {conv_dims}D"
+            )
+        if conv.in_channels != input_shape[0]:
+            raise InputError(
+                f"--input-shape: {input_shape[0]} channels but the model's first convolution "
+                f"{conv_name!r} takes {conv.in_channels}"
+            )
+    layer = resolve_layer(model, layer_name)
+    batch = choose_trace_batch(input_shape)
+    example = torch.zeros((batch, *input_shape))
+    try:
+        with torch.no_grad(), capture_layer_output(layer) as leaves:
+            logits = model(example)
+    except ExportError:
+        raise
+    except Exception as error:  # user models raise anything on a bad shape
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(
+            f"--input-shape: the model rejects input {tuple(input_shape)}: {first_line}"
+        ) from error
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != batch:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ExportError(f"the model must return (N, classes) logits, got {got}")
+    if not leaves:
+        raise InputError(f"--target-layer: layer {layer_name!r} is not called in the model's forward")
+    activation_shape = tuple(leaves[0].shape)
+    if len(activation_shape) != 2 + spatial_dims:
+        shown = ", ".join(["N", *map(str, activation_shape[1:])])
+        raise InputError(
+            f"--target-layer: {layer_name!r} outputs shape ({shown}), not a "
+            f"{spatial_dims}D feature map (N, C, {'D, ' if spatial_dims == 3 else ''}H, W); "
+            "choose a convolutional block"
+        )
+    return logits.shape[1]
+
+
+def _metadata(*, target_layer, input_shape, class_names, mean, std, validation, weights_sha256):
+    return {
+        contract.META_FORMAT_VERSION: str(contract.FORMAT_VERSION),
+        contract.META_TARGET_LAYER: target_layer,
+        contract.META_SPATIAL_DIMS: str(len(input_shape) - 1),
+        contract.META_INPUT_SHAPE: json.dumps(list(input_shape)),
+        contract.META_CLASS_NAMES: json.dumps(list(class_names)),
+        contract.META_PREPROCESSING: json.dumps({"mean": mean, "std": std}),
+        contract.META_VALIDATION: validation.to_json() if validation else json.dumps(None),
+        contract.META_TORCH_VERSION: torch.__version__,
+        contract.META_WEIGHTS_SHA256: weights_sha256,
+        contract.META_GRADCAMO_VERSION: gradcamo.__version__,
+    }
+
+
+def _write_atomically(model_proto, path):
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    os.close(handle)
+    try:
+        onnx.save(model_proto, temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def export_model(
+    model, target_layer, input_shape, path, *, class_names=None, mean=None, std=None,
+    opset=DEFAULT_OPSET, validate=True,
+):
+    """Export ``model`` as one ONNX graph returning logits, activations and gradients.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A classifier returning (N, classes) logits. It is copied, never modified.
+    target_layer : str
+        Name of the sub-module (as in ``model.named_modules()``) whose output is explained.
+    input_shape : tuple of int
+        Crop shape ``(C, H, W)`` or ``(C, D, H, W)``.
+    path : str or os.PathLike
+        The ``.onnx`` file to write; written only when validation passes.
+    class_names : sequence of str, optional
+        One name per logit; default ``class_0``, ``class_1``, ...
+    mean, std : sequence of float, optional
+        Per-channel normalisation ``(x - mean) / std``, baked into the graph.
+    opset : int
+        ONNX opset.
+    validate : bool
+        Compare ORT with torch autograd on seeded inputs and refuse to write on disagreement.
+
+    Returns
+    -------
+    ExportResult
+
+    Raises
+    ------
+    InputError
+        A bad argument (layer, shape, channels, path, class names, normalisation).
+    ExportError
+        The model cannot be traced or converted.
+    ValidationError
+        The exported graph disagrees with torch beyond tolerance.
+    """
+    input_shape = _check_input_shape(input_shape)
+    path = _check_output_path(path)
+    mean = _check_channel_values(mean, input_shape[0], "--mean")
+    std = _check_channel_values(std, input_shape[0], "--std")
+    model = copy.deepcopy(model).float().eval()
+    n_classes = _probe(model, target_layer, input_shape)
+    if class_names is None:
+        class_names = [f"class_{i}" for i in range(n_classes)]
+    class_names = [str(name) for name in class_names]
+    if len(class_names) != n_classes:
+        raise InputError(f"--classes: the model has {n_classes} outputs, got {len(class_names)} class names")
+    if len(set(class_names)) != len(class_names):
+        raise InputError(f"--classes: names must be unique, got {class_names}")
+
+    wrapper = GradCamWrapper(model, target_layer, input_shape=input_shape, mean=mean, std=std).eval()
+    batch = choose_trace_batch(input_shape)
+    example_image = torch.randn((batch, *input_shape), generator=torch.Generator().manual_seed(0))
+    example_target = torch.tensor([contract.PREDICTED_CLASS] + [0] * (batch - 1))
+    LOGGER.info("tracing the gradient graph of %r", target_layer)
+    graph_module = trace_gradient_graph(wrapper, example_image, example_target)
+    LOGGER.info("converting to ONNX (opset %d)", opset)
+    model_proto = convert_to_onnx(graph_module, example_image, example_target, opset=opset)
+
+    report = None
+    if validate:
+        LOGGER.info("validating against torch autograd")
+        report = validate_onnx(
+            model_proto.SerializeToString(), wrapper, input_shape, n_classes, mean=mean, std=std
+        )
+        LOGGER.info("CAM max relative error %.2e (tolerance %.0e)", report.cam_max_rel_error, report.cam_rtol)
+    metadata = _metadata(
+        target_layer=target_layer, input_shape=input_shape, class_names=class_names,
+        mean=mean, std=std, validation=report, weights_sha256=hash_weights(model),
+    )
+    onnx.helper.set_model_props(model_proto, metadata)
+    _write_atomically(model_proto, path)
+    LOGGER.info("wrote %s", path)
+    return ExportResult(path=path, metadata=metadata, validation=report)

@@ -1,0 +1,90 @@
+"""Trace a GradCamWrapper into a plain aten graph and convert it to ONNX.
+
+``torch.autograd.grad`` inside ``forward`` does not export directly; tracing the wrapper
+with ``make_fx`` records the backward as ordinary aten ops, which the dynamo ONNX
+exporter then lowers. Both steps rely on private torch APIs: see the pin in pyproject.
+"""
+
+import contextlib
+import io
+import logging
+import re
+import warnings
+
+import torch
+from torch.export import Dim
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from gradcamo import contract
+from gradcamo.errors import ExportError
+from gradcamo.exporter.decompositions import gradient_decompositions, simplify_as_strided
+
+LOGGER = logging.getLogger(__name__)
+
+
+def choose_trace_batch(input_shape):
+    """Batch size of the example inputs: >= 2 and unequal to every crop dimension.
+
+    make_fx gives equal input sizes one symbol ("duck sizing"); a batch equal to, say,
+    the channel count would be specialised to that constant with it.
+    """
+    batch = 2
+    while batch in input_shape:
+        batch += 1
+    return batch
+
+MAX_BATCH = 1 << 20
+
+
+def trace_gradient_graph(wrapper, example_image, example_target):
+    """Record ``wrapper``'s forward and partial backward as an aten ``GraphModule``."""
+    traced = make_fx(
+        wrapper,
+        tracing_mode="symbolic",
+        decomposition_table=gradient_decompositions(),
+        _allow_non_fake_inputs=True,
+    )(example_image, example_target)
+    replaced = simplify_as_strided(traced)
+    LOGGER.debug("traced %d nodes, %d as_strided views rewritten", len(traced.graph.nodes), replaced)
+    return traced
+
+
+def _unsupported_ops(message):
+    return sorted(set(re.findall(r"No ONNX function found for <OpOverload\(op='([^']+)'", message)))
+
+
+def convert_to_onnx(graph_module, example_image, example_target, *, opset):
+    """Convert a traced gradient graph to an ONNX ``ModelProto`` with a dynamic batch axis."""
+    batch = Dim(contract.BATCH_AXIS, min=1, max=MAX_BATCH)
+    exporter_log = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(exporter_log):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                graph_module,
+                (example_image, example_target),
+                dynamo=True,
+                opset_version=opset,
+                input_names=list(contract.INPUT_NAMES),
+                output_names=list(contract.OUTPUT_NAMES),
+                dynamic_shapes=({0: batch}, {0: batch}),
+                verbose=False,
+            )
+    except Exception as error:  # the exporter raises many unrelated types; report them as one
+        unsupported = _unsupported_ops(str(error))
+        if unsupported:
+            raise ExportError(
+                "the gradient graph uses ops the ONNX exporter cannot lower: "
+                f"{', '.join(unsupported)}; choose another target layer or report this model"
+            ) from error
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ExportError(f"torch.onnx.export failed: {first_line}") from error
+    LOGGER.debug("%s", exporter_log.getvalue())
+    model_proto = program.model_proto
+    for value in model_proto.graph.input:
+        if not value.type.tensor_type.shape.dim[0].dim_param:
+            raise ExportError(
+                f"the batch axis of input {value.name!r} was specialised to a constant while "
+                "tracing; the model must treat the batch axis generically (no fixed-size view)"
+            )
+    return model_proto

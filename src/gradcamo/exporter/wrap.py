@@ -1,0 +1,91 @@
+"""The module that is traced: image, target -> logits, activations, gradients."""
+
+import contextlib
+import difflib
+
+import torch
+from torch import nn
+
+from gradcamo.errors import ExportError, InputError
+
+
+def resolve_layer(model, name):
+    """Return the sub-module called ``name``, or raise ``InputError`` listing close matches."""
+    modules = dict(model.named_modules())
+    if name in modules and name != "":
+        return modules[name]
+    close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.5)
+    hint = f"; close matches: {', '.join(close)}" if close else "; list them with model.named_modules()"
+    raise InputError(f"--target-layer: the model has no layer {name!r}{hint}")
+
+
+@contextlib.contextmanager
+def capture_layer_output(layer):
+    """Capture ``layer``'s output as a fresh autograd leaf while the block runs.
+
+    The hook swaps the output for a leaf tensor and hands a clone of it downstream, so
+    the backward stops at the layer (no weight gradients, only a partial backward) and
+    later in-place ops (DenseNet's ``relu_``) cannot alter the captured activations.
+    Yields a list that holds one leaf per call of the layer.
+    """
+    leaves = []
+
+    def hook(module, inputs, output):
+        if not isinstance(output, torch.Tensor):
+            raise ExportError(
+                f"target layer returns {type(output).__name__}, not a tensor; choose a layer "
+                "whose output is one (N, C, [D,] H, W) feature map"
+            )
+        leaf = output.detach().requires_grad_(True)
+        leaves.append(leaf)
+        return leaf.clone()
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield leaves
+    finally:
+        handle.remove()
+
+
+class GradCamWrapper(nn.Module):
+    """forward(image, target) -> (logits, activations, gradients) of one target layer.
+
+    ``image`` holds raw intensities; the optional per-channel ``mean``/``std``
+    normalisation is applied first, so it becomes part of the exported graph.
+    ``target`` holds one class index per sample, -1 for the predicted class; each
+    sample's gradient is that of its own target logit.
+    """
+
+    def __init__(self, model, target_layer, *, input_shape, mean=None, std=None):
+        super().__init__()
+        self.model = model
+        self.layer_name = target_layer
+        self.layer = resolve_layer(model, target_layer)
+        self.normalise = mean is not None or std is not None
+        n_channels, spatial_dims = input_shape[0], len(input_shape) - 1
+        view = (1, n_channels) + (1,) * spatial_dims
+        mean = [0.0] * n_channels if mean is None else mean
+        std = [1.0] * n_channels if std is None else std
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(view), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(view), persistent=False)
+
+    def forward(self, image, target):
+        x = (image - self.mean) / self.std if self.normalise else image
+        with torch.enable_grad():
+            with capture_layer_output(self.layer) as leaves:
+                logits = self.model(x)
+            if len(leaves) != 1:
+                raise ExportError(
+                    f"target layer {self.layer_name!r} ran {len(leaves)} times in one forward "
+                    "pass; choose a layer that runs exactly once"
+                )
+            activations = leaves[0]
+            target = torch.where(target < 0, logits.argmax(dim=1), target)
+            selected = logits.gather(1, target[:, None]).sum()
+            try:
+                (gradients,) = torch.autograd.grad(selected, activations)
+            except RuntimeError as error:
+                raise ExportError(
+                    f"the logits do not depend on target layer {self.layer_name!r}: {error}"
+                ) from None
+        return logits.detach(), activations.detach(), gradients

@@ -1,0 +1,112 @@
+"""Read and check a gradcamo ONNX model file without torch or onnxruntime."""
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from gradcamo import contract
+from gradcamo.errors import ContractError, InputError
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What a gradcamo model file declares."""
+
+    path: pathlib.Path
+    sha256: str
+    format_version: int
+    target_layer: str
+    spatial_dims: int
+    input_shape: tuple
+    class_names: tuple
+    preprocessing: dict
+    validation: dict
+    metadata: dict
+    opset: int
+    inputs: dict
+    outputs: dict
+
+
+def _file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _tensor_signature(value_info):
+    tensor_type = value_info.type.tensor_type
+    dims = [d.dim_param or d.dim_value for d in tensor_type.shape.dim]
+    return {"dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name, "shape": dims}
+
+
+def _json_field(metadata, key, path):
+    try:
+        return json.loads(metadata[key])
+    except (KeyError, json.JSONDecodeError) as error:
+        raise ContractError(f"{path}: metadata {key!r} is missing or not JSON") from error
+
+
+def read_model_info(path):
+    """Load a model file's contract: I/O signature and gradcamo metadata.
+
+    Raises
+    ------
+    InputError
+        The file does not exist.
+    ContractError
+        The file is not ONNX, lacks the gradcamo contract, or has a newer format version.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise InputError(f"model file {str(path)!r} not found")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, onnx.onnx_cpp2py_export.checker.ValidationError, ValueError, RuntimeError) as error:
+        raise ContractError(f"{path}: not an ONNX model ({type(error).__name__})") from error
+    if not model.graph.node:
+        raise ContractError(f"{path}: not an ONNX model (empty graph)")
+    metadata = {prop.key: prop.value for prop in model.metadata_props}
+    missing = [key for key in contract.REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise ContractError(
+            f"{path}: not a gradcamo model (metadata lacks {', '.join(missing)}); "
+            "export it with `gradcamo export`"
+        )
+    version = metadata[contract.META_FORMAT_VERSION]
+    if not version.isdigit() or int(version) > contract.FORMAT_VERSION:
+        raise ContractError(
+            f"{path}: gradcamo format version {version!r} is newer than this gradcamo reads "
+            f"({contract.FORMAT_VERSION}); upgrade gradcamo"
+        )
+    inputs = {i.name: _tensor_signature(i) for i in model.graph.input}
+    outputs = {o.name: _tensor_signature(o) for o in model.graph.output}
+    absent = [n for n in contract.INPUT_NAMES if n not in inputs] + [
+        n for n in contract.OUTPUT_NAMES if n not in outputs
+    ]
+    if absent:
+        raise ContractError(f"{path}: graph lacks the gradcamo inputs/outputs {', '.join(absent)}")
+    custom_domains = sorted({op.domain for op in model.opset_import if op.domain not in ("", "ai.onnx")})
+    if custom_domains:
+        raise ContractError(f"{path}: uses custom operator domains {', '.join(custom_domains)}")
+    opset = next((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), 0)
+    return ModelInfo(
+        path=path,
+        sha256=_file_sha256(path),
+        format_version=int(version),
+        target_layer=metadata[contract.META_TARGET_LAYER],
+        spatial_dims=int(metadata[contract.META_SPATIAL_DIMS]),
+        input_shape=tuple(_json_field(metadata, contract.META_INPUT_SHAPE, path)),
+        class_names=tuple(_json_field(metadata, contract.META_CLASS_NAMES, path)),
+        preprocessing=json.loads(metadata.get(contract.META_PREPROCESSING, "null")) or {},
+        validation=json.loads(metadata.get(contract.META_VALIDATION, "null")) or {},
+        metadata=metadata,
+        opset=opset,
+        inputs=inputs,
+        outputs=outputs,
+    )

@@ -1,0 +1,1 @@
+"""Scoring half of gradcamo: needs onnxruntime, never torch."""
