@@ -95,6 +95,7 @@ EXPORT_ERRORS = [
     ("missing factory", lambda f, t: [f"{f}:nope"], r"MODEL: .* has no callable 'nope'; callables there: .*small"),
     ("missing file", lambda f, t: [f"{t}/absent.py:small"], r"MODEL: file .*absent.py' not found"),
     ("missing module", lambda f, t: ["no_such_module_xyz:small"], r"MODEL: cannot import module 'no_such_module_xyz'"),
+    ("pt2 file", lambda f, t: [f"{t}/model.pt2"], r"MODEL: .*model.pt2': torch.export .pt2 files are not supported yet"),
     ("malformed spec", lambda f, t: [str(f)], r"MODEL: expected 'package.module:factory'"),
     ("not a module", lambda f, t: [f"{f}:not_a_module"], r"returned int, not a torch.nn.Module"),
     ("factory raises", lambda f, t: [f"{f}:broken"], r"factory .* raised RuntimeError: no GPU here"),

@@ -46,6 +46,11 @@ def load_model(spec, factory_kwargs=None):
     InputError
         When the spec is malformed, cannot be imported, or does not produce a module.
     """
+    if spec.endswith(".pt2"):
+        raise InputError(
+            f"MODEL: {spec!r}: torch.export .pt2 files are not supported yet; give the "
+            "factory that builds the model ('module:factory' or 'file.py:factory') and --weights"
+        )
     source, sep, name = spec.rpartition(":")
     if not sep or not source or not name:
         raise InputError(

@@ -1,0 +1,84 @@
+"""Write images with labels, and HCS plates, as OME-Zarr with ome-zarr-py (the standard writer)."""
+
+import zarr
+from ome_zarr.format import format_from_version
+from ome_zarr.writer import write_image, write_labels, write_plate_metadata, write_well_metadata
+
+NGFF_VERSIONS = ("0.4", "0.5")
+LABEL_NAME = "cells"
+
+
+def _axes(spatial_dims):
+    return ["c", "z", "y", "x"] if spatial_dims == 3 else ["c", "y", "x"]
+
+
+def write_image_group(group, image, labels, *, chunks=None, label_name=LABEL_NAME, ngff_version="0.5"):
+    """Write one ``(C, [Z,] Y, X)`` image and its label image into an open zarr group.
+
+    Parameters
+    ----------
+    group : zarr.Group
+    image : (C, [Z,] Y, X) ndarray
+    labels : ([Z,] Y, X) integer ndarray
+    chunks : tuple of int, optional
+        Spatial chunk shape of both arrays; default: whole planes.
+    label_name : str
+        Name of the label image under ``labels/``.
+    ngff_version : {"0.4", "0.5"}
+        NGFF 0.4 is written on Zarr v2, 0.5 on Zarr v3.
+    """
+    fmt = format_from_version(ngff_version)
+    spatial_dims = labels.ndim
+    spatial_chunks = tuple(chunks) if chunks else labels.shape
+    write_image(
+        image, group, axes=_axes(spatial_dims), fmt=fmt, scale_factors=[],
+        storage_options={"chunks": (1, *spatial_chunks)},
+    )
+    write_labels(
+        labels, group, name=label_name, axes=_axes(spatial_dims)[1:], fmt=fmt, scale_factors=[], scaler=None,
+        storage_options={"chunks": spatial_chunks},
+    )
+
+
+def _open_root(path, ngff_version):
+    if ngff_version not in NGFF_VERSIONS:
+        raise ValueError(f"ngff_version: expected one of {NGFF_VERSIONS}, got {ngff_version!r}")
+    return zarr.open_group(str(path), mode="w", zarr_format=2 if ngff_version == "0.4" else 3)
+
+
+def write_image_store(path, image, labels, **options):
+    """Write a single-image OME-Zarr store at ``path``; options as :func:`write_image_group`."""
+    root = _open_root(path, options.get("ngff_version", "0.5"))
+    write_image_group(root, image, labels, **options)
+    return path
+
+
+def write_plate(path, fields, *, name="plate", **options):
+    """Write an HCS plate.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    fields : dict
+        ``{(row_letter, column_number): [(image, labels), ...]}``, one pair per field.
+    name : str
+        The plate's name attribute (becomes ``Metadata_Plate``).
+    **options
+        As :func:`write_image_group`.
+    """
+    ngff_version = options.get("ngff_version", "0.5")
+    fmt = format_from_version(ngff_version)
+    root = _open_root(path, ngff_version)
+    rows = sorted({row for row, _ in fields})
+    columns = sorted({str(column) for _, column in fields}, key=int)
+    well_paths = [f"{row}/{column}" for row, column in sorted(fields, key=lambda k: (k[0], int(k[1])))]
+    write_plate_metadata(
+        root, rows, columns, well_paths, fmt=fmt, name=name,
+        field_count=max(len(v) for v in fields.values()),
+    )
+    for (row, column), images in fields.items():
+        well = root.require_group(f"{row}/{column}")
+        write_well_metadata(well, [{"path": str(i)} for i in range(len(images))], fmt=fmt)
+        for index, (image, labels) in enumerate(images):
+            write_image_group(well.require_group(str(index)), image, labels, **options)
+    return path
