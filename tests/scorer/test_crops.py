@@ -1,0 +1,53 @@
+"""Crop planning against naive per-object loops, on block splits of every kind."""
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gradcamo.data.synthetic import make_cells
+from gradcamo.scorer.crops import crop_starts, cut_window, measure_objects, merge_measurements
+
+
+def naive_centroids(labels):
+    return {int(i): np.argwhere(labels == i).mean(axis=0) for i in np.unique(labels) if i != 0}
+
+
+@pytest.mark.parametrize("shape,block", [((40, 36), (16, 10)), ((5, 24, 20), (2, 7, 9))])
+def test_block_sums_merge_to_whole_image_centroids(shape, block):
+    _, labels = make_cells(shape, 8, n_channels=1, radius=5, seed=2)
+    parts = []
+    for corner in itertools.product(*[range(0, n, b) for n, b in zip(shape, block)]):
+        window = tuple(slice(c, c + b) for c, b in zip(corner, block))
+        parts.append(measure_objects(labels[window], offset=corner))
+    merged = merge_measurements(parts)
+    expected = naive_centroids(labels)
+    assert list(merged.ids) == sorted(expected)
+    np.testing.assert_allclose(merged.centroids, np.stack([expected[i] for i in merged.ids]), rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(merged.voxels, [np.count_nonzero(labels == i) for i in merged.ids])
+
+
+def test_empty_labels_have_no_objects():
+    merged = merge_measurements([measure_objects(np.zeros((4, 4), np.uint16))])
+    assert len(merged.ids) == 0 and len(merged.voxels) == 0
+
+
+def test_crop_start_rounds_half_up_and_centres():
+    starts = crop_starts([[10.5, 3.49], [0.0, -0.5]], (8, 5))
+    np.testing.assert_array_equal(starts, [[11 - 4, 3 - 2], [0 - 4, 0 - 2]])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    start=st.tuples(st.integers(-12, 20), st.integers(-12, 20)),
+    size=st.tuples(st.integers(1, 10), st.integers(1, 10)),
+)
+def test_cut_window_matches_padding_then_slicing(start, size):
+    array = np.arange(3 * 9 * 11, dtype=np.int32).reshape(3, 9, 11) + 1
+    window, pad_fraction = cut_window(array, start, size)
+    padded = np.pad(array, ((0, 0), (20, 20), (20, 20)))
+    expected = padded[:, start[0] + 20 : start[0] + 20 + size[0], start[1] + 20 : start[1] + 20 + size[1]]
+    np.testing.assert_array_equal(window, expected)
+    assert pad_fraction == pytest.approx(np.count_nonzero(expected[0] == 0) / expected[0].size)
