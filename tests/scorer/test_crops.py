@@ -22,7 +22,7 @@ def test_block_sums_merge_to_whole_image_centroids(shape, block):
     for corner in itertools.product(*[range(0, n, b) for n, b in zip(shape, block)]):
         window = tuple(slice(c, c + b) for c, b in zip(corner, block))
         parts.append(measure_objects(labels[window], offset=corner))
-    merged = merge_measurements(parts)
+    merged = merge_measurements(parts, len(shape))
     expected = naive_centroids(labels)
     assert list(merged.ids) == sorted(expected)
     np.testing.assert_allclose(merged.centroids, np.stack([expected[i] for i in merged.ids]), rtol=0, atol=1e-9)
@@ -30,8 +30,8 @@ def test_block_sums_merge_to_whole_image_centroids(shape, block):
 
 
 def test_empty_labels_have_no_objects():
-    merged = merge_measurements([measure_objects(np.zeros((4, 4), np.uint16))])
-    assert len(merged.ids) == 0 and len(merged.voxels) == 0
+    merged = merge_measurements([measure_objects(np.zeros((4, 4), np.uint16))], 2)
+    assert len(merged.ids) == 0 and len(merged.voxels) == 0 and merged.centroids.shape == (0, 2)
 
 
 def test_crop_start_rounds_half_up_and_centres():

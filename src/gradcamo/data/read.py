@@ -41,6 +41,7 @@ class ImageSource:
     ref: ImageRef
     axes: tuple
     image: zarr.Array
+    label_axes: tuple
     labels: zarr.Array
     label_name: str
 
@@ -167,4 +168,4 @@ def open_image(ref, label_name=None):
             f"{where}: image spatial shape {spatial} != labels/{label_name} shape "
             f"{dict(zip(label_axes, labels.shape))}"
         )
-    return ImageSource(ref, axes, image, labels, label_name)
+    return ImageSource(ref, axes, image, label_axes, labels, label_name)

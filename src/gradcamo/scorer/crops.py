@@ -51,11 +51,11 @@ def measure_objects(labels, offset=None):
     return Measurements(ids[keep].astype(np.int64), voxels[keep].astype(np.int64), sums[keep])
 
 
-def merge_measurements(parts):
-    """Add up the partial measurements of several blocks of one image."""
+def merge_measurements(parts, ndim):
+    """Add up the partial measurements of several blocks of one ``ndim``-D image."""
     parts = [p for p in parts if len(p.ids)]
     if not parts:
-        return Measurements(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0)))
+        return Measurements(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, ndim)))
     ids = np.concatenate([p.ids for p in parts])
     unique, inverse = np.unique(ids, return_inverse=True)
     voxels = np.bincount(inverse, weights=np.concatenate([p.voxels for p in parts]), minlength=len(unique))
@@ -63,7 +63,7 @@ def merge_measurements(parts):
         [
             np.bincount(inverse, weights=np.concatenate([p.coordinate_sums[:, a] for p in parts]),
                         minlength=len(unique))
-            for a in range(parts[0].coordinate_sums.shape[1])
+            for a in range(ndim)
         ],
         axis=1,
     )
