@@ -2,11 +2,11 @@
 
 import json
 import logging
+import pathlib
 import sys
 import traceback
 from typing import Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -35,10 +35,13 @@ def _configure_logging(quiet):
     logger.addHandler(RichHandler(console=Console(stderr=True), show_path=False, show_time=False))
 
 
+QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="Only warnings and errors, no progress.")
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors, no progress."),
+    quiet: bool = QUIET_OPTION,
 ):
     _configure_logging(quiet)
 
@@ -125,14 +128,49 @@ def _model_table(info):
     return table
 
 
+def _store_table(path, described):
+    table = Table(title=str(path))
+    columns = ("image", "plate", "well", "site", "axes", "shape", "chunks", "dtype", "labels")
+    for column in columns:
+        table.add_column(column)
+    for image in described:
+        table.add_row(*[
+            "".join(v) if k == "axes" else "x".join(map(str, v)) if isinstance(v, list) else "" if v is None else str(v)
+            for k, v in ((c, image[c]) for c in columns)
+        ])
+    return table
+
+
+def _describe_store(path):
+    from gradcamo.data.read import discover_images, open_image
+
+    described = []
+    for ref in discover_images(path):
+        source = open_image(ref)
+        described.append({
+            "image": ref.name, "plate": ref.plate, "well": ref.well, "site": ref.site,
+            "axes": list(source.axes), "shape": list(source.image.shape),
+            "chunks": list(source.image.chunks), "dtype": str(source.image.dtype),
+            "labels": source.label_name, "label_dtype": str(source.labels.dtype),
+        })
+    return described
+
+
 @app.command("inspect")
 def inspect_command(
-    path: str = typer.Argument(..., help="A gradcamo model file (.onnx)."),
+    path: str = typer.Argument(..., help="A gradcamo model file (.onnx) or an OME-Zarr image or plate."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
-    """Show what a gradcamo model file holds: contract, crop shape, classes, validation errors."""
+    """Show what a model file holds (contract, crop shape, classes, validation) or what images a store holds."""
     from gradcamo.model_file import read_model_info
 
+    if _is_store(path):
+        described = _describe_store(path)
+        if as_json:
+            typer.echo(json.dumps(described, indent=2))
+        else:
+            Console().print(_store_table(path, described))
+        return
     info = read_model_info(path)
     if as_json:
         fields = {k: v for k, v in vars(info).items() if k != "path"}
@@ -141,23 +179,64 @@ def inspect_command(
         Console().print(_model_table(info))
 
 
+def _is_store(path):
+    return "://" in path or pathlib.Path(path).is_dir()
+
+
+@app.command("score")
+def score_command(
+    inputs: list[str] = typer.Argument(..., help="OME-Zarr images or HCS plates (paths or fsspec URLs)."),
+    model: str = typer.Option(..., "--model", "-m", help="Model file from `gradcamo export`."),
+    output: str = typer.Option(..., "--output", "-o", help="Parquet dataset directory to write (or resume)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Label image under labels/ (needed if several)."),
+    channels: Optional[str] = typer.Option(None, "--channels", help="Channels fed to the model, in order, "
+                                           "e.g. 0,1,2 (default: all)."),
+    target: str = typer.Option("predicted", "--target", help="Class to explain: predicted, all, an index or a name."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Crops per onnxruntime call."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when a GPU is usable), cpu or cuda."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Local Dask worker processes (default 1)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime threads per worker "
+                                          "(default: cores / workers)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a running dask.distributed "
+                                            "scheduler, e.g. tcp://10.0.0.5:8786."),
+    convention: str = typer.Option("raw", "--convention", help="raw, or pytorch-grad-cam (min-max scaled CAMs)."),
+    timepoint: int = typer.Option(0, "--timepoint", help="Index on the t axis, if the images have one."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset written with other parameters."),
+    quiet: bool = QUIET_OPTION,
+):
+    """Score every segmented cell: the share of the model's Grad-CAM attention inside the cell.
+
+    Writes one row per cell and target to a Parquet dataset (part files + _gradcamo.json).
+    Re-running the same command resumes where a killed run stopped.
+    """
+    from gradcamo.scorer.pipeline import score
+
+    if quiet:
+        _configure_logging(quiet)
+    summary = score(
+        inputs, model, output, labels=labels, channels=_parse_numbers(channels, "--channels", int),
+        target=target, batch_size=batch_size, device=device, workers=workers, threads=threads,
+        scheduler=scheduler, convention=convention, overwrite=overwrite, timepoint=timepoint,
+        progress=logging.getLogger("gradcamo").level <= logging.INFO,
+    )
+    typer.echo(
+        f"wrote {summary.rows} rows for {summary.cells} cells of {summary.images} images to {summary.output} "
+        f"({summary.units_resumed} of {summary.units} work units resumed, {summary.seconds:.1f} s)"
+    )
+
+
 def main(argv=None):
-    """Run the command line; returns the exit code (2 for bad input)."""
+    """Run the command line; returns the exit code (2 for bad input or usage)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = typer.main.get_command(app)
     try:
-        result = command.main(args=argv, prog_name="gradcamo", standalone_mode=False)
-        return result if isinstance(result, int) else 0
+        # standalone mode: click prints usage errors itself and exits 2 through SystemExit
+        command.main(args=argv, prog_name="gradcamo", standalone_mode=True)
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     except GradcamoError as error:
         if "--debug" in argv:
             traceback.print_exc()
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except click.exceptions.Exit as done:
-        return done.exit_code
-    except click.ClickException as error:
-        error.show()
-        return error.exit_code
-    except click.exceptions.Abort:
-        print("aborted", file=sys.stderr)
-        return 130
+    return 0

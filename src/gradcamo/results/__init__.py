@@ -1,0 +1,1 @@
+"""Reading score datasets back: SQL queries and per-group summaries through DuckDB."""

@@ -1,0 +1,131 @@
+"""Per-group summary of score datasets: counts, NaNs and the distribution of grad_camo."""
+
+import duckdb
+import pyarrow as pa
+
+from gradcamo.errors import InputError
+from gradcamo.results.datasets import DATASET_COLUMN, VIEW, _first_line, _identifier, connect, resolve_datasets
+from gradcamo.results.query import _to_arrow
+
+DEFAULT_BY = ("dataset", "Metadata_Plate", "Metadata_Well", "target_name")
+SUMMARY_COLUMNS = (
+    "cells",
+    "nan_scores",
+    "mean_grad_camo",
+    "median_grad_camo",
+    "share_above_half",
+    "share_edge_padded",
+    "predicted_class_counts",
+)
+
+
+def summarize(paths, by=DEFAULT_BY):
+    """One row per group: how many cells, how many NaN scores, and how the scores spread.
+
+    Parameters
+    ----------
+    paths : str or path-like, or a sequence of them
+        Score dataset directories.
+    by : sequence of str, or str
+        Grouping columns: ``dataset`` (the dataset's name) or any column of the scores
+        that is not floating point (``Metadata_*``, ``target_class``, ``target_name``,
+        ``predicted_class``, ``cam_empty``, ...). A string is split at commas. Empty:
+        one row for everything.
+
+    Returns
+    -------
+    pyarrow.Table
+        The ``by`` columns, then ``cells`` (rows, i.e. cell x target), ``nan_scores``
+        (grad_camo NaN or null), ``mean_grad_camo`` and ``median_grad_camo`` (over
+        non-NaN scores; null when there is none), ``share_above_half`` (share of the
+        non-NaN scores > 0.5; null when there is none), ``share_edge_padded`` (over all
+        rows) and ``predicted_class_counts`` (``"0:12 1:3"``, classes ascending). Sorted
+        by the ``by`` columns, nulls last. No rows for datasets without rows.
+
+    Notes
+    -----
+    The median is the interpolated one (``quantile_cont(0.5)``, as ``numpy.median``).
+
+    Raises
+    ------
+    InputError
+        A path is not a score dataset, or ``by`` names an unknown, floating-point or
+        repeated column.
+    """
+    by = _split_by(by)
+    con = connect(resolve_datasets(paths))
+    try:
+        schema = {row[0]: row[1] for row in con.execute(f"DESCRIBE {VIEW}").fetchall()}
+        _check_by(by, schema)
+        return _to_arrow(con.sql(_summary_sql(by)))
+    except duckdb.Error as error:
+        raise InputError(f"summary: {_first_line(error)}") from None
+    finally:
+        con.close()
+
+
+def _split_by(by):
+    if by is None:
+        return []
+    if isinstance(by, str):
+        by = [by]
+    keys = [key.strip() for item in by for key in str(item).split(",") if key.strip()]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise InputError(f"--by: {', '.join(repeated)} given more than once; name each column once")
+    return keys
+
+
+_FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL", "DECIMAL")
+
+
+def _check_by(by, schema):
+    valid = [DATASET_COLUMN] + [
+        name for name, kind in schema.items() if name != DATASET_COLUMN and not kind.upper().startswith(_FLOAT_TYPES)
+    ]
+    for key in by:
+        if key not in valid:
+            what = "is a measurement, not a grouping column" if key in schema else "is not a column"
+            raise InputError(f"--by {key}: {what}; expected some of {', '.join(valid)}")
+
+
+def _summary_sql(by):
+    keys = ", ".join(_identifier(key) for key in by)
+    group = f"GROUP BY {keys}" if by else ""
+    select_keys = f"{keys}, " if by else ""
+    order = "ORDER BY " + ", ".join(f"s.{_identifier(key)} NULLS LAST" for key in by) if by else ""
+    join = " AND ".join(f"s.{_identifier(k)} IS NOT DISTINCT FROM p.{_identifier(k)}" for k in by) or "TRUE"
+    out_keys = ", ".join(f"s.{_identifier(key)}" for key in by)
+    valid = "grad_camo IS NOT NULL AND NOT isnan(grad_camo)"
+    return f"""
+WITH stats AS (
+    SELECT {select_keys}
+        count(*)::BIGINT AS cells,
+        count(*) FILTER (WHERE NOT ({valid}))::BIGINT AS nan_scores,
+        avg(grad_camo) FILTER (WHERE {valid})::DOUBLE AS mean_grad_camo,
+        quantile_cont(grad_camo, 0.5) FILTER (WHERE {valid})::DOUBLE AS median_grad_camo,
+        avg(CASE WHEN grad_camo > 0.5 THEN 1.0 ELSE 0.0 END) FILTER (WHERE {valid})::DOUBLE
+            AS share_above_half,
+        avg(CASE WHEN edge_padded THEN 1.0 ELSE 0.0 END)::DOUBLE AS share_edge_padded
+    FROM {VIEW} {group}
+),
+per_class AS (
+    SELECT {select_keys} predicted_class, count(*) AS n
+    FROM {VIEW} GROUP BY {select_keys} predicted_class
+),
+classes AS (
+    SELECT {select_keys}
+        string_agg(coalesce(predicted_class::VARCHAR, 'null') || ':' || n::VARCHAR, ' '
+                   ORDER BY predicted_class NULLS LAST) AS predicted_class_counts
+    FROM per_class {group}
+)
+SELECT {out_keys}{", " if by else ""}
+    s.cells, s.nan_scores, s.mean_grad_camo, s.median_grad_camo, s.share_above_half,
+    s.share_edge_padded, p.predicted_class_counts
+FROM stats s LEFT JOIN classes p ON {join}
+WHERE s.cells > 0
+{order}
+"""
+
+
+__all__ = ["DEFAULT_BY", "SUMMARY_COLUMNS", "summarize"]

@@ -1,0 +1,40 @@
+"""Progress on a terminal: cells done, cells/s and ETA (silent when quiet)."""
+
+import contextlib
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn,
+)
+from rich.text import Text
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task):
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.1f} cells/s" if speed else "… cells/s")
+
+
+class _Silent:
+    def add_task(self, *args, **kwargs):
+        return 0
+
+    def update(self, *args, **kwargs):
+        pass
+
+
+@contextlib.contextmanager
+def cell_progress(enabled):
+    """Yield a rich Progress writing to stderr, or a silent stand-in."""
+    if not enabled:
+        yield _Silent()
+        return
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True)) as progress:
+        yield progress

@@ -1,0 +1,76 @@
+"""onnxruntime sessions for scoring: one per worker process, never pickled."""
+
+import functools
+import logging
+import os
+
+import onnx
+import onnxruntime as ort
+
+from gradcamo.errors import InputError
+from gradcamo.scorer.head import append_score_head
+
+LOGGER = logging.getLogger(__name__)
+_PROVIDERS_USED = set()
+DEVICES = ("auto", "cpu", "cuda")
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def gpu_present():
+    """Whether an NVIDIA driver is loaded (asking ORT for CUDA without one only logs errors)."""
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
+
+
+def check_device(device):
+    if device not in DEVICES:
+        raise InputError(f"--device: expected one of {', '.join(DEVICES)}, got {device!r}")
+    return device
+
+
+def create_session(model_bytes, *, device="auto", threads=None):
+    """An InferenceSession on CUDA when asked for (or, with ``auto``, when a GPU is present).
+
+    Raises
+    ------
+    InputError
+        ``device="cuda"`` but the session did not get the CUDA provider.
+    """
+    check_device(device)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    providers = [CPU]
+    if device == "cuda" or (device == "auto" and gpu_present()):
+        if hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # CUDA/cuDNN libraries from the nvidia-* wheels, when installed
+        providers = [CUDA, CPU]
+    session = ort.InferenceSession(model_bytes, options, providers=providers)
+    obtained = session.get_providers()
+    if device == "cuda" and CUDA not in obtained:
+        raise InputError(
+            f"--device cuda: onnxruntime did not get the CUDA provider (got {', '.join(obtained)}); "
+            "install onnxruntime-gpu with CUDA 12/13 and cuDNN 9 libraries, or use --device cpu"
+        )
+    return session
+
+
+@functools.lru_cache(maxsize=4)
+def scoring_session(model_path, model_sha256, crop_spatial, convention, device, threads):
+    """The cached (per process) session of a model file with the Grad-CAMO head appended.
+
+    ``model_sha256`` is part of the cache key only, so a replaced file is never confused
+    with the one cached.
+    """
+    model = onnx.load(model_path)
+    headed = append_score_head(model, crop_spatial=tuple(crop_spatial), convention=convention)
+    session = create_session(headed.SerializeToString(), device=device, threads=threads)
+    LOGGER.info("onnxruntime session on %s (pid %d)", session.get_providers()[0], os.getpid())
+    _PROVIDERS_USED.add(session.get_providers()[0])
+    return session
+
+
+def providers_used():
+    """The execution providers the scoring sessions of this process actually got."""
+    return sorted(_PROVIDERS_USED)

@@ -1,0 +1,302 @@
+"""The Parquet dataset scores are written to: schema, atomic part files, manifest, lock.
+
+Layout of a dataset directory (DESIGN.md "Output")::
+
+    part-<unit id>.parquet   one per finished work unit (possibly 0 rows)
+    _gradcamo.json           version, parameters, counts, start/end time
+    _gradcamo.lock           present while a scorer writes (holds its pid and host)
+
+Every part is written to a dot-prefixed temporary name, fsynced and renamed, so a killed
+run never leaves a half file under a ``part-*`` name; a resumed run with the same
+parameters keeps finished parts and computes the rest.
+"""
+
+import contextlib
+import datetime
+import json
+import logging
+import os
+import pathlib
+import socket
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import gradcamo
+from gradcamo.errors import InputError
+
+LOGGER = logging.getLogger(__name__)
+
+MANIFEST = "_gradcamo.json"
+LOCK = "_gradcamo.lock"
+PART_PREFIX = "part-"
+PART_SUFFIX = ".parquet"
+TEMP_PREFIX = ".tmp-"
+MANIFEST_VERSION = 1
+
+_DICTIONARY = pa.dictionary(pa.int32(), pa.string())
+SCORE_SCHEMA = pa.schema(
+    [
+        ("Metadata_Plate", pa.string()),
+        ("Metadata_Well", pa.string()),
+        ("Metadata_Site", pa.int32()),
+        ("Metadata_Image", pa.string()),
+        ("Metadata_ObjectNumber", pa.int64()),
+        ("centroid_z", pa.float64()),
+        ("centroid_y", pa.float64()),
+        ("centroid_x", pa.float64()),
+        ("object_voxels", pa.int64()),
+        ("target_class", pa.int32()),
+        ("predicted_class", pa.int32()),
+        ("target_name", pa.string()),
+        ("logit_target", pa.float32()),
+        ("prob_target", pa.float32()),
+        ("cam_inside", pa.float64()),
+        ("cam_total", pa.float64()),
+        ("grad_camo", pa.float64()),
+        ("cam_empty", pa.bool_()),
+        ("edge_padded", pa.bool_()),
+        ("pad_fraction", pa.float32()),
+        ("model_sha256", _DICTIONARY),
+        ("target_layer", _DICTIONARY),
+        ("convention", _DICTIONARY),
+    ]
+)
+PROVENANCE_COLUMNS = ("model_sha256", "target_layer", "convention")
+
+
+def make_table(columns, *, provenance):
+    """An Arrow table with :data:`SCORE_SCHEMA` from per-column sequences.
+
+    Parameters
+    ----------
+    columns : dict
+        Every non-provenance column of the schema, as equal-length sequences; an empty
+        dict gives a 0-row table.
+    provenance : dict
+        ``model_sha256``, ``target_layer`` and ``convention``: one string each, repeated
+        on every row and recorded in the schema metadata.
+    """
+    n = len(next(iter(columns.values()))) if columns else 0
+    arrays = []
+    for field in SCORE_SCHEMA:
+        if field.name in PROVENANCE_COLUMNS:
+            values = pa.array([provenance[field.name]] * n, pa.string()).dictionary_encode()
+            arrays.append(values.cast(field.type))
+        else:
+            arrays.append(pa.array(columns[field.name] if columns else [], field.type))
+    metadata = {"gradcamo.version": gradcamo.__version__, **{f"gradcamo.{k}": v for k, v in provenance.items()}}
+    return pa.Table.from_arrays(arrays, schema=SCORE_SCHEMA.with_metadata(metadata))
+
+
+def _part_name(unit_id):
+    return f"{PART_PREFIX}{unit_id}{PART_SUFFIX}"
+
+
+def _is_part(name):
+    return name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)
+
+
+def _is_ours(name):
+    return _is_part(name) or name in (MANIFEST, LOCK) or name.startswith(TEMP_PREFIX)
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json_atomically(path, value):
+    temporary = path.with_name(f"{TEMP_PREFIX}{path.name}")
+    with open(temporary, "w") as handle:
+        json.dump(value, handle, indent=2, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _part_is_readable(path):
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException):
+        return False
+    return schema.remove_metadata().equals(SCORE_SCHEMA)
+
+
+class ScoreDataset:
+    """A dataset directory opened for writing by one scorer; use :meth:`open`."""
+
+    def __init__(self, directory, parameters, manifest):
+        self.directory = directory
+        self.parameters = parameters
+        self._manifest = manifest
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, directory, parameters, *, overwrite=False):
+        """Create, resume or (with ``overwrite``) replace the dataset in ``directory``.
+
+        Raises
+        ------
+        InputError
+            ``directory`` is not a directory, holds files gradcamo did not write, holds a
+            dataset made with other ``parameters`` (without ``overwrite``), or another
+            live scorer is writing to it.
+        """
+        directory = pathlib.Path(directory)
+        parameters = json.loads(json.dumps(parameters))
+        if directory.exists() and not directory.is_dir():
+            raise InputError(f"--output {directory}: exists and is not a directory")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise InputError(f"--output {directory}: cannot create the directory ({error.strerror})") from None
+        if not os.access(directory, os.W_OK):
+            raise InputError(f"--output {directory}: the directory is not writable")
+        foreign = sorted(name for name in os.listdir(directory) if not _is_ours(name))
+        if foreign:
+            raise InputError(
+                f"--output {directory}: holds files gradcamo did not write ({', '.join(foreign[:3])}); "
+                "choose a new or empty directory"
+            )
+        with _lock(directory):
+            manifest = cls._prepare(directory, parameters, overwrite)
+            yield cls(directory, parameters, manifest)
+
+    @staticmethod
+    def _prepare(directory, parameters, overwrite):
+        manifest_path = directory / MANIFEST
+        names = os.listdir(directory)
+        for name in names:
+            if name.startswith(TEMP_PREFIX):
+                os.remove(directory / name)
+        previous = None
+        if manifest_path.exists():
+            try:
+                previous = json.loads(manifest_path.read_text())
+            except (OSError, json.JSONDecodeError):
+                raise InputError(f"--output {directory}: {MANIFEST} is unreadable; use a new directory") from None
+        elif any(_is_part(name) for name in names):
+            raise InputError(f"--output {directory}: holds part files but no {MANIFEST}; use a new directory")
+        if previous is not None and previous.get("parameters") != parameters:
+            if not overwrite:
+                old = previous.get("parameters") or {}
+                changed = sorted(k for k in set(old) | set(parameters) if old.get(k) != parameters.get(k))
+                raise InputError(
+                    f"--output {directory}: holds scores made with other parameters "
+                    f"({', '.join(changed)}); pass --overwrite to replace them or choose another directory"
+                )
+            LOGGER.warning("replacing the scores in %s (--overwrite)", directory)
+            for name in os.listdir(directory):
+                if _is_part(name):
+                    os.remove(directory / name)
+            previous = None
+        manifest = {
+            "version": MANIFEST_VERSION,
+            "gradcamo_version": gradcamo.__version__,
+            "parameters": parameters,
+            "started": (previous or {}).get("started", _now()),
+            "finished": None,
+            "counts": None,
+        }
+        _write_json_atomically(manifest_path, manifest)
+        return manifest
+
+    def completed_units(self):
+        """Unit ids whose part file is present and readable; damaged parts are deleted."""
+        done = set()
+        for name in sorted(os.listdir(self.directory)):
+            if not _is_part(name):
+                continue
+            path = self.directory / name
+            if _part_is_readable(path):
+                done.add(name[len(PART_PREFIX):-len(PART_SUFFIX)])
+            else:
+                LOGGER.warning("%s is damaged; its unit will be scored again", path)
+                os.remove(path)
+        return done
+
+    def write_part(self, unit_id, table):
+        """Write one unit's rows as ``part-<unit_id>.parquet`` (temporary name, fsync, rename)."""
+        final = self.directory / _part_name(unit_id)
+        temporary = self.directory / f"{TEMP_PREFIX}{final.name}"
+        try:
+            pq.write_table(table, temporary)
+            with open(temporary, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(temporary, final)
+        finally:
+            if temporary.exists():
+                os.remove(temporary)
+
+    def finish(self, counts):
+        """Record the counts and end time: the dataset is complete."""
+        self._manifest.update(counts=counts, finished=_now())
+        _write_json_atomically(self.directory / MANIFEST, self._manifest)
+
+
+@contextlib.contextmanager
+def _lock(directory):
+    """Hold ``_gradcamo.lock`` for the duration; a lock left by a dead process is taken over."""
+    path = directory / LOCK
+    owner = {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(2):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                holder = {}
+            same_host = holder.get("host") == owner["host"]
+            if same_host and isinstance(holder.get("pid"), int) and not _process_alive(holder["pid"]):
+                LOGGER.warning("taking over %s left by process %d, which no longer runs", path, holder["pid"])
+                os.remove(path)
+                continue
+            raise InputError(
+                f"--output {directory}: another gradcamo run (pid {holder.get('pid', '?')} on "
+                f"{holder.get('host', '?')}) is writing there; wait for it, or delete {path} if it is gone"
+            ) from None
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump(owner, handle)
+        break
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def part_files(directory):
+    """The part files of a dataset directory, sorted."""
+    return sorted(pathlib.Path(directory).glob(f"{PART_PREFIX}*{PART_SUFFIX}"))
+
+
+def read_scores(directory):
+    """All rows of a score dataset as one Arrow table (``.to_pandas()``, ``polars.from_arrow``).
+
+    Raises
+    ------
+    InputError
+        ``directory`` is not a gradcamo score dataset.
+    """
+    directory = pathlib.Path(directory)
+    if not (directory / MANIFEST).is_file():
+        raise InputError(f"{directory}: not a gradcamo score dataset (no {MANIFEST})")
+    parts = part_files(directory)
+    if not parts:
+        return SCORE_SCHEMA.empty_table()
+    tables = [pq.read_table(path, schema=SCORE_SCHEMA) for path in parts]
+    return pa.concat_tables(tables).replace_schema_metadata(pq.read_schema(parts[0]).metadata)
+
+
+__all__ = ["SCORE_SCHEMA", "ScoreDataset", "make_table", "part_files", "read_scores"]

@@ -1,0 +1,161 @@
+"""An independent torch Grad-CAM / Grad-CAMO reference for the numerical tests.
+
+Written from DESIGN.md ("The score") with eager torch autograd, in float64, one sample
+at a time. It shares no code with ``gradcamo.exporter`` (no GradCamWrapper, no
+capture_layer_output) nor with ``gradcamo.scorer.cam``; tests compare both against it.
+
+How the layer output is captured: a forward hook keeps the layer's own output tensor
+and hands a ``clone()`` of it downstream. In-place ops after the layer (torchvision's
+DenseNet applies ``F.relu(features, inplace=True)`` to the output of ``features``) then
+modify only the clone, so the kept tensor still holds the pre-ReLU activations, and
+``torch.autograd.grad(selected_logit, kept_output)`` is the gradient with respect to
+exactly the values the rest of the network consumed.
+"""
+
+import copy
+import typing
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MINMAX_EPS = 1e-7
+
+
+class GradCamReference(typing.NamedTuple):
+    """Everything the reference computes for one batch (numpy float64 arrays)."""
+
+    logits: np.ndarray  # (N, K)
+    targets: np.ndarray  # (N,) int64: the class whose logit was differentiated
+    activations: np.ndarray  # (N, Ck, *s) at the target layer
+    gradients: np.ndarray  # (N, Ck, *s)
+    cam: np.ndarray  # (N, *s) after ReLU (and min-max for "pytorch-grad-cam")
+    upsampled: np.ndarray  # (N, *S) cam resized to the crop shape
+
+
+def _layer_name(model, layer):
+    if isinstance(layer, str):
+        return layer
+    for name, module in model.named_modules():
+        if module is layer:
+            return name
+    raise ValueError("layer_module is not a sub-module of model")
+
+
+def torch_cam(activations, gradients, *, convention="raw"):
+    """Grad-CAM at layer resolution from activations and gradients (torch, float64).
+
+    ``alpha_k = mean_s G_k``; ``cam = ReLU(sum_k alpha_k A_k)``; with
+    ``convention="pytorch-grad-cam"`` then ``c = cam - min; c / (max + 1e-7)`` per sample.
+    """
+    activations = torch.as_tensor(activations, dtype=torch.float64)
+    gradients = torch.as_tensor(gradients, dtype=torch.float64)
+    spatial = tuple(range(2, activations.dim()))
+    alpha = gradients.mean(dim=spatial, keepdim=True)
+    cam = torch.relu((alpha * activations).sum(dim=1))
+    if convention == "pytorch-grad-cam":
+        flat = cam.reshape(len(cam), -1)
+        view = (len(cam),) + (1,) * (cam.dim() - 1)
+        cam = cam - flat.min(dim=1).values.reshape(view)
+        cam = cam / (cam.reshape(len(cam), -1).max(dim=1).values.reshape(view) + MINMAX_EPS)
+    elif convention != "raw":
+        raise ValueError(f"convention: unknown {convention!r}")
+    return cam
+
+
+def torch_resize(cam, shape):
+    """(N, *s) -> (N, *shape) with ``F.interpolate(..., align_corners=False)``."""
+    cam = torch.as_tensor(cam, dtype=torch.float64)
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(shape)]
+    return F.interpolate(cam[:, None], size=tuple(shape), mode=mode, align_corners=False)[:, 0]
+
+
+def _normalise(image, mean, std):
+    view = (1, -1) + (1,) * (image.dim() - 2)
+    if mean is not None:
+        image = image - torch.as_tensor(mean, dtype=image.dtype).reshape(view)
+    if std is not None:
+        image = image / torch.as_tensor(std, dtype=image.dtype).reshape(view)
+    return image
+
+
+def torch_gradcam(
+    model, layer_module, image, target, *, mean=None, std=None, convention="raw", dtype=torch.float64,
+):
+    """Grad-CAM of ``layer_module`` for each sample of ``image`` by eager torch autograd.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The classifier; deep-copied, cast to ``dtype`` and put in eval mode (the
+        caller's model is not changed).
+    layer_module : torch.nn.Module or str
+        The target layer (a sub-module of ``model``) or its name.
+    image : (N, C, *S) array-like
+        Raw intensities; ``(image - mean) / std`` is applied per channel when given.
+    target : (N,) array-like of int
+        Class per sample; -1 selects the argmax class.
+    convention : {"raw", "pytorch-grad-cam"}
+
+    Returns
+    -------
+    GradCamReference
+    """
+    name = _layer_name(model, layer_module)
+    model = copy.deepcopy(model).to(dtype).eval()
+    layer = model.get_submodule(name)
+    image = torch.as_tensor(np.asarray(image)).to(dtype)
+    target = np.asarray(target, dtype=np.int64).reshape(-1)
+    kept = []
+
+    def hook(module, inputs, output):
+        kept.append(output)
+        return output.clone()
+
+    logits, targets, activations, gradients = [], [], [], []
+    handle = layer.register_forward_hook(hook)
+    try:
+        for i in range(len(image)):
+            kept.clear()
+            x = _normalise(image[i : i + 1], mean, std).requires_grad_(True)
+            with torch.enable_grad():
+                out = model(x)
+                if len(kept) != 1:
+                    raise RuntimeError(f"layer {name!r} ran {len(kept)} times")
+                cls = int(out[0].argmax()) if target[i] < 0 else int(target[i])
+                (grad,) = torch.autograd.grad(out[0, cls], kept[0])
+            logits.append(out.detach())
+            targets.append(cls)
+            activations.append(kept[0].detach())
+            gradients.append(grad.detach())
+    finally:
+        handle.remove()
+    activations = torch.cat(activations).to(torch.float64)
+    gradients = torch.cat(gradients).to(torch.float64)
+    cam = torch_cam(activations, gradients, convention=convention)
+    upsampled = torch_resize(cam, tuple(image.shape[2:]))
+    return GradCamReference(
+        logits=torch.cat(logits).to(torch.float64).numpy(),
+        targets=np.asarray(targets, dtype=np.int64),
+        activations=activations.numpy(),
+        gradients=gradients.numpy(),
+        cam=cam.numpy(),
+        upsampled=upsampled.numpy(),
+    )
+
+
+def torch_gradcamo(model, layer_module, image, mask, target, *, mean=None, std=None, convention="raw"):
+    """Grad-CAMO per sample: share of the crop-resolution CAM inside ``mask``.
+
+    Returns
+    -------
+    inside, total, score : (N,) float64 ndarrays
+        ``score`` is NaN where ``total == 0``.
+    """
+    reference = torch_gradcam(model, layer_module, image, target, mean=mean, std=std, convention=convention)
+    cam = torch.from_numpy(reference.upsampled)
+    mask = torch.as_tensor(np.asarray(mask, dtype=bool))
+    inside = (cam * mask).flatten(1).sum(dim=1)
+    total = cam.flatten(1).sum(dim=1)
+    score = torch.where(total > 0, inside / torch.where(total > 0, total, torch.ones_like(total)), torch.nan)
+    return inside.numpy(), total.numpy(), score.numpy()

@@ -1,0 +1,112 @@
+"""The Parquet dataset: schema, atomic parts, resume, refusal of foreign or other-parameter data, lock."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import duckdb
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from gradcamo.errors import InputError
+from gradcamo.scorer.sink import LOCK, MANIFEST, SCORE_SCHEMA, ScoreDataset, make_table, read_scores
+
+PROVENANCE = {"model_sha256": "ab" * 32, "target_layer": "layer4", "convention": "raw"}
+PARAMETERS = {"model_sha256": "ab" * 32, "targets": [-1], "inputs": ["a.zarr"]}
+
+
+def rows(n, first_object=1):
+    """``n`` rows of plausible score columns."""
+    generator = np.random.default_rng(first_object)
+    inside = generator.random(n)
+    return {
+        "Metadata_Plate": ["P1"] * n, "Metadata_Well": ["B03"] * n,
+        "Metadata_Site": np.zeros(n, np.int32), "Metadata_Image": ["plate.zarr/B/3/0"] * n,
+        "Metadata_ObjectNumber": np.arange(first_object, first_object + n),
+        "centroid_z": [None] * n, "centroid_y": generator.random(n), "centroid_x": generator.random(n),
+        "object_voxels": np.full(n, 80), "target_class": np.ones(n, np.int32),
+        "predicted_class": np.zeros(n, np.int32), "target_name": ["b"] * n,
+        "logit_target": generator.random(n), "prob_target": generator.random(n),
+        "cam_inside": inside, "cam_total": inside * 2, "grad_camo": np.full(n, 0.5),
+        "cam_empty": np.zeros(n, bool), "edge_padded": np.zeros(n, bool), "pad_fraction": np.zeros(n),
+    }
+
+
+def test_tables_follow_the_design_schema_and_read_back_with_duckdb(tmp_path):
+    with ScoreDataset.open(tmp_path / "s", PARAMETERS) as dataset:
+        dataset.write_part("u1", make_table(rows(3), provenance=PROVENANCE))
+        dataset.write_part("u2", make_table({}, provenance=PROVENANCE))
+        dataset.finish({"rows": 3})
+    table = read_scores(tmp_path / "s")
+    assert table.schema.remove_metadata().equals(SCORE_SCHEMA)
+    assert table.schema.metadata[b"gradcamo.target_layer"] == b"layer4"
+    assert table.num_rows == 3
+    via_duckdb = duckdb.sql(f"select convention, count(*) from read_parquet('{tmp_path}/s/*.parquet') group by 1")
+    assert via_duckdb.fetchall() == [("raw", 3)]
+    manifest = json.loads((tmp_path / "s" / MANIFEST).read_text())
+    assert manifest["parameters"] == PARAMETERS and manifest["counts"] == {"rows": 3} and manifest["finished"]
+    assert sorted(os.listdir(tmp_path / "s")) == [MANIFEST, "part-u1.parquet", "part-u2.parquet"]
+
+
+def test_resume_keeps_parts_and_drops_damaged_ones(tmp_path):
+    with ScoreDataset.open(tmp_path, PARAMETERS) as dataset:
+        dataset.write_part("u1", make_table(rows(3), provenance=PROVENANCE))
+        dataset.write_part("u2", make_table(rows(2, 10), provenance=PROVENANCE))
+    damaged = tmp_path / "part-u2.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    (tmp_path / ".tmp-part-u3.parquet").write_bytes(b"half")
+    with ScoreDataset.open(tmp_path, PARAMETERS) as dataset:
+        assert dataset.completed_units() == {"u1"}
+    assert not damaged.exists() and not (tmp_path / ".tmp-part-u3.parquet").exists()
+
+
+def test_other_parameters_are_refused_unless_overwrite(tmp_path):
+    with ScoreDataset.open(tmp_path, PARAMETERS) as dataset:
+        dataset.write_part("u1", make_table(rows(3), provenance=PROVENANCE))
+    other = {**PARAMETERS, "targets": [0, 1]}
+    with pytest.raises(InputError, match=r"other parameters \(targets\).*--overwrite"):
+        with ScoreDataset.open(tmp_path, other):
+            pass
+    assert (tmp_path / "part-u1.parquet").exists()
+    with ScoreDataset.open(tmp_path, other, overwrite=True) as dataset:
+        assert dataset.completed_units() == set()
+    assert json.loads((tmp_path / MANIFEST).read_text())["parameters"] == other
+
+
+def test_foreign_files_are_never_touched(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match=r"notes\.txt"):
+        with ScoreDataset.open(tmp_path, PARAMETERS, overwrite=True):
+            pass
+    assert os.listdir(tmp_path) == ["notes.txt"]
+
+
+def test_output_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "scores").write_text("x")
+    with pytest.raises(InputError, match="not a directory"):
+        with ScoreDataset.open(tmp_path / "scores", PARAMETERS):
+            pass
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path):
+    with ScoreDataset.open(tmp_path, PARAMETERS):
+        with pytest.raises(InputError, match="another gradcamo run"):
+            with ScoreDataset.open(tmp_path, PARAMETERS):
+                pass
+    assert not (tmp_path / LOCK).exists()
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / LOCK).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    with ScoreDataset.open(tmp_path, PARAMETERS) as dataset:
+        assert dataset.completed_units() == set()
+
+
+def test_a_written_part_is_complete_parquet(tmp_path):
+    with ScoreDataset.open(tmp_path, PARAMETERS) as dataset:
+        dataset.write_part("u1", make_table(rows(5), provenance=PROVENANCE))
+    assert pq.read_metadata(tmp_path / "part-u1.parquet").num_rows == 5
