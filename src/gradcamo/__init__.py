@@ -1,20 +1,22 @@
 """gradcamo: measure how much of a classifier's Grad-CAM attention falls on each cell.
 
-``import gradcamo`` stays light: the exporter (which needs torch) is imported on first use.
+``import gradcamo`` stays light: each part (the exporter needs torch) is imported on first use.
 """
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "export_model", "read_model_info"]
+_LAZY = {
+    "export_model": "gradcamo.exporter",
+    "read_model_info": "gradcamo.model_file",
+    "score": "gradcamo.scorer.pipeline",
+    "read_scores": "gradcamo.scorer.sink",
+}
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name):
-    if name == "export_model":
-        from gradcamo.exporter import export_model
-
-        return export_model
-    if name == "read_model_info":
-        from gradcamo.model_file import read_model_info
-
-        return read_model_info
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'gradcamo' has no attribute {name!r}")

@@ -225,6 +225,65 @@ def score_command(
     )
 
 
+@app.command("query")
+def query_command(
+    arguments: list[str] = typer.Argument(..., metavar="SCORES... SQL", help="Score dataset directories, "
+                                          "then one SQL statement over the view `scores`."),
+    output_format: str = typer.Option("table", "--format", "-f", help="table, csv, json or parquet."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="File to write (required for parquet)."),
+):
+    """Run SQL (DuckDB) over score datasets.
+
+    One dataset is the view `scores`; with several, `scores` holds them all with a `dataset`
+    column, and each is also a view of its own name. Example:
+    gradcamo query scores/ "select Metadata_Well, median(grad_camo) from scores group by 1"
+    """
+    from gradcamo.results.query import run_query, write_table
+
+    if len(arguments) < 2:
+        raise InputError("query: give at least one score dataset and one SQL statement")
+    *datasets, sql = arguments
+    write_table(run_query(datasets, sql), output_format, output)
+
+
+@app.command("summary")
+def summary_command(
+    datasets: list[str] = typer.Argument(..., help="Score dataset directories (from `gradcamo score`)."),
+    by: str = typer.Option("dataset,Metadata_Plate,Metadata_Well,target_name", "--by",
+                           help="Comma-separated grouping columns."),
+    output_format: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="File to write instead of the terminal."),
+):
+    """Per group: cells, NaN scores, mean/median Grad-CAMO, share > 0.5, share edge-padded, predicted classes."""
+    from gradcamo.results.query import write_table
+    from gradcamo.results.summary import summarize
+
+    write_table(summarize(datasets, by=by), output_format, output)
+
+
+@app.command("demo")
+def demo_command(
+    out: str = typer.Option("gradcamo-demo", "--out", help="Directory for the plate, models and scores."),
+    three_d: bool = typer.Option(False, "--3d", help="A 3D plate and 3D models instead of 2D."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic plate and of training."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a demo made with other settings."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Dask worker processes for scoring."),
+    quiet: bool = QUIET_OPTION,
+):
+    """The whole path on a synthetic plate: train an honest and a shortcut model, export, score, compare.
+
+    Needs torch (pip install "gradcamo[export]"). About a minute on a laptop CPU.
+    """
+    from gradcamo.demo.report import print_report
+    from gradcamo.demo.run import run_demo
+
+    if quiet:
+        _configure_logging(quiet)
+    result = run_demo(out, three_d=three_d, seed=seed, overwrite=overwrite, workers=workers,
+                      progress=logging.getLogger("gradcamo").level <= logging.INFO)
+    print_report(result)
+
+
 def main(argv=None):
     """Run the command line; returns the exit code (2 for bad input or usage)."""
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -6,13 +6,31 @@ Not imported by ``gradcamo.scorer``: the scorer must run without torch.
 import torch
 from torch import nn
 
-__all__ = ["TinyCNN2d", "EfficientNet3dSmall", "adapt_first_conv"]
+__all__ = ["TinyCNN2d", "TinyCNN3d", "EfficientNet3dSmall", "adapt_first_conv"]
 
 
-def _conv_bn_relu(in_channels, out_channels, *, stride=1):
+def _init_weights(model):
+    """He initialisation (fan-in for depthwise convolutions): activations stay O(1) in depth."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+            depthwise = module.groups > 1 and module.groups == module.in_channels
+            nn.init.kaiming_normal_(module.weight, mode="fan_in" if depthwise else "fan_out")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d)):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            bound = 1.0 / module.out_features**0.5
+            nn.init.uniform_(module.weight, -bound, bound)
+            nn.init.zeros_(module.bias)
+
+
+def _conv_bn_relu(in_channels, out_channels, *, stride=1, spatial_dims=2):
+    conv, norm = (nn.Conv2d, nn.BatchNorm2d) if spatial_dims == 2 else (nn.Conv3d, nn.BatchNorm3d)
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
+        conv(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        norm(out_channels),
         nn.ReLU(inplace=True),
     )
 
@@ -41,18 +59,28 @@ class TinyCNN2d(nn.Module):
     (1, 2)
     """
 
+    spatial_dims = 2
+
     def __init__(self, in_channels=5, num_classes=2, *, width=16):
         super().__init__()
+        dims = self.spatial_dims
         self.features = nn.Sequential()
-        self.features.add_module("block1", _conv_bn_relu(in_channels, width))
-        self.features.add_module("block2", _conv_bn_relu(width, 2 * width, stride=2))
-        self.features.add_module("block3", _conv_bn_relu(2 * width, 4 * width, stride=2))
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.features.add_module("block1", _conv_bn_relu(in_channels, width, spatial_dims=dims))
+        self.features.add_module("block2", _conv_bn_relu(width, 2 * width, stride=2, spatial_dims=dims))
+        self.features.add_module("block3", _conv_bn_relu(2 * width, 4 * width, stride=2, spatial_dims=dims))
+        self.pool = nn.AdaptiveAvgPool2d(1) if dims == 2 else nn.AdaptiveAvgPool3d(1)
         self.classifier = nn.Linear(4 * width, num_classes)
+        _init_weights(self)
 
     def forward(self, x):
         x = self.features(x)
         return self.classifier(torch.flatten(self.pool(x), 1))
+
+
+class TinyCNN3d(TinyCNN2d):
+    """:class:`TinyCNN2d` with 3D convolutions: an 8x32x32 crop gives 2x8x8 maps at ``features.block3``."""
+
+    spatial_dims = 3
 
 
 class SqueezeExcitation3d(nn.Module):
@@ -152,6 +180,7 @@ class EfficientNet3dSmall(nn.Module):
         )
         self.pool = nn.AdaptiveAvgPool3d(1)
         self.classifier = nn.Linear(head_channels, num_classes)
+        _init_weights(self)
 
     def forward(self, x):
         x = self.head(self.blocks(self.stem(x)))

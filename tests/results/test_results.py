@@ -450,3 +450,10 @@ def test_output_errors(tmp_path):
         write_table(_sample(), "json", tmp_path)
     with pytest.raises(InputError, match=r"--format csv: column 'l' holds nested values"):
         write_table(pa.table({"l": [[1, 2]]}), "csv")
+
+
+def test_damaged_part_file_is_an_input_error_naming_the_dataset(plate_dataset):
+    path, _ = plate_dataset
+    (path / "part-9999.parquet").write_bytes(b"not parquet")
+    with pytest.raises(InputError, match=r"plate's \[run\]: cannot read its part files: "):
+        run_query(path, "SELECT 1")

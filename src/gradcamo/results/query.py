@@ -205,7 +205,9 @@ def _write_rich(table, handle, *, max_rows, to_file):
     for row in zip(*columns):
         view.add_row(*row)
     # the width that shows every header and value in full (rich shrinks columns to fit)
-    natural = 1 + sum(3 + max([len(name)] + [len(text) for text in texts]) for name, texts in zip(table.column_names, columns))
+    natural = max(
+        40, 1 + sum(3 + max([len(name)] + [len(text) for text in texts]) for name, texts in zip(table.column_names, columns))
+    )
     rest = table.num_rows - shown.num_rows
     noun = "row" if table.num_rows == 1 else "rows"
     caption = (
@@ -215,7 +217,7 @@ def _write_rich(table, handle, *, max_rows, to_file):
     )
     if to_file:
         console = Console(file=handle, no_color=True, width=natural)
-    elif handle.isatty():
+    elif getattr(handle, "isatty", lambda: False)():
         console = Console(file=handle)  # the terminal's width: columns too wide are shortened with …
     else:
         console = Console(file=handle, width=natural)  # piped: keep every value whole

@@ -1,0 +1,38 @@
+"""Print what the demo found, and what to try next."""
+
+from rich.console import Console
+from rich.table import Table
+
+from gradcamo.demo.run import EVALUATION_ROW, MIN_GAP
+
+
+def print_report(result, console=None):
+    """The per-model table on the evaluation wells, the verdict and the next commands."""
+    console = console or Console()
+    table = Table(title=f"Evaluation wells (row {EVALUATION_ROW}): debris next to random cells")
+    for column in ("model", "cells", "accuracy", "median Grad-CAMO", "share > 0.5"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for report in result.reports:
+        table.add_row(report.name, str(report.cells), f"{report.accuracy:.0%}",
+                      f"{report.median_grad_camo:.2f}", f"{report.share_above_half:.0%}")
+    console.print(table)
+    honest, shortcut = result.reports
+    if result.gap_shown:
+        console.print(
+            f"The honest model looks at the cells (median Grad-CAMO {honest.median_grad_camo:.2f}); the "
+            f"shortcut model learned the debris next to them ({shortcut.median_grad_camo:.2f})."
+        )
+    else:
+        console.print(
+            f"[bold red]With this seed the honest model's median Grad-CAMO ({honest.median_grad_camo:.2f}) "
+            f"does not beat the shortcut model's ({shortcut.median_grad_camo:.2f}) by {MIN_GAP}; "
+            "try another --seed.[/]"
+        )
+    scores = result.out / "scores"
+    console.print("\nNext, try:", highlight=False)
+    for command in (
+        f"gradcamo summary {scores / 'honest'} {scores / 'shortcut'} --by dataset,Metadata_Well",
+        f"gradcamo query {scores / 'shortcut'} \"select Metadata_Well, median(grad_camo) from scores group by 1\"",
+        f"gradcamo inspect {result.out / 'models' / 'honest.onnx'}",
+    ):
+        console.print(f"  {command}", highlight=False, soft_wrap=True)

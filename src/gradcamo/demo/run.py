@@ -1,0 +1,132 @@
+"""``gradcamo demo``: synthetic plate -> two tiny models -> export -> score -> comparison table."""
+
+import dataclasses
+import json
+import logging
+import pathlib
+import shutil
+
+import duckdb
+
+import gradcamo
+from gradcamo.demo.plate import CLASSES, ROLES, SIZES, make_demo_fields, write_demo_plate
+from gradcamo.demo.train import TARGET_LAYER, cell_crops, channel_statistics, train_classifier
+from gradcamo.errors import InputError
+from gradcamo.exporter import export_model
+from gradcamo.scorer.pipeline import score
+from gradcamo.scorer.sink import part_files
+
+LOGGER = logging.getLogger(__name__)
+MODELS = {"honest": "B", "shortcut": "A"}
+"""Each model's training row of the plate (see gradcamo.demo.plate)."""
+EVALUATION_ROW = "C"
+EPOCHS = {2: 12, 3: 20}
+SETTINGS = "demo.json"
+PARTIAL_PLATE = "plate.zarr.partial"
+MIN_GAP = 0.1
+"""The honest model's median Grad-CAMO must beat the shortcut model's by this much."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelReport:
+    """One model on the evaluation wells."""
+
+    name: str
+    cells: int
+    accuracy: float
+    median_grad_camo: float
+    share_above_half: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoResult:
+    out: pathlib.Path
+    reports: tuple
+    gap_shown: bool
+
+
+def _layout(out):
+    return {
+        "plate": out / "plate.zarr",
+        "models": {name: out / "models" / f"{name}.onnx" for name in MODELS},
+        "scores": {name: out / "scores" / name for name in MODELS},
+    }
+
+
+def _prepare(out, settings, overwrite):
+    """Reuse a demo directory made with the same ``settings``; else refuse, or with ``overwrite`` start afresh."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a directory")
+    present = {p.name for p in out.iterdir()} if out.exists() else set()
+    foreign = present - {"plate.zarr", PARTIAL_PLATE, "models", "scores", SETTINGS}
+    if foreign:
+        raise InputError(
+            f"--out {out}: holds files the demo did not write ({', '.join(sorted(foreign)[:3])}); "
+            "choose another directory"
+        )
+    previous = json.loads((out / SETTINGS).read_text()) if SETTINGS in present else None
+    if present and previous != settings:
+        if not overwrite:
+            raise InputError(
+                f"--out {out}: holds a demo made with other settings ({previous}); "
+                "pass --overwrite to replace it or choose another --out"
+            )
+        for name in present:
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SETTINGS).write_text(json.dumps(settings))
+
+
+def _report(name, scores_dir):
+    files = [str(p) for p in part_files(scores_dir)]
+    treated = CLASSES.index("treated")
+    row = duckdb.execute(
+        f"""
+        select count(*),
+               avg(case when predicted_class = (case when Metadata_Well like '%02' then {treated} else 0 end)
+                        then 1.0 else 0.0 end),
+               median(grad_camo) filter (where not isnan(grad_camo)),
+               avg(case when grad_camo > 0.5 then 1.0 else 0.0 end) filter (where not isnan(grad_camo))
+        from read_parquet(?) where Metadata_Well like '{EVALUATION_ROW}%'
+        """,
+        [files],
+    ).fetchone()
+    return ModelReport(name, int(row[0]), float(row[1]), float(row[2]), float(row[3]))
+
+
+def run_demo(out="gradcamo-demo", *, three_d=False, seed=0, overwrite=False, workers=None, progress=False):
+    """Make the plate, train, export and score both models; reuse what ``out`` already holds.
+
+    Returns
+    -------
+    DemoResult
+    """
+    out = pathlib.Path(out)
+    _prepare(out, {"seed": seed, "3d": three_d, "version": gradcamo.__version__}, overwrite)
+    paths = _layout(out)
+    spatial_dims = 3 if three_d else 2
+    size = SIZES[spatial_dims]
+    fields = make_demo_fields(spatial_dims, seed)
+    if not paths["plate"].exists():
+        LOGGER.info("writing the synthetic plate %s (rows: %s)", paths["plate"],
+                    "; ".join(f"{row} = {role}" for row, role in ROLES.items()))
+        partial = out / PARTIAL_PLATE
+        shutil.rmtree(partial, ignore_errors=True)
+        write_demo_plate(partial, fields)
+        partial.rename(paths["plate"])
+    for name, row in MODELS.items():
+        model_path = paths["models"][name]
+        if not model_path.exists():
+            crops, classes, _ = cell_crops(fields[(row, 1)] + fields[(row, 2)], size.crop_shape)
+            mean, std = channel_statistics(crops)
+            LOGGER.info("training the %s model on %d cells of row %s", name, len(crops), row)
+            model = train_classifier(crops, classes, mean=mean, std=std, epochs=EPOCHS[spatial_dims], seed=seed)
+            model_path.parent.mkdir(parents=True, exist_ok=True)
+            export_model(model, TARGET_LAYER, size.crop_shape, model_path, class_names=list(CLASSES),
+                         mean=mean, std=std)
+        LOGGER.info("scoring the plate with the %s model", name)
+        score([paths["plate"]], model_path, paths["scores"][name], workers=workers, progress=progress)
+    reports = tuple(_report(name, paths["scores"][name]) for name in MODELS)
+    honest, shortcut = reports
+    return DemoResult(out, reports, honest.median_grad_camo - shortcut.median_grad_camo >= MIN_GAP)

@@ -1,0 +1,72 @@
+"""Train the demo's tiny classifiers on crops cut exactly as the scorer cuts them (needs torch)."""
+
+import numpy as np
+import torch
+from torch import nn
+
+from gradcamo.models import TinyCNN2d, TinyCNN3d
+from gradcamo.scorer.crops import crop_starts, cut_window, measure_objects
+
+TARGET_LAYER = "features.block2"
+"""Half the crop's resolution: fine enough for CAMs that can tell a cell from its surroundings."""
+
+
+def cell_crops(fields, crop_shape):
+    """Crops (float32), their class indices and their cell masks, one per cell of ``fields``."""
+    crops, classes, masks = [], [], []
+    spatial = tuple(crop_shape[1:])
+    for field in fields:
+        objects = measure_objects(field.labels)
+        ids, centroids = objects.ids, objects.centroids
+        for cell, start in zip(ids, crop_starts(centroids, spatial)):
+            window, _ = cut_window(field.image, start, spatial)
+            label_window, _ = cut_window(field.labels, start, spatial)
+            crops.append(window.astype(np.float32))
+            masks.append(label_window == cell)
+            classes.append(field.class_index)
+    return np.stack(crops), np.asarray(classes, dtype=np.int64), np.stack(masks)
+
+
+def channel_statistics(crops):
+    """Per-channel mean and std of training crops: the normalisation baked into the export."""
+    axes = (0,) + tuple(range(2, crops.ndim))
+    return crops.mean(axis=axes).tolist(), (crops.std(axis=axes) + 1e-6).tolist()
+
+
+def _augment(batch, generator):
+    """Random flips of every spatial axis and a random quarter turn in (y, x)."""
+    spatial = list(range(2, batch.ndim))
+    flips = [axis for axis in spatial if torch.rand((), generator=generator) < 0.5]
+    if flips:
+        batch = torch.flip(batch, flips)
+    turns = int(torch.randint(0, 4, (), generator=generator))
+    return torch.rot90(batch, turns, dims=(batch.ndim - 2, batch.ndim - 1))
+
+
+def train_classifier(crops, classes, *, mean, std, epochs, seed, batch_size=32):
+    """A tiny CNN trained with Adam on normalised, augmented crops; returned in eval mode.
+
+    Returns
+    -------
+    model : torch.nn.Module
+        Expects *normalised* input; export it with the same ``mean``/``std``.
+    """
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    spatial_dims = crops.ndim - 2
+    model = (TinyCNN2d if spatial_dims == 2 else TinyCNN3d)(in_channels=crops.shape[1], num_classes=2)
+    view = (1, -1) + (1,) * spatial_dims
+    x = (torch.from_numpy(crops) - torch.tensor(mean).reshape(view)) / torch.tensor(std).reshape(view)
+    y = torch.from_numpy(classes)
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    loss_function = nn.CrossEntropyLoss()
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for begin in range(0, len(x), batch_size):
+            index = order[begin : begin + batch_size]
+            optimiser.zero_grad()
+            loss = loss_function(model(_augment(x[index], generator)), y[index])
+            loss.backward()
+            optimiser.step()
+    return model.eval()
