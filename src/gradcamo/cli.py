@@ -46,6 +46,11 @@ def _root(
     _configure_logging(quiet)
 
 
+def _show_progress():
+    """Progress bars only on a terminal, and not with --quiet."""
+    return sys.stderr.isatty() and logging.getLogger("gradcamo").level <= logging.INFO
+
+
 def _parse_numbers(text, option, kind=float):
     if text is None:
         return None
@@ -217,7 +222,7 @@ def score_command(
         inputs, model, output, labels=labels, channels=_parse_numbers(channels, "--channels", int),
         target=target, batch_size=batch_size, device=device, workers=workers, threads=threads,
         scheduler=scheduler, convention=convention, overwrite=overwrite, timepoint=timepoint,
-        progress=logging.getLogger("gradcamo").level <= logging.INFO,
+        progress=_show_progress(),
     )
     typer.echo(
         f"wrote {summary.rows} rows for {summary.cells} cells of {summary.images} images to {summary.output} "
@@ -280,7 +285,7 @@ def demo_command(
     if quiet:
         _configure_logging(quiet)
     result = run_demo(out, three_d=three_d, seed=seed, overwrite=overwrite, workers=workers,
-                      progress=logging.getLogger("gradcamo").level <= logging.INFO)
+                      progress=_show_progress())
     print_report(result)
 
 

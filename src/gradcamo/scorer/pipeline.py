@@ -71,7 +71,7 @@ def _open_client(scheduler, workers, threads):
         return Client(scheduler), None
     cluster = LocalCluster(
         n_workers=workers or 1, threads_per_worker=1, processes=True,
-        dashboard_address=None, silence_logs=logging.ERROR,
+        dashboard_address=None, silence_logs=logging.CRITICAL,  # task errors reach the client anyway
         env={"OMP_NUM_THREADS": str(threads or max(1, (os.cpu_count() or 1) // (workers or 1)))},
     )
     return Client(cluster), cluster

@@ -17,13 +17,14 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import socket
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 import gradcamo
-from gradcamo.errors import InputError
+from gradcamo.errors import GradcamoError, InputError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -154,6 +155,7 @@ class ScoreDataset:
         """
         directory = pathlib.Path(directory)
         parameters = json.loads(json.dumps(parameters))
+        created = not directory.exists()
         if directory.exists() and not directory.is_dir():
             raise InputError(f"--output {directory}: exists and is not a directory")
         try:
@@ -168,9 +170,14 @@ class ScoreDataset:
                 f"--output {directory}: holds files gradcamo did not write ({', '.join(foreign[:3])}); "
                 "choose a new or empty directory"
             )
-        with _lock(directory):
-            manifest = cls._prepare(directory, parameters, overwrite)
-            yield cls(directory, parameters, manifest)
+        try:
+            with _lock(directory):
+                manifest = cls._prepare(directory, parameters, overwrite)
+                yield cls(directory, parameters, manifest)
+        except GradcamoError:
+            if created and not part_files(directory):
+                shutil.rmtree(directory, ignore_errors=True)  # bad input found late: leave nothing behind
+            raise
 
     @staticmethod
     def _prepare(directory, parameters, overwrite):

@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 
 from gradcamo.data.read import ImageRef
+from gradcamo.errors import InputError
 from gradcamo.scorer import head
 from gradcamo.scorer.crops import crop_starts, cut_window, measure_objects
 from gradcamo.scorer.regions import Layout, open_cached, read_region
@@ -53,6 +54,11 @@ def measure_unit(unit, label_name):
     source = open_cached(unit.ref, label_name)
     layout = unit.layout
     labels = read_region(source.labels, layout.label_axes, layout.spatial_axes, _slices(unit.start, unit.stop))
+    if labels.size and labels.min() < 0:
+        raise InputError(
+            f"{unit.ref.name}: labels/{source.label_name} holds negative ids (e.g. {int(labels.min())}); "
+            "label ids must be 0 (background) or positive"
+        )
     return measure_objects(labels, offset=unit.start)
 
 
