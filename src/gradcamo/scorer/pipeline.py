@@ -67,12 +67,18 @@ def _run_bounded(client, function, items, window, on_result):
 
 
 def _open_client(scheduler, workers, threads):
+    """A client of ``scheduler``; else a local cluster: one in-process worker by default (starts in
+    about a second), ``workers`` worker processes when more than one is asked for."""
     if scheduler:
         return Client(scheduler), None
+    if (workers or 1) == 1:
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None,
+                               silence_logs=logging.CRITICAL)
+        return Client(cluster), cluster
     cluster = LocalCluster(
-        n_workers=workers or 1, threads_per_worker=1, processes=True,
+        n_workers=workers, threads_per_worker=1, processes=True,
         dashboard_address=None, silence_logs=logging.CRITICAL,  # task errors reach the client anyway
-        env={"OMP_NUM_THREADS": str(threads or max(1, (os.cpu_count() or 1) // (workers or 1)))},
+        env={"OMP_NUM_THREADS": str(threads or max(1, (os.cpu_count() or 1) // workers))},
     )
     return Client(cluster), cluster
 
