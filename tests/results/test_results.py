@@ -14,36 +14,10 @@ import pytest
 from gradcamo.errors import InputError
 from gradcamo.results.datasets import connect, resolve_datasets, view_names
 from gradcamo.results.query import run_query, write_table
-from gradcamo.results.summary import summarize
+from gradcamo.results.summary import SUMMARY_COLUMNS, summarize
+from gradcamo.scorer.sink import SCORE_SCHEMA
 
-_DICT = pa.dictionary(pa.int32(), pa.string())
-SCHEMA = pa.schema(
-    [
-        ("Metadata_Plate", pa.string()),
-        ("Metadata_Well", pa.string()),
-        ("Metadata_Site", pa.int32()),
-        ("Metadata_Image", pa.string()),
-        ("Metadata_ObjectNumber", pa.int64()),
-        ("centroid_z", pa.float64()),
-        ("centroid_y", pa.float64()),
-        ("centroid_x", pa.float64()),
-        ("object_voxels", pa.int64()),
-        ("target_class", pa.int32()),
-        ("predicted_class", pa.int32()),
-        ("target_name", pa.string()),
-        ("logit_target", pa.float32()),
-        ("prob_target", pa.float32()),
-        ("cam_inside", pa.float64()),
-        ("cam_total", pa.float64()),
-        ("grad_camo", pa.float64()),
-        ("cam_empty", pa.bool_()),
-        ("edge_padded", pa.bool_()),
-        ("pad_fraction", pa.float32()),
-        ("model_sha256", _DICT),
-        ("target_layer", _DICT),
-        ("convention", _DICT),
-    ]
-)
+SCHEMA = SCORE_SCHEMA  # DESIGN.md's columns, as the scorer writes them
 CLASSES = ["alive", "dead", "mitotic"]
 
 
@@ -297,15 +271,7 @@ def test_summary_default_groups_match_numpy(plate_dataset):
     path, table = plate_dataset
     result = summarize(path)
     keys = ["dataset", "Metadata_Plate", "Metadata_Well", "target_name"]
-    assert result.column_names == keys + [
-        "cells",
-        "nan_scores",
-        "mean_grad_camo",
-        "median_grad_camo",
-        "share_above_half",
-        "share_edge_padded",
-        "predicted_class_counts",
-    ]
+    assert result.column_names == keys + list(SUMMARY_COLUMNS)
     with_name = table.append_column("dataset", pa.array(["plate's [run]"] * table.num_rows))
     _check_summary(result, _expected_summary(with_name, keys), keys)
     assert pc.sum(result.column("cells")).as_py() == table.num_rows
