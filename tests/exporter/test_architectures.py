@@ -42,7 +42,7 @@ def _video(name):
 ARCHITECTURES = {
     "resnet18": (_torchvision("resnet18"), SHAPE_2D, ("layer4", "layer2"), False),
     "resnet50": (_torchvision("resnet50"), SHAPE_2D, ("layer4", "layer2"), True),
-    "densenet121": (_torchvision("densenet121"), SHAPE_2D, ("features", "features.denseblock2"), True),
+    "densenet121": (_torchvision("densenet121"), SHAPE_2D, ("features", "features.denseblock3"), True),
     "efficientnet_b0": (_torchvision("efficientnet_b0"), SHAPE_2D, ("features.8", "features.4"), True),
     "mobilenet_v3_small": (_torchvision("mobilenet_v3_small"), SHAPE_2D, ("features.12", "features.6"), True),
     "convnext_tiny": (_torchvision("convnext_tiny"), SHAPE_2D, ("features.7", "features.3"), True),
@@ -128,3 +128,28 @@ def test_exported_cam_matches_reference(name, layer, tmp_path):
     for got, expected, what in ((cam, reference.cam, "layer"), (crop, reference.upsampled, "crop")):
         error = np.abs(got - expected).reshape(len(cam), -1).max(axis=1) / scale
         assert np.all(error < CAM_RTOL), f"{name} {layer}: {what} CAM relative error {error.max():.3g}"
+
+
+@pytest.mark.parametrize(
+    ("build", "path"),
+    [
+        (lambda: torchvision.models.resnet18(weights=None), "conv1"),
+        (lambda: torchvision.models.convnext_tiny(weights=None), "features.0.0"),
+        (lambda: torchvision.models.video.r2plus1d_18(weights=None), "stem.0"),
+    ],
+)
+def test_adapt_first_conv_keeps_hyperparameters(build, path):
+    model = build()
+    before = model.get_submodule(path)
+    assert adapt_first_conv(model, 5) is model
+    after = model.get_submodule(path)
+    assert after is not before and type(after) is type(before)
+    assert after.in_channels == 5
+    for attribute in ("out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode"):
+        assert getattr(after, attribute) == getattr(before, attribute), attribute
+    assert (after.bias is None) == (before.bias is None)
+
+
+def test_adapt_first_conv_rejects_models_without_convolutions():
+    with pytest.raises(ValueError, match="no Conv2d or Conv3d found"):
+        adapt_first_conv(torch.nn.Sequential(torch.nn.Linear(3, 2)), 5)

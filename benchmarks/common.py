@@ -1,0 +1,251 @@
+"""Shared helpers of the gradcamo benchmarks (not part of the package; not run by CI).
+
+Everything here is deliberately small and explicit: the benchmark scripts print ratios
+measured in one run, so the helpers only build models, sessions and a timer.
+"""
+
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+TARGET_LAYER = "layer4"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+DEVICES = ("cpu", "cuda")
+
+# Shapes of the full run and of the --quick smoke run: (C, H, W) / (C, D, H, W).
+SHAPES = {
+    "resnet18": (5, 96, 96),
+    "r3d_18": (5, 32, 64, 64),
+}
+QUICK_SHAPES = {
+    "resnet18": (5, 64, 64),
+    "r3d_18": (5, 8, 32, 32),
+}
+N_CLASSES = 4
+
+
+# --------------------------------------------------------------------------- environment
+
+def machine_record(sessions=()):
+    """Platform and package versions, plus the providers the given sessions actually got."""
+    import onnx
+    import torchvision
+
+    record = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "sched_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torchvision": torchvision.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+        "ort_available_providers": ort.get_available_providers(),
+        "cuda_available_torch": torch.cuda.is_available(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+    if torch.cuda.is_available():
+        record["gpu"] = torch.cuda.get_device_name(0)
+    record["session_providers"] = sorted({tuple(s.get_providers()) for s in sessions})
+    return record
+
+
+def format_record(record):
+    keys = ["date", "platform", "cpu_count", "load_average", "python", "torch", "torchvision", "onnx",
+            "onnxruntime", "session_providers"]
+    if "gpu" in record:
+        keys.append("gpu")
+    return "\n".join(f"  {k}: {record[k]}" for k in keys if k in record)
+
+
+# --------------------------------------------------------------------------- timing
+
+def median_time(fn, repeats=5, warmup=1, sync=None):
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls.
+
+    Returns ``(median, all_times)``. ``sync`` (e.g. ``torch.cuda.synchronize``) is called
+    after each call so asynchronous device work is counted.
+    """
+    for _ in range(warmup):
+        fn()
+        if sync:
+            sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+# --------------------------------------------------------------------------- models
+
+def adapt_first_conv(conv, in_channels):
+    """A copy of ``conv`` taking ``in_channels`` inputs (mean RGB kernel repeated, rescaled).
+
+    Local helper for the benchmarks only (independent of any gradcamo.models helper).
+    """
+    cls = type(conv)
+    new = cls(
+        in_channels, conv.out_channels, kernel_size=conv.kernel_size, stride=conv.stride,
+        padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+        bias=conv.bias is not None,
+    )
+    with torch.no_grad():
+        mean_kernel = conv.weight.mean(dim=1, keepdim=True)
+        repeat = [1, in_channels] + [1] * (conv.weight.dim() - 2)
+        new.weight.copy_(mean_kernel.repeat(*repeat) * (conv.in_channels / in_channels))
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    return new
+
+
+def _randomise_batchnorm(model, seed):
+    """Give BatchNorm layers non-trivial running statistics so activations are not degenerate."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.running_mean.copy_(torch.randn(module.num_features, generator=gen) * 0.1)
+                module.running_var.copy_(torch.rand(module.num_features, generator=gen) * 0.5 + 0.75)
+
+
+def build_model(name, channels=5, n_classes=N_CLASSES, seed=0):
+    """A randomly initialised torchvision resnet18 (2D) or r3d_18 (3D) with ``channels`` inputs.
+
+    Returns ``(model, target_layer_name)`` with the model in eval mode. No weights are
+    downloaded: timings do not depend on the weight values.
+    """
+    import torchvision
+
+    torch.manual_seed(seed)
+    if name == "resnet18":
+        model = torchvision.models.resnet18(weights=None, num_classes=n_classes)
+        model.conv1 = adapt_first_conv(model.conv1, channels)
+    elif name == "r3d_18":
+        model = torchvision.models.video.r3d_18(weights=None, num_classes=n_classes)
+        model.stem[0] = adapt_first_conv(model.stem[0], channels)
+    else:
+        raise ValueError(f"model: expected 'resnet18' or 'r3d_18', got {name!r}")
+    _randomise_batchnorm(model, seed)
+    return model.eval(), TARGET_LAYER
+
+
+def get_layer(model, name):
+    return dict(model.named_modules())[name]
+
+
+# --------------------------------------------------------------------------- onnxruntime
+
+def session_options(*, opt_level="all", threads=None):
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    levels = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }
+    options.graph_optimization_level = levels[opt_level]
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    return options
+
+
+def create_session(path, *, device="cpu", opt_level="all", threads=None):
+    """An ORT session on ``device``; raises if CUDA was asked for and not obtained."""
+    if device not in DEVICES:
+        raise ValueError(f"--device: expected one of {DEVICES}, got {device!r}")
+    providers = [CPU]
+    if device == "cuda":
+        if hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()
+        providers = [CUDA, CPU]
+    session = ort.InferenceSession(
+        str(path), session_options(opt_level=opt_level, threads=threads), providers=providers
+    )
+    obtained = session.get_providers()
+    if device == "cuda" and CUDA not in obtained:
+        raise RuntimeError(
+            f"--device cuda: onnxruntime did not get {CUDA} (got {obtained}; available "
+            f"{ort.get_available_providers()}); install onnxruntime-gpu with matching CUDA/cuDNN "
+            "or use --device cpu"
+        )
+    return session
+
+
+def export_forward_only(model, input_shape, path, *, opset=18):
+    """Export the plain model (image -> logits) with the dynamo exporter and a dynamic batch."""
+    example = torch.randn((2, *input_shape))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.onnx.export(
+        model, (example,), dynamo=True, opset_version=opset,
+        input_names=["image"], output_names=["logits"],
+        dynamic_shapes=({0: batch},), verbose=False,
+    )
+    program.save(str(path))
+    return path
+
+
+# --------------------------------------------------------------------------- torch reference
+
+def torch_grad_cam_inputs(model, layer, image, target=None):
+    """Eager forward + backward: (logits, activations, gradients) the usual way.
+
+    A forward hook keeps the layer's output; ``torch.autograd.grad`` of the sum of each
+    sample's selected logit (argmax where ``target`` is None or -1) gives the gradients.
+    """
+    captured = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        logits = model(image)
+    finally:
+        handle.remove()
+    activations = captured[-1]
+    if target is None:
+        target = torch.full((image.shape[0],), -1, dtype=torch.long)
+    target = torch.where(target < 0, logits.argmax(1), target)
+    selected = logits.gather(1, target[:, None]).sum()
+    (gradients,) = torch.autograd.grad(selected, activations)
+    return logits, activations, gradients
+
+
+def torch_device(device):
+    return torch.device("cuda" if device == "cuda" else "cpu")
+
+
+def interleaved_median_times(fns, repeats=5, warmup=1, sync=None):
+    """Median seconds of each ``fns[name]()``, measured round-robin in one run.
+
+    Each round calls every function once, so slow drifts of a noisy machine (other
+    processes, thermal state) affect all candidates alike. Returns ``{name: (median, times)}``.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+            if sync:
+                sync()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if sync:
+                sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(ts), ts) for name, ts in times.items()}
