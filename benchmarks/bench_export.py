@@ -180,6 +180,10 @@ def main(argv=None):
     unknown = set(names) - set(common.SHAPES)
     if unknown:
         raise SystemExit(f"--models: unknown {sorted(unknown)}; choose from {sorted(common.SHAPES)}")
+    try:
+        common.check_device_available(args.device)
+    except RuntimeError as error:
+        raise SystemExit(str(error)) from None
     torch.manual_seed(0)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)

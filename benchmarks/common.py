@@ -249,3 +249,31 @@ def interleaved_median_times(fns, repeats=5, warmup=1, sync=None):
                 sync()
             times[name].append(time.perf_counter() - start)
     return {name: (statistics.median(ts), ts) for name, ts in times.items()}
+
+
+def check_device_available(device):
+    """Fail before any work when ``device="cuda"`` cannot be served by ORT and torch."""
+    if device != "cuda":
+        return
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    probe.ir_version = min(probe.ir_version, 10)
+    onnx.checker.check_model(probe)
+    if hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
+    session = ort.InferenceSession(probe.SerializeToString(), providers=[CUDA, CPU])
+    if CUDA not in session.get_providers():
+        raise RuntimeError(
+            f"--device cuda: onnxruntime did not get {CUDA} (got {session.get_providers()}; "
+            f"available {ort.get_available_providers()}); install onnxruntime-gpu with matching "
+            "CUDA/cuDNN or use --device cpu"
+        )
+    if not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: torch.cuda.is_available() is False; use --device cpu")

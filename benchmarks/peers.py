@@ -116,7 +116,9 @@ def score_torch_eager(model, layer, crops, masks, targets=None, batch_size=16):
     scores = []
     for sl in _batches(len(crops), batch_size):
         batch = torch.from_numpy(crops[sl]).to(device)
-        target = None if targets is None else torch.from_numpy(np.asarray(targets[sl], dtype=np.int64)).to(device)
+        target = None
+        if targets is not None:
+            target = torch.from_numpy(np.asarray(targets[sl], dtype=np.int64)).to(device)
         _, act, grad = common.torch_grad_cam_inputs(model, layer, batch, target)
         with torch.no_grad():
             alpha = grad.mean(dim=tuple(range(2, grad.dim())), keepdim=True)
@@ -167,7 +169,9 @@ def _compare(name_a, a, name_b, b):
     both = ~np.isnan(a) & ~np.isnan(b)
     nan_mismatch = int((np.isnan(a) != np.isnan(b)).sum())
     diff = np.abs(a[both] - b[both])
-    corr = float(np.corrcoef(a[both], b[both])[0, 1]) if both.sum() > 2 and a[both].std() > 0 and b[both].std() > 0 else float("nan")
+    corr = float("nan")
+    if both.sum() > 2 and a[both].std() > 0 and b[both].std() > 0:
+        corr = float(np.corrcoef(a[both], b[both])[0, 1])
     print(f"  {name_a:>22} vs {name_b:<22} max|diff| {diff.max() if diff.size else float('nan'):.2e}  "
           f"mean|diff| {diff.mean() if diff.size else float('nan'):.2e}  pearson {corr:.5f}  "
           f"NaN mismatches {nan_mismatch}")
