@@ -27,7 +27,7 @@ from hypothesis.extra import numpy as hnp
 
 from gradcamo.models import EfficientNet3dSmall, TinyCNN2d
 from gradcamo.scorer.cam import compute_cam, gradcamo_score, linear_resize_matrix, resize_cam
-from reference import torch_cam, torch_gradcam, torch_gradcamo, torch_resize
+from tests.reference import torch_cam, torch_gradcam, torch_gradcamo, torch_resize
 
 CONVENTIONS = ["raw", "pytorch-grad-cam"]
 

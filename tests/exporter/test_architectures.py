@@ -7,8 +7,6 @@ reference of tests/reference.py. Weights are random (``weights=None``, nothing d
 batch-norm statistics are calibrated on random inputs so activations are O(1).
 """
 
-import pathlib
-import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -21,8 +19,7 @@ from gradcamo.errors import ValidationError
 from gradcamo.models import EfficientNet3dSmall, adapt_first_conv
 from gradcamo.scorer.cam import compute_cam, resize_cam
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from reference import torch_gradcam  # noqa: E402
+from tests.reference import torch_gradcam
 
 N_CLASSES = 3
 SHAPE_2D = (5, 64, 64)

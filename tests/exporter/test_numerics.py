@@ -5,8 +5,6 @@ explicit targets and -1 (predicted class) must give the reference's logits, acti
 gradients, CAMs and Grad-CAMO scores, and the same numbers as running the samples one by one.
 """
 
-import pathlib
-import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -17,8 +15,7 @@ from gradcamo import export_model
 from gradcamo.models import EfficientNet3dSmall, TinyCNN2d
 from gradcamo.scorer.cam import compute_cam, gradcamo_score, resize_cam
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from reference import torch_gradcam, torch_gradcamo  # noqa: E402
+from tests.reference import torch_gradcam, torch_gradcamo
 
 RTOL = 1e-4
 """Errors are measured relative to the largest |value| of the sample (float32 graph vs float64 reference)."""
