@@ -30,7 +30,7 @@ import peers  # noqa: E402
 
 from gradcamo.data.synthetic import make_cells  # noqa: E402
 from gradcamo.data.write import write_plate  # noqa: E402
-from gradcamo.scorer.crops import crop_starts, cut_window, measure_objects  # noqa: E402
+from gradcamo.scorer.crops import cut_object_crops  # noqa: E402
 
 FIELD = (256, 256)
 CELLS_PER_FIELD = 40
@@ -52,13 +52,8 @@ def make_plate(path, n_wells, seed=0):
 
 def crops_of(fields, crop_shape):
     """Every cell's crop and mask, cut as the scorer cuts them."""
-    crops, masks = [], []
-    for image, labels in fields:
-        objects = measure_objects(labels)
-        for cell, start in zip(objects.ids, crop_starts(objects.centroids, crop_shape[1:])):
-            crops.append(cut_window(image, start, crop_shape[1:])[0].astype(np.float32))
-            masks.append(cut_window(labels, start, crop_shape[1:])[0] == cell)
-    return np.stack(crops), np.stack(masks)
+    cut = [cut_object_crops(image, labels, crop_shape[1:]) for image, labels in fields]
+    return np.concatenate([crops for _, crops, _ in cut]), np.concatenate([masks for _, _, masks in cut])
 
 
 def _child_score(plate, model, output, device, workers):

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gradcamo.data.synthetic import make_cells
-from gradcamo.scorer.crops import crop_starts, cut_window, measure_objects, merge_measurements
+from gradcamo.scorer.crops import crop_starts, cut_object_crops, cut_window, measure_objects, merge_measurements
 
 
 def naive_centroids(labels):
@@ -51,3 +51,18 @@ def test_cut_window_matches_padding_then_slicing(start, size):
     expected = padded[:, start[0] + 20 : start[0] + 20 + size[0], start[1] + 20 : start[1] + 20 + size[1]]
     np.testing.assert_array_equal(window, expected)
     assert pad_fraction == pytest.approx(np.count_nonzero(expected[0] == 0) / expected[0].size)
+
+
+def test_object_crops_are_cut_around_each_rounded_centroid_with_zero_padding():
+    image, labels = make_cells((30, 26), 4, n_channels=2, radius=5, seed=9)
+    ids, crops, masks = cut_object_crops(image, labels, (12, 10))
+    pad = ((0, 0), (12, 12), (10, 10))
+    padded_image, padded_labels = np.pad(image, pad), np.pad(labels, pad[1:])
+    for cell, crop, mask in zip(ids, crops, masks):
+        centre = np.floor(naive_centroids(labels)[cell] + 0.5).astype(int)
+        y, x = centre - (6, 5) + (12, 10)
+        np.testing.assert_array_equal(crop, padded_image[:, y : y + 12, x : x + 10].astype(np.float32))
+        np.testing.assert_array_equal(mask, padded_labels[y : y + 12, x : x + 10] == cell)
+    assert crops.dtype == np.float32 and len(ids) == labels.max()
+    empty = cut_object_crops(image, np.zeros_like(labels), (12, 10))
+    assert empty[1].shape == (0, 2, 12, 10) and empty[2].shape == (0, 12, 10)

@@ -118,7 +118,7 @@ def run_demo(out="gradcamo-demo", *, three_d=False, seed=0, overwrite=False, wor
     for name, row in MODELS.items():
         model_path = paths["models"][name]
         if not model_path.exists():
-            crops, classes, _ = cell_crops(fields[(row, 1)] + fields[(row, 2)], size.crop_shape)
+            crops, classes = cell_crops(fields[(row, 1)] + fields[(row, 2)], size.crop_shape)
             mean, std = channel_statistics(crops)
             LOGGER.info("training the %s model on %d cells of row %s", name, len(crops), row)
             model = train_classifier(crops, classes, mean=mean, std=std, epochs=EPOCHS[spatial_dims], seed=seed)

@@ -5,26 +5,17 @@ import torch
 from torch import nn
 
 from gradcamo.models import TinyCNN2d, TinyCNN3d
-from gradcamo.scorer.crops import crop_starts, cut_window, measure_objects
+from gradcamo.scorer.crops import cut_object_crops
 
 TARGET_LAYER = "features.block2"
 """Half the crop's resolution: fine enough for CAMs that can tell a cell from its surroundings."""
 
 
 def cell_crops(fields, crop_shape):
-    """Crops (float32), their class indices and their cell masks, one per cell of ``fields``."""
-    crops, classes, masks = [], [], []
-    spatial = tuple(crop_shape[1:])
-    for field in fields:
-        objects = measure_objects(field.labels)
-        ids, centroids = objects.ids, objects.centroids
-        for cell, start in zip(ids, crop_starts(centroids, spatial)):
-            window, _ = cut_window(field.image, start, spatial)
-            label_window, _ = cut_window(field.labels, start, spatial)
-            crops.append(window.astype(np.float32))
-            masks.append(label_window == cell)
-            classes.append(field.class_index)
-    return np.stack(crops), np.asarray(classes, dtype=np.int64), np.stack(masks)
+    """Crops (float32) and their class indices, one per cell of ``fields``."""
+    crops = [cut_object_crops(field.image, field.labels, tuple(crop_shape[1:]))[1] for field in fields]
+    classes = [np.full(len(c), field.class_index, dtype=np.int64) for c, field in zip(crops, fields)]
+    return np.concatenate(crops), np.concatenate(classes)
 
 
 def channel_statistics(crops):

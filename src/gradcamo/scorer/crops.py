@@ -112,3 +112,30 @@ def cut_window(array, start, shape):
     lead_slices = (slice(None),) * len(lead)
     window[lead_slices + tuple(target)] = array[lead_slices + tuple(source)]
     return window, 1.0 - inside / float(np.prod(shape))
+
+
+def cut_object_crops(image, labels, crop_shape):
+    """Every object's crop and mask from a whole in-memory image, cut as the scorer cuts them.
+
+    Parameters
+    ----------
+    image : (C, *S) ndarray
+    labels : S integer ndarray
+    crop_shape : tuple of int
+        Spatial crop shape.
+
+    Returns
+    -------
+    ids : (n,) int64 ndarray
+    crops : (n, C, *crop_shape) float32 ndarray
+    masks : (n, *crop_shape) bool ndarray
+    """
+    objects = measure_objects(labels)
+    crops, masks = [], []
+    for cell, start in zip(objects.ids, crop_starts(objects.centroids, crop_shape)):
+        crops.append(cut_window(image, start, crop_shape)[0].astype(np.float32))
+        masks.append(cut_window(labels, start, crop_shape)[0] == cell)
+    shape = tuple(crop_shape)
+    if not crops:
+        return objects.ids, np.zeros((0, image.shape[0], *shape), np.float32), np.zeros((0, *shape), bool)
+    return objects.ids, np.stack(crops), np.stack(masks)
