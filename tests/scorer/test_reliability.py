@@ -63,8 +63,18 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_rows(tmp_p
     assert json.loads((tmp_path / "killed" / "_gradcamo.json").read_text())["finished"]
 
 
+def _first_worker_scoring(client, scorer):
+    """Address of the first worker seen running a scoring task while ``scorer`` runs, else None."""
+    while scorer.poll() is None:
+        for worker, keys in client.processing().items():
+            if any(str(key).startswith("score_unit") for key in keys):
+                return worker
+        time.sleep(0.02)
+    return None
+
+
 def test_a_worker_killed_mid_run_on_a_distributed_cluster_is_retried_exactly(tmp_path, model_2d):
-    image, labels = make_cells((96, 96), 30, n_channels=3, radius=5, seed=31)
+    image, labels = make_cells((192, 192), 60, n_channels=3, radius=5, seed=31)
     store = write_image_store(tmp_path / "cells.zarr", image, labels, chunks=(16, 16))
     scheduler_file = tmp_path / "scheduler.json"
     started = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--scheduler-file",
@@ -78,12 +88,12 @@ def test_a_worker_killed_mid_run_on_a_distributed_cluster_is_retried_exactly(tmp
         address = json.loads(scheduler_file.read_text())["address"]
         with Client(address) as client:
             client.wait_for_workers(2, timeout=60)
-            worker_pids = list(client.run(os.getpid).values())
-        scorer = subprocess.Popen(_score_command(store, model_2d, tmp_path / "scores", "--scheduler", address,
-                                                 "--batch-size", "1"))
-        time.sleep(4.0)
-        assert scorer.poll() is None, "scoring finished before the worker could be killed"
-        os.kill(worker_pids[0], signal.SIGKILL)
+            worker_pids = client.run(os.getpid)
+            scorer = subprocess.Popen(_score_command(store, model_2d, tmp_path / "scores", "--scheduler", address,
+                                                     "--batch-size", "1"))
+            victim = _first_worker_scoring(client, scorer)
+            assert victim is not None, "scoring finished before a worker could be killed mid-task"
+            os.kill(worker_pids[victim], signal.SIGKILL)
         assert scorer.wait(timeout=300) == 0
     finally:
         for process in reversed(started):
