@@ -16,20 +16,20 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-TARGET_LAYER = "layer4"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 DEVICES = ("cpu", "cuda")
 
-# Shapes of the full run and of the --quick smoke run: (C, H, W) / (C, D, H, W).
-SHAPES = {
-    "resnet18": (5, 96, 96),
-    "r3d_18": (5, 32, 64, 64),
+# Per model: target layer (the last conv block), an earlier block, the full crop shape and
+# the --quick one, (C, H, W) / (C, D, H, W).
+MODELS = {
+    "resnet18": {"layer": "layer4", "early_layer": "layer2", "shape": (5, 96, 96), "quick": (5, 64, 64)},
+    "r3d_18": {"layer": "layer4", "early_layer": "layer2", "shape": (5, 32, 64, 64), "quick": (5, 8, 32, 32)},
+    "efficientnet3d": {"layer": "head", "early_layer": "blocks.3", "shape": (5, 32, 64, 64),
+                       "quick": (5, 8, 32, 32)},
 }
-QUICK_SHAPES = {
-    "resnet18": (5, 64, 64),
-    "r3d_18": (5, 8, 32, 32),
-}
+SHAPES = {name: case["shape"] for name, case in MODELS.items()}
+QUICK_SHAPES = {name: case["quick"] for name, case in MODELS.items()}
 N_CLASSES = 4
 
 
@@ -95,26 +95,6 @@ def median_time(fn, repeats=5, warmup=1, sync=None):
 
 # --------------------------------------------------------------------------- models
 
-def adapt_first_conv(conv, in_channels):
-    """A copy of ``conv`` taking ``in_channels`` inputs (mean RGB kernel repeated, rescaled).
-
-    Local helper for the benchmarks only (independent of any gradcamo.models helper).
-    """
-    cls = type(conv)
-    new = cls(
-        in_channels, conv.out_channels, kernel_size=conv.kernel_size, stride=conv.stride,
-        padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
-        bias=conv.bias is not None,
-    )
-    with torch.no_grad():
-        mean_kernel = conv.weight.mean(dim=1, keepdim=True)
-        repeat = [1, in_channels] + [1] * (conv.weight.dim() - 2)
-        new.weight.copy_(mean_kernel.repeat(*repeat) * (conv.in_channels / in_channels))
-        if conv.bias is not None:
-            new.bias.copy_(conv.bias)
-    return new
-
-
 def _randomise_batchnorm(model, seed):
     """Give BatchNorm layers non-trivial running statistics so activations are not degenerate."""
     gen = torch.Generator().manual_seed(seed)
@@ -126,24 +106,26 @@ def _randomise_batchnorm(model, seed):
 
 
 def build_model(name, channels=5, n_classes=N_CLASSES, seed=0):
-    """A randomly initialised torchvision resnet18 (2D) or r3d_18 (3D) with ``channels`` inputs.
+    """A randomly initialised benchmark model (see ``MODELS``) with ``channels`` inputs.
 
     Returns ``(model, target_layer_name)`` with the model in eval mode. No weights are
     downloaded: timings do not depend on the weight values.
     """
     import torchvision
 
+    from gradcamo.models import EfficientNet3dSmall, adapt_first_conv
+
     torch.manual_seed(seed)
     if name == "resnet18":
-        model = torchvision.models.resnet18(weights=None, num_classes=n_classes)
-        model.conv1 = adapt_first_conv(model.conv1, channels)
+        model = adapt_first_conv(torchvision.models.resnet18(weights=None, num_classes=n_classes), channels)
     elif name == "r3d_18":
-        model = torchvision.models.video.r3d_18(weights=None, num_classes=n_classes)
-        model.stem[0] = adapt_first_conv(model.stem[0], channels)
+        model = adapt_first_conv(torchvision.models.video.r3d_18(weights=None, num_classes=n_classes), channels)
+    elif name == "efficientnet3d":
+        model = EfficientNet3dSmall(in_channels=channels, num_classes=n_classes)
     else:
-        raise ValueError(f"model: expected 'resnet18' or 'r3d_18', got {name!r}")
+        raise ValueError(f"model: expected one of {sorted(MODELS)}, got {name!r}")
     _randomise_batchnorm(model, seed)
-    return model.eval(), TARGET_LAYER
+    return model.eval(), MODELS[name]["layer"]
 
 
 def get_layer(model, name):

@@ -39,7 +39,7 @@ import common  # noqa: E402
 from gradcamo.scorer.cam import compute_cam, gradcamo_score, resize_cam  # noqa: E402
 
 
-def _batches(n, batch_size):
+def batches(n, batch_size):
     for start in range(0, n, batch_size):
         yield slice(start, min(start + batch_size, n))
 
@@ -60,7 +60,7 @@ def predicted_targets(model, crops, batch_size=16):
     device = _device_of(model)
     out = []
     with torch.inference_mode():
-        for sl in _batches(len(crops), batch_size):
+        for sl in batches(len(crops), batch_size):
             out.append(model(torch.from_numpy(crops[sl]).to(device)).argmax(1).cpu().numpy())
     return np.concatenate(out)
 
@@ -76,7 +76,7 @@ def score_pytorch_grad_cam(model, layer, crops, masks, targets=None, batch_size=
     scores = []
     # GradCAM's constructor calls model.eval(); our models are already in eval mode.
     with GradCAM(model=model, target_layers=[layer]) as cam:
-        for sl in _batches(len(crops), batch_size):
+        for sl in batches(len(crops), batch_size):
             batch = torch.from_numpy(crops[sl]).to(device)
             wanted = None if targets is None else [ClassifierOutputTarget(int(c)) for c in targets[sl]]
             grayscale = cam(input_tensor=batch, targets=wanted)  # (B, *S) float32, min-max scaled
@@ -99,7 +99,7 @@ def score_captum(model, layer, crops, masks, targets=None, batch_size=16):
     spatial = crops.shape[2:]
     mode = "bilinear" if len(spatial) == 2 else "trilinear"
     scores = []
-    for sl in _batches(len(crops), batch_size):
+    for sl in batches(len(crops), batch_size):
         batch = torch.from_numpy(crops[sl]).to(device)
         target = torch.from_numpy(np.asarray(targets[sl], dtype=np.int64)).to(device)
         attribution = explainer.attribute(batch, target=target, relu_attributions=True)  # (B, 1, *s)
@@ -114,7 +114,7 @@ def score_torch_eager(model, layer, crops, masks, targets=None, batch_size=16):
     spatial = crops.shape[2:]
     mode = "bilinear" if len(spatial) == 2 else "trilinear"
     scores = []
-    for sl in _batches(len(crops), batch_size):
+    for sl in batches(len(crops), batch_size):
         batch = torch.from_numpy(crops[sl]).to(device)
         target = None
         if targets is not None:
@@ -137,7 +137,7 @@ def score_gradcamo_onnx(session, crops, masks, targets=None, batch_size=16, conv
     """An exported gradcamo graph in onnxruntime; CAM/resize/share with gradcamo.scorer.cam."""
     spatial = crops.shape[2:]
     scores = []
-    for sl in _batches(len(crops), batch_size):
+    for sl in batches(len(crops), batch_size):
         n = sl.stop - sl.start
         target = np.full((n,), -1, np.int64) if targets is None else np.asarray(targets[sl], np.int64)
         act, grad = session.run(["activations", "gradients"], {"image": crops[sl], "target": target})
@@ -212,7 +212,7 @@ def main(argv=None):
 
     # numpy references on torch's own activations/gradients: raw and pytorch-grad-cam conventions
     act, grad = [], []
-    for sl in _batches(len(crops), args.batch):
+    for sl in batches(len(crops), args.batch):
         _, a, g = common.torch_grad_cam_inputs(model, layer, torch.from_numpy(crops[sl]),
                                                torch.from_numpy(targets[sl]))
         act.append(a.detach().numpy())

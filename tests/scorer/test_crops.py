@@ -29,6 +29,19 @@ def test_block_sums_merge_to_whole_image_centroids(shape, block):
     np.testing.assert_array_equal(merged.voxels, [np.count_nonzero(labels == i) for i in merged.ids])
 
 
+@pytest.mark.parametrize("largest_id", [9, 2**31 + 7], ids=["dense ids, counted", "sparse ids, sorted"])
+def test_measure_objects_matches_naive_sums_for_dense_and_sparse_ids(largest_id):
+    rng = np.random.default_rng(3)
+    ids = np.array([0, 1, 5, largest_id], dtype=np.uint64)
+    labels = ids[rng.integers(0, 4, (6, 9, 7))]
+    measured = measure_objects(labels, offset=(2, 0, 5))
+    present = [int(i) for i in np.unique(labels) if i != 0]
+    assert list(measured.ids) == present
+    np.testing.assert_array_equal(measured.voxels, [np.count_nonzero(labels == i) for i in present])
+    expected = [(np.argwhere(labels == i) + (2, 0, 5)).sum(axis=0) for i in present]
+    np.testing.assert_allclose(measured.coordinate_sums, expected, rtol=1e-12)
+
+
 def test_empty_labels_have_no_objects():
     merged = merge_measurements([measure_objects(np.zeros((4, 4), np.uint16))], 2)
     assert len(merged.ids) == 0 and len(merged.voxels) == 0 and merged.centroids.shape == (0, 2)

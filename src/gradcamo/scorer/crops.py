@@ -9,6 +9,9 @@ import dataclasses
 
 import numpy as np
 
+# measure_objects counts ids directly when the largest is below this many per voxel.
+DENSE_IDS_PER_VOXEL = 4
+
 
 @dataclasses.dataclass(frozen=True)
 class Measurements:
@@ -41,14 +44,22 @@ def measure_objects(labels, offset=None):
     labels = np.asarray(labels)
     offset = np.zeros(labels.ndim, dtype=np.int64) if offset is None else np.asarray(offset, dtype=np.int64)
     flat = labels.reshape(-1)
-    ids, inverse, voxels = np.unique(flat, return_inverse=True, return_counts=True)
+    if flat.size and flat.min() >= 0 and flat.max() < DENSE_IDS_PER_VOXEL * flat.size:
+        # Ids few enough to count in place: O(n) instead of sorting (same sums, same order).
+        bins = flat.astype(np.intp, copy=False)
+        counts = np.bincount(bins)
+        ids = rows = np.flatnonzero(counts)
+    else:
+        ids, bins, counts = np.unique(flat, return_inverse=True, return_counts=True)
+        rows = np.arange(len(ids))
     keep = ids != 0
-    sums = np.zeros((len(ids), labels.ndim))
+    ids, rows = ids[keep], rows[keep]
+    sums = np.empty((len(rows), labels.ndim))
     for axis in range(labels.ndim):
         coordinate = np.indices(labels.shape, sparse=True)[axis] + offset[axis]
-        sums[:, axis] = np.bincount(inverse, weights=np.broadcast_to(coordinate, labels.shape).reshape(-1),
-                                    minlength=len(ids))
-    return Measurements(ids[keep].astype(np.int64), voxels[keep].astype(np.int64), sums[keep])
+        weights = np.broadcast_to(coordinate, labels.shape).reshape(-1)
+        sums[:, axis] = np.bincount(bins, weights=weights, minlength=len(counts))[rows]
+    return Measurements(ids.astype(np.int64), counts[rows].astype(np.int64), sums)
 
 
 def merge_measurements(parts, ndim):
