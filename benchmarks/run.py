@@ -54,9 +54,9 @@ GOALS = {
 # takes about a second on 2 cores).
 SETTINGS = {
     False: {"batches": (1, 16, 64), "cpu_3d_batches": (1, 8), "repeats": 3, "e2e_seconds": 10.0,
-            "scaling_seconds": 30.0},
+            "scaling_seconds": 30.0, "max_cells": 3000},
     True: {"batches": (16,), "cpu_3d_batches": (8,), "repeats": 2, "e2e_seconds": 1.5,
-           "scaling_seconds": 5.0},
+           "scaling_seconds": 5.0, "max_cells": 1000},
 }
 
 
@@ -183,7 +183,8 @@ def bench_model(name, args, settings, scratch):
 def _bench_end_to_end(name, model, layer, model_path, shape, batch_size, ort_rate, args, settings, scratch):
     """gradcamo.score on a plate vs bare ORT and torch eager on all its cells in memory, round-robin."""
     plate = scratch / f"{name}-e2e.zarr"
-    fields = endtoend.make_plate(plate, shape, min_cells=int(ort_rate * settings["e2e_seconds"]), seed=1000)
+    cells = min(int(ort_rate * settings["e2e_seconds"]), settings["max_cells"])
+    fields = endtoend.make_plate(plate, shape, min_cells=cells, seed=1000)
     crops, masks = endtoend.crops_of(fields, shape)
     log(f"{name}: end to end on {len(crops)} cells, batch {batch_size}")
     session = common.create_session(model_path, device=args.device)
@@ -233,8 +234,8 @@ def bench_scaling(args, settings, scratch, e2e_rate):
     plates = {}
     for scale in (1, 10):
         plates[scale] = scratch / f"rss-{scale}x.zarr"
-        cells = int(e2e_rate * settings["scaling_seconds"] * scale / 10)
-        endtoend.make_plate(plates[scale], shape, min_cells=cells, seed=100)
+        cells = min(e2e_rate * settings["scaling_seconds"], 2 * settings["max_cells"]) * scale // 10
+        endtoend.make_plate(plates[scale], shape, min_cells=int(cells), seed=100)
     runs = {}
     for key, plate, options in (
         ("1x", plates[1], {}), ("10x", plates[10], {}),
@@ -292,20 +293,25 @@ def main(argv=None):
     except RuntimeError as error:
         raise SystemExit(str(error)) from None
     report = {"device": args.device, "quick": args.quick, "settings": settings, "models": []}
+    output = args.output or RESULTS / (
+        f"{datetime.date.today().isoformat()}-{host_kind(args.device)}{'-quick' if args.quick else ''}.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+    def save():  # after every part, so a run cut short keeps what it measured
+        report["machine"] = common.machine_record()
+        report["wall_seconds"] = time.perf_counter() - STARTED
+        output.write_text(json.dumps(report, indent=2, default=str) + "\n")
+
     with tempfile.TemporaryDirectory(prefix="gradcamo-bench-") as scratch:
         scratch = pathlib.Path(scratch)
         for name in args.models:
             report["models"].append(bench_model(name, args, settings, scratch))
+            save()
         if "resnet18" in args.models:
             e2e_rate = report["models"][args.models.index("resnet18")]["end_to_end"]["cells_per_s"]["end_to_end"]
             report["scaling"] = bench_scaling(args, settings, scratch, e2e_rate)
-    report["machine"] = common.machine_record()
-    report["wall_seconds"] = time.perf_counter() - STARTED
+            save()
     print_report(report)
-    output = args.output or RESULTS / (
-        f"{datetime.date.today().isoformat()}-{host_kind(args.device)}{'-quick' if args.quick else ''}.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"\n{report['wall_seconds']:.0f} s; wrote {output}")
     return 0
 
