@@ -17,6 +17,7 @@ from ome_zarr.writer import write_image, write_labels
 from gradcamo.cli import main
 from gradcamo.data.synthetic import make_cells
 from gradcamo.data.write import write_image_store
+from gradcamo.scorer.session import gpu_present
 from gradcamo.scorer.sink import read_scores
 from tests.scorer.test_pipeline import assert_matches, reference_rows
 from tests.scorer.tiny_models import CROP_2D
@@ -108,6 +109,13 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, cells
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert expected in err
+    assert not (tmp_path / "scores").exists()
+
+
+@pytest.mark.skipif(gpu_present(), reason="a GPU is present: --device cuda may work here")
+def test_device_cuda_without_a_gpu_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, store, model_2d):
+    code, _, err = run_score(capsys, store, "-m", model_2d, "-o", tmp_path / "scores", "--device", "cuda")
+    assert code == 2 and err.startswith("error: --device cuda: onnxruntime did not get the CUDA provider")
     assert not (tmp_path / "scores").exists()
 
 
