@@ -6,15 +6,13 @@ import logging
 import pathlib
 import shutil
 
-import duckdb
-
 import gradcamo
 from gradcamo.demo.plate import CLASSES, ROLES, SIZES, make_demo_fields, write_demo_plate
 from gradcamo.demo.train import TARGET_LAYER, cell_crops, channel_statistics, train_classifier
 from gradcamo.errors import InputError
 from gradcamo.exporter import export_model
+from gradcamo.results.query import run_query
 from gradcamo.scorer.pipeline import score
-from gradcamo.scorer.sink import part_files
 
 LOGGER = logging.getLogger(__name__)
 MODELS = {"honest": "B", "shortcut": "A"}
@@ -79,20 +77,20 @@ def _prepare(out, settings, overwrite):
 
 
 def _report(name, scores_dir):
-    files = [str(p) for p in part_files(scores_dir)]
     treated = CLASSES.index("treated")
-    row = duckdb.execute(
+    row = run_query(
+        scores_dir,
         f"""
         select count(*),
                avg(case when predicted_class = (case when Metadata_Well like '%02' then {treated} else 0 end)
                         then 1.0 else 0.0 end),
                median(grad_camo) filter (where not isnan(grad_camo)),
                avg(case when grad_camo > 0.5 then 1.0 else 0.0 end) filter (where not isnan(grad_camo))
-        from read_parquet(?) where Metadata_Well like '{EVALUATION_ROW}%'
+        from scores where Metadata_Well like '{EVALUATION_ROW}%'
         """,
-        [files],
-    ).fetchone()
-    return ModelReport(name, int(row[0]), float(row[1]), float(row[2]), float(row[3]))
+    ).to_pylist()[0]
+    cells, accuracy, median, share = row.values()
+    return ModelReport(name, int(cells), float(accuracy), float(median), float(share))
 
 
 def run_demo(out="gradcamo-demo", *, three_d=False, seed=0, overwrite=False, workers=None, progress=False):
