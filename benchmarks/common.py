@@ -71,28 +71,6 @@ def format_record(record):
     return "\n".join(f"  {k}: {record[k]}" for k in keys if k in record)
 
 
-# --------------------------------------------------------------------------- timing
-
-def median_time(fn, repeats=5, warmup=1, sync=None):
-    """Median wall-clock seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls.
-
-    Returns ``(median, all_times)``. ``sync`` (e.g. ``torch.cuda.synchronize``) is called
-    after each call so asynchronous device work is counted.
-    """
-    for _ in range(warmup):
-        fn()
-        if sync:
-            sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
-
-
 # --------------------------------------------------------------------------- models
 
 def _randomise_batchnorm(model, seed):
@@ -210,6 +188,8 @@ def torch_grad_cam_inputs(model, layer, image, target=None):
 def torch_device(device):
     return torch.device("cuda" if device == "cuda" else "cpu")
 
+
+# --------------------------------------------------------------------------- timing
 
 def interleaved_median_times(fns, repeats=5, warmup=1, sync=None):
     """Median seconds of each ``fns[name]()``, measured round-robin in one run.

@@ -8,7 +8,6 @@ candidates of ``run.py``, so every candidate scores the same cells.
 
 import json
 import pathlib
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,15 +52,14 @@ def make_plate(path, crop_shape, min_cells, seed=0):
 def crops_of(fields, crop_shape, limit=None):
     """The first ``limit`` cells' crops (N, C, *S) float32 and masks (N, *S) bool, cut as the scorer cuts."""
     cut = [cut_object_crops(image, labels, crop_shape[1:]) for image, labels in fields]
-    crops = np.concatenate([c for _, c, _ in cut])[:limit].astype(np.float32)
+    crops = np.concatenate([c for _, c, _ in cut])[:limit]
     masks = np.concatenate([m for _, _, m in cut])[:limit]
     return crops, masks
 
 
 def score_once(plate, model, scratch, **options):
     """One ``score`` call into a fresh output directory under ``scratch``; returns its summary."""
-    output = tempfile.mkdtemp(prefix="scores-", dir=scratch)
-    shutil.rmtree(output)
+    output = tempfile.mkdtemp(prefix="scores-", dir=scratch)  # new and empty: score accepts it
     return score([str(plate)], str(model), output, **options)
 
 

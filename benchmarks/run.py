@@ -91,37 +91,38 @@ def host_kind(device):
     return f"cpu-{common.machine_record()['sched_affinity']}cores"
 
 
+def _batched(session, outputs, feed_of, n_cells):
+    """A function of the batch size that runs ``session`` over ``n_cells``, ``feed_of(slice)`` per batch."""
+    return lambda batch_size: [session.run(outputs, feed_of(sl)) for sl in peers.batches(n_cells, batch_size)]
+
+
+def _graph_feed(crops):
+    """Feeds of the gradient graph: the crops of a batch, target = the predicted class."""
+    return lambda sl: {"image": crops[sl], "target": np.full(sl.stop - sl.start, -1, np.int64)}
+
+
 def _ort_candidates(paths, crops, masks, device):
-    """In-memory onnxruntime candidates: bare graphs, forward-only and the headed scoring graph."""
+    """In-memory onnxruntime candidates: bare graphs, forward-only and the headed scoring graph.
+
+    Returns the candidates and the gradient graph's session.
+    """
     import onnx
 
     sessions = {key: common.create_session(path, device=device) for key, path in paths.items()}
-
     headed = head.append_score_head(onnx.load(paths["graph"]), crop_spatial=crops.shape[2:])
     scoring = create_scoring_session(headed.SerializeToString(), device=device)
-
-    def run_batches(session, outputs, feed_of):
-        def run(batch_size):
-            return [session.run(outputs, feed_of(sl)) for sl in peers.batches(len(crops), batch_size)]
-        return run
-
-    def target(sl):
-        return np.full(sl.stop - sl.start, -1, np.int64)
-
-    def graph_feed(sl):
-        return {"image": crops[sl], "target": target(sl)}
-
+    graph_feed = _graph_feed(crops)
     candidates = {
-        "ort_graph": run_batches(sessions["graph"], None, graph_feed),
-        "ort_forward": run_batches(sessions["forward"], None, lambda sl: {"image": crops[sl]}),
-        "gradcamo_head": run_batches(
+        "ort_graph": _batched(sessions["graph"], None, graph_feed, len(crops)),
+        "ort_forward": _batched(sessions["forward"], None, lambda sl: {"image": crops[sl]}, len(crops)),
+        "gradcamo_head": _batched(
             scoring, list(head.HEAD_OUTPUTS),
-            lambda sl: {**graph_feed(sl), head.MASK: masks[sl].astype(np.float32)},
+            lambda sl: {**graph_feed(sl), head.MASK: masks[sl].astype(np.float32)}, len(crops),
         ),
     }
     if "early" in sessions:
-        candidates["ort_graph_early"] = run_batches(sessions["early"], None, graph_feed)
-    return candidates, sessions["graph"].get_providers()
+        candidates["ort_graph_early"] = _batched(sessions["early"], None, graph_feed, len(crops))
+    return candidates, sessions["graph"]
 
 
 def _peer_candidates(model, layer, crops, masks, device):
@@ -159,12 +160,12 @@ def bench_model(name, args, settings, scratch):
     plate = scratch / f"{name}.zarr"
     fields = endtoend.make_plate(plate, shape, min_cells=max(batches) * 2)
     crops, masks = endtoend.crops_of(fields, shape, limit=max(batches))
-    candidates, providers = _ort_candidates(paths, crops, masks, args.device)
+    candidates, graph_session = _ort_candidates(paths, crops, masks, args.device)
     candidates |= _peer_candidates(model, layer, crops, masks, args.device)
     sync = torch.cuda.synchronize if args.device == "cuda" else None
 
     result = {"model": name, "crop_shape": list(shape), "target_layer": layer, "early_layer": case["early_layer"],
-              "cells_in_memory": len(crops), "providers": providers,
+              "cells_in_memory": len(crops), "providers": graph_session.get_providers(),
               "max_abs_diff_vs_gradcamo": _agreement(candidates, crops, batches[-1]), "cells_per_s": {}}
     for batch_size in batches:
         log(f"{name}: in memory, batch {batch_size}")
@@ -174,20 +175,20 @@ def bench_model(name, args, settings, scratch):
         )
         result["cells_per_s"][batch_size] = {key: len(crops) / median for key, (median, _) in timings.items()}
 
-    result["end_to_end"] = _bench_end_to_end(name, model, layer, paths["graph"], shape, max(batches),
+    result["end_to_end"] = _bench_end_to_end(name, model, layer, paths["graph"], graph_session, shape, max(batches),
                                              result["cells_per_s"][max(batches)]["ort_graph"], args, settings, scratch)
     result["ratios"] = _ratios(result)
     return result
 
 
-def _bench_end_to_end(name, model, layer, model_path, shape, batch_size, ort_rate, args, settings, scratch):
+def _bench_end_to_end(name, model, layer, model_path, session, shape, batch_size, ort_rate, args, settings, scratch):
     """gradcamo.score on a plate vs bare ORT and torch eager on all its cells in memory, round-robin."""
     plate = scratch / f"{name}-e2e.zarr"
     cells = min(int(ort_rate * settings["e2e_seconds"]), settings["max_cells"])
     fields = endtoend.make_plate(plate, shape, min_cells=cells, seed=1000)
     crops, masks = endtoend.crops_of(fields, shape)
     log(f"{name}: end to end on {len(crops)} cells, batch {batch_size}")
-    session = common.create_session(model_path, device=args.device)
+    run_graph = _batched(session, None, _graph_feed(crops), len(crops))
     torch_layer = common.get_layer(model, layer)
     cells = []
 
@@ -197,8 +198,7 @@ def _bench_end_to_end(name, model, layer, model_path, shape, batch_size, ort_rat
 
     timings = common.interleaved_median_times({
         "end_to_end": end_to_end,
-        "ort_graph": lambda: [session.run(None, {"image": crops[sl], "target": np.full(sl.stop - sl.start, -1, np.int64)})
-                              for sl in peers.batches(len(crops), batch_size)],
+        "ort_graph": lambda: run_graph(batch_size),
         "torch_eager": lambda: peers.score_torch_eager(model, torch_layer, crops, masks, None, batch_size),
     }, repeats=settings["repeats"], warmup=1, sync=torch.cuda.synchronize if args.device == "cuda" else None)
     if set(cells) != {len(crops)}:
