@@ -33,7 +33,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 import gradcamo  # noqa: E402
-from gradcamo.scorer.cam import compute_cam  # noqa: E402
+from gradcamo.cam import compute_cam  # noqa: E402
 
 
 def parse_args(argv=None):

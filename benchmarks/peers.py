@@ -14,7 +14,7 @@ benchmark suite can check that they agree and time them:
 - ``score_torch_eager``: plain torch: forward hook on the layer + ``torch.autograd.grad``
   of the selected logits, CAM, ``F.interpolate`` and mask share in torch (raw convention).
 - ``score_gradcamo_onnx``: an exported gradcamo graph run by onnxruntime, CAM and share
-  with ``gradcamo.scorer.cam`` (numpy); either convention.
+  with ``gradcamo.cam`` (numpy); either convention.
 
 Arguments: ``crops`` (N, C, *S) float32 ndarray, ``masks`` (N, *S) bool ndarray,
 ``targets`` (N,) int ndarray or None (None = the predicted class), ``batch_size``.
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from gradcamo.scorer.cam import compute_cam, gradcamo_score, resize_cam  # noqa: E402
+from gradcamo.cam import compute_cam, gradcamo_score, resize_cam  # noqa: E402
 
 
 def batches(n, batch_size):
@@ -134,7 +134,7 @@ def score_torch_eager(model, layer, crops, masks, targets=None, batch_size=16):
 
 
 def score_gradcamo_onnx(session, crops, masks, targets=None, batch_size=16, convention="raw"):
-    """An exported gradcamo graph in onnxruntime; CAM/resize/share with gradcamo.scorer.cam."""
+    """An exported gradcamo graph in onnxruntime; CAM/resize/share with gradcamo.cam."""
     spatial = crops.shape[2:]
     scores = []
     for sl in batches(len(crops), batch_size):

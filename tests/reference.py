@@ -2,7 +2,7 @@
 
 Written from DESIGN.md ("The score") with eager torch autograd, in float64, one sample
 at a time. It shares no code with ``gradcamo.exporter`` (no GradCamWrapper, no
-capture_layer_output) nor with ``gradcamo.scorer.cam``; tests compare both against it.
+capture_layer_output) nor with ``gradcamo.cam``; tests compare both against it.
 
 How the layer output is captured: a forward hook keeps the layer's own output tensor
 and hands a ``clone()`` of it downstream. In-place ops after the layer (torchvision's

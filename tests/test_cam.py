@@ -1,4 +1,4 @@
-"""gradcamo.scorer.cam (numpy) against the torch reference and pytorch-grad-cam.
+"""gradcamo.cam (numpy) against the torch reference and pytorch-grad-cam.
 
 What is compared with pytorch_grad_cam.GradCAM (the library the Grad-CAMO paper used):
 
@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from gradcamo.models import EfficientNet3dSmall, TinyCNN2d
-from gradcamo.scorer.cam import compute_cam, gradcamo_score, linear_resize_matrix, resize_cam
+from gradcamo.cam import compute_cam, gradcamo_score, linear_resize_matrix, resize_cam
 from tests.reference import torch_cam, torch_gradcam, torch_gradcamo, torch_resize
 
 CONVENTIONS = ["raw", "pytorch-grad-cam"]

@@ -17,7 +17,7 @@ import torchvision
 from gradcamo import export_model
 from gradcamo.errors import ValidationError
 from gradcamo.models import EfficientNet3dSmall, adapt_first_conv
-from gradcamo.scorer.cam import compute_cam, resize_cam
+from gradcamo.cam import compute_cam, resize_cam
 
 from tests.reference import torch_gradcam
 

@@ -13,7 +13,7 @@ import torch
 
 from gradcamo import export_model
 from gradcamo.models import EfficientNet3dSmall, TinyCNN2d
-from gradcamo.scorer.cam import compute_cam, gradcamo_score, resize_cam
+from gradcamo.cam import compute_cam, gradcamo_score, resize_cam
 
 from tests.reference import torch_gradcam, torch_gradcamo
 

@@ -1,4 +1,4 @@
-"""The in-graph Grad-CAMO head against the numpy arithmetic of gradcamo.scorer.cam."""
+"""The in-graph Grad-CAMO head against the numpy arithmetic of gradcamo.cam."""
 
 import numpy as np
 import onnx
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import gradcamo
-from gradcamo.scorer.cam import compute_cam, gradcamo_score, resize_cam
+from gradcamo.cam import compute_cam, gradcamo_score, resize_cam
 from gradcamo.scorer.head import HEAD_OUTPUTS, MASK, append_score_head
 
 

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from gradcamo.data.synthetic import make_cells
 from gradcamo.data.write import write_image_store, write_plate
-from gradcamo.scorer.cam import compute_cam, gradcamo_score, resize_cam
+from gradcamo.cam import compute_cam, gradcamo_score, resize_cam
 from gradcamo.scorer.pipeline import score
 from tests.scorer.tiny_models import CROP_2D, CROP_3D
 

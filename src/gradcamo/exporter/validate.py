@@ -9,7 +9,7 @@ import torch
 
 from gradcamo import contract
 from gradcamo.errors import ExportError, ValidationError
-from gradcamo.scorer.cam import compute_cam
+from gradcamo.cam import compute_cam
 
 CAM_RTOL = 1e-3
 """Largest accepted CAM error, relative to the largest |pre-ReLU CAM| of the sample.

@@ -1,6 +1,6 @@
 """Append the Grad-CAMO arithmetic to a gradcamo graph, so only per-cell scalars leave it.
 
-The head computes, inside ONNX, what :mod:`gradcamo.scorer.cam` computes in numpy:
+The head computes, inside ONNX, what :mod:`gradcamo.cam` computes in numpy:
 channel weights (mean gradient), ReLU'd weighted sum, optional min-max scaling, linear
 resize to the crop with half-pixel centres, and the mask-weighted and total sums.
 """
@@ -10,7 +10,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from gradcamo import contract
-from gradcamo.scorer.cam import CONVENTIONS, MINMAX_EPS
+from gradcamo.cam import CONVENTIONS, MINMAX_EPS
 
 MASK = "mask"
 CAM_INSIDE = "cam_inside"

@@ -10,7 +10,7 @@ from distributed import Client, LocalCluster, as_completed
 
 from gradcamo.errors import InputError
 from gradcamo.model_file import read_model_info
-from gradcamo.scorer.cam import CONVENTIONS
+from gradcamo.cam import CONVENTIONS
 from gradcamo.scorer.crops import merge_measurements
 from gradcamo.scorer.plan import assign_objects, parse_targets, plan_inputs
 from gradcamo.scorer.progress import cell_progress
