@@ -15,7 +15,7 @@ from gradcamo.errors import InputError
 from gradcamo.results.datasets import connect, resolve_datasets, view_names
 from gradcamo.results.query import run_query, write_table
 from gradcamo.results.summary import SUMMARY_COLUMNS, summarize
-from gradcamo.scorer.sink import SCORE_SCHEMA
+from gradcamo.scorer.sink import SCORE_SCHEMA, ScoreDataset
 
 SCHEMA = SCORE_SCHEMA  # DESIGN.md's columns, as the scorer writes them
 CLASSES = ["alive", "dead", "mitotic"]
@@ -260,8 +260,15 @@ def test_bad_sql_is_one_line_input_error(plate_dataset, sql, match):
     assert "\n" not in str(info.value)
 
 
-def test_statement_without_result_gives_an_empty_table(plate_dataset):
-    assert run_query(plate_dataset[0], "CREATE TABLE t AS SELECT 1").num_columns in (0, 1)
+@pytest.mark.parametrize("sql", ["CREATE TABLE t AS SELECT 1", "SET threads = 1", "SELECT 1; CREATE TABLE t (x INT)"])
+def test_statement_without_result_gives_an_empty_table(plate_dataset, sql):
+    result = run_query(plate_dataset[0], sql)
+    assert result.num_columns == 0 and result.num_rows == 0
+
+
+def test_statements_before_a_query_run_and_the_query_result_is_returned(plate_dataset):
+    result = run_query(plate_dataset[0], "CREATE TABLE t AS SELECT 41 AS x; SELECT x + 1 AS y FROM t")
+    assert result.to_pylist() == [{"y": 42}]
 
 
 # --- summary ----------------------------------------------------------------------------
@@ -298,6 +305,43 @@ def test_summary_all_nan_group_gives_nulls(tmp_path):
     row = summarize(write_dataset(tmp_path / "nan", [table]), by=["Metadata_Well"]).to_pylist()[0]
     assert row["cells"] == 6 and row["nan_scores"] == 6
     assert row["mean_grad_camo"] is None and row["median_grad_camo"] is None and row["share_above_half"] is None
+
+
+def _write_with_sink(directory, table):
+    with ScoreDataset.open(directory, {"case": "nan"}) as dataset:
+        dataset.write_part("0", table)
+        dataset.finish({"rows": table.num_rows})
+    return directory
+
+
+@pytest.mark.parametrize("writer", ["sink", "pyarrow with float statistics"])
+def test_nan_beside_a_score_is_skipped_by_every_aggregate_of_its_group(tmp_path, writer):
+    """Issue 11: DuckDB 2.0.1 returned mean NaN for a group holding [0.5, NaN] when
+    several filtered aggregates stood side by side (it read Parquet min/max statistics
+    as "no NaN"). Pinned for part files as the scorer writes them and as a plain
+    pyarrow writer does (with statistics)."""
+    table = random_rows(np.random.default_rng(11), 3, plate="P", well="A01", image="x.zarr")
+    table = table.set_column(table.schema.get_field_index("Metadata_Well"), "Metadata_Well", pa.array(["A01", "A01", "B01"]))
+    table = table.set_column(table.schema.get_field_index("grad_camo"), "grad_camo", pa.array([0.5, math.nan, 0.7]))
+    table = table.set_column(table.schema.get_field_index("edge_padded"), "edge_padded", pa.array([True, False, False]))
+    directory = tmp_path / "nan"
+    if writer == "sink":
+        _write_with_sink(directory, table)
+    else:
+        write_dataset(directory, [table])
+    rows = {row["Metadata_Well"]: row for row in summarize(directory, by=["Metadata_Well"]).to_pylist()}
+    assert (rows["A01"]["cells"], rows["A01"]["nan_scores"]) == (2, 1)
+    assert rows["A01"]["mean_grad_camo"] == 0.5 and rows["A01"]["median_grad_camo"] == 0.5
+    assert rows["A01"]["share_above_half"] == 0.0 and rows["A01"]["share_edge_padded"] == 0.5
+    assert (rows["B01"]["mean_grad_camo"], rows["B01"]["share_above_half"], rows["B01"]["nan_scores"]) == (0.7, 1.0, 0)
+
+
+def test_nan_scores_are_found_by_a_where_clause_over_the_scorers_part_files(tmp_path):
+    table = random_rows(np.random.default_rng(12), 4, plate="P", well="A01", image="x.zarr")
+    table = table.set_column(table.schema.get_field_index("grad_camo"), "grad_camo", pa.array([0.2, math.nan, 0.9, math.nan]))
+    directory = _write_with_sink(tmp_path / "nan", table)
+    counted = run_query(directory, "SELECT count(*) AS n FROM scores WHERE isnan(grad_camo)").to_pylist()
+    assert counted == [{"n": 2}]
 
 
 def test_summary_several_datasets_groups_by_dataset(plate_dataset, tmp_path):

@@ -170,6 +170,10 @@ def connect(datasets):
     con = duckdb.connect(":memory:")
     try:
         con.execute("SET enable_progress_bar = false")
+        # DuckDB 2.0 takes Parquet min/max statistics (which leave NaN out) to mean "no NaN"
+        # and folds isnan(grad_camo) to false; part files written before the sink stopped
+        # writing float statistics have them, so do not let statistics rewrite expressions.
+        con.execute("SET disabled_optimizers = 'statistics_propagation'")
         sources = {name: _source(con, i, pathlib.Path(path)) for i, (name, path) in enumerate(datasets.items())}
         selects = [f"SELECT {_literal(name)} AS {DATASET_COLUMN}, * FROM {source}" for name, source in sources.items()]
         con.execute(f"CREATE VIEW {VIEW} AS " + " UNION ALL BY NAME ".join(selects))

@@ -19,6 +19,8 @@ from gradcamo.results.datasets import _first_line, connect, resolve_datasets
 
 FORMATS = ("table", "csv", "json", "parquet")
 MAX_TABLE_ROWS = 100
+_ROW_STATEMENTS = ("SELECT", "EXPLAIN", "PRAGMA", "CALL")
+"""Statement types that return rows; DuckDB 2 also returns a row count for CREATE, INSERT, ..."""
 
 
 def run_query(paths, sql):
@@ -36,7 +38,8 @@ def run_query(paths, sql):
     Returns
     -------
     pyarrow.Table
-        The result; an empty table without columns for a statement that returns nothing.
+        The result; an empty table without columns when the last statement is not a
+        query (CREATE, INSERT, SET, COPY, ...), whatever DuckDB version runs it.
 
     Raises
     ------
@@ -48,8 +51,9 @@ def run_query(paths, sql):
         raise InputError("SQL: empty query; expected e.g. \"SELECT * FROM scores LIMIT 10\"")
     con = connect(resolve_datasets(paths))
     try:
+        statements = con.extract_statements(sql)
         relation = con.sql(sql)
-        if relation is None:  # the last statement returns no rows (CREATE, SET, ...)
+        if relation is None or not statements or statements[-1].type.name not in _ROW_STATEMENTS:
             return pa.table({})
         return _to_arrow(relation)
     except duckdb.Error as error:

@@ -96,18 +96,22 @@ def _summary_sql(by):
     order = "ORDER BY " + ", ".join(f"s.{_identifier(key)} NULLS LAST" for key in by) if by else ""
     join = " AND ".join(f"s.{_identifier(k)} IS NOT DISTINCT FROM p.{_identifier(k)}" for k in by) or "TRUE"
     out_keys = ", ".join(f"s.{_identifier(key)}" for key in by)
-    valid = "grad_camo IS NOT NULL AND NOT isnan(grad_camo)"
+    # NaN scores become NULL once and every aggregate skips NULLs alike. This relies on
+    # isnan() seeing the NaNs: DuckDB 2.0 folds it to false over Parquet columns whose
+    # min/max statistics exist, so the sink writes none for floats (sink._statistics_columns).
     return f"""
-WITH stats AS (
+WITH valid AS (
+    SELECT *, CASE WHEN isnan(grad_camo) THEN NULL ELSE grad_camo END AS _score FROM {VIEW}
+),
+stats AS (
     SELECT {select_keys}
         count(*)::BIGINT AS cells,
-        count(*) FILTER (WHERE NOT ({valid}))::BIGINT AS nan_scores,
-        avg(grad_camo) FILTER (WHERE {valid})::DOUBLE AS mean_grad_camo,
-        quantile_cont(grad_camo, 0.5) FILTER (WHERE {valid})::DOUBLE AS median_grad_camo,
-        avg(CASE WHEN grad_camo > 0.5 THEN 1.0 ELSE 0.0 END) FILTER (WHERE {valid})::DOUBLE
-            AS share_above_half,
-        avg(CASE WHEN edge_padded THEN 1.0 ELSE 0.0 END)::DOUBLE AS share_edge_padded
-    FROM {VIEW} {group}
+        (count(*) - count(_score))::BIGINT AS nan_scores,
+        avg(_score)::DOUBLE AS mean_grad_camo,
+        quantile_cont(_score, 0.5)::DOUBLE AS median_grad_camo,
+        avg((_score > 0.5)::DOUBLE)::DOUBLE AS share_above_half,
+        avg(edge_padded::DOUBLE)::DOUBLE AS share_edge_padded
+    FROM valid {group}
 ),
 per_class AS (
     SELECT {select_keys} predicted_class, count(*) AS n

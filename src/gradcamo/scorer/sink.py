@@ -94,6 +94,16 @@ def _part_name(unit_id):
     return f"{PART_PREFIX}{unit_id}{PART_SUFFIX}"
 
 
+def _statistics_columns(schema):
+    """Columns given min/max statistics: all but floating point ones.
+
+    Parquet min/max statistics leave NaN out, and DuckDB 2.0 trusts them to mean "no NaN":
+    it folds ``isnan(grad_camo)`` to false and prunes ``WHERE isnan(...)`` row groups, so
+    NaN scores would count as valid numbers (mean NaN) and be invisible to filters.
+    """
+    return [field.name for field in schema if not pa.types.is_floating(field.type)]
+
+
 def _is_part(name):
     return name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)
 
@@ -237,7 +247,7 @@ class ScoreDataset:
         final = self.directory / _part_name(unit_id)
         temporary = self.directory / f"{TEMP_PREFIX}{final.name}"
         try:
-            pq.write_table(table, temporary)
+            pq.write_table(table, temporary, write_statistics=_statistics_columns(table.schema))
             with open(temporary, "rb") as handle:
                 os.fsync(handle.fileno())
             os.replace(temporary, final)
