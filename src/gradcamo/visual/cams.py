@@ -1,0 +1,136 @@
+"""``gradcamo cams``: the crops, masks, CAMs and overlays of chosen rows, written to a directory.
+
+Layout of the output directory::
+
+    cams.parquet   the selected score rows, plus ``index`` (int64, position in the arrays)
+    cams.zarr/     Zarr v3 group: image (N, C, [D,] H, W) float32, mask (N, [D,] H, W) bool,
+                   cam (N, [D,] H, W) float32 (crop resolution, the dataset's convention)
+    png/<index>.png  one overlay per row
+"""
+
+import contextlib
+import dataclasses
+import os
+import pathlib
+import shutil
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
+
+from gradcamo.errors import InputError
+from gradcamo.scorer.progress import cell_progress
+from gradcamo.visual.overlay import caption_lines, render_overlay
+from gradcamo.visual.recompute import iter_cams
+from gradcamo.visual.select import select_rows
+from gradcamo.visual.source import open_source
+
+ROWS_FILE = "cams.parquet"
+ARRAYS = "cams.zarr"
+PNG_DIR = "png"
+
+
+@dataclasses.dataclass(frozen=True)
+class CamsSummary:
+    """What a call of :func:`write_cams` wrote."""
+
+    output: pathlib.Path
+    rows: int
+    seconds: float
+
+
+def _check_output(output, overwrite):
+    if output.exists() and not output.is_dir():
+        raise InputError(f"-o {output}: exists and is not a directory")
+    if output.is_dir() and any(output.iterdir()):
+        if not (output / ROWS_FILE).exists():
+            raise InputError(f"-o {output}: holds files `gradcamo cams` did not write; choose a new or empty directory")
+        if not overwrite:
+            raise InputError(f"-o {output}: holds earlier cams; pass --overwrite to replace them")
+
+
+@contextlib.contextmanager
+def _staged(output):
+    """Write into a hidden sibling directory; rename it to ``output`` only when all is written."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.parent / f".{output.name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        if output.exists():
+            shutil.rmtree(output)
+        staging.rename(output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _create_arrays(directory, n, info):
+    group = zarr.open_group(str(directory / ARRAYS), mode="w", zarr_format=3)
+    shape, spatial = tuple(info.input_shape), tuple(info.input_shape[1:])
+    group.attrs["gradcamo"] = {"model_sha256": info.sha256, "target_layer": info.target_layer}
+    return {
+        "image": group.create_array("image", shape=(n, *shape), chunks=(1, *shape), dtype="float32"),
+        "mask": group.create_array("mask", shape=(n, *spatial), chunks=(1, *spatial), dtype="bool"),
+        "cam": group.create_array("cam", shape=(n, *spatial), chunks=(1, *spatial), dtype="float32"),
+    }
+
+
+def write_cams(
+    scores, output, *, where=None, order_by=None, limit=64, models=(), input_map=None, overwrite=False,
+    progress=False,
+):
+    """Recompute and write the CAMs of the rows of ``scores`` that the SQL selects.
+
+    Parameters
+    ----------
+    scores : path-like
+        A score dataset (``gradcamo score``).
+    output : path-like
+        Directory to write (see the module docstring); must be new, empty, or (with
+        ``overwrite``) earlier cams.
+    where, order_by : str, optional
+        SQL over the ``scores`` view; see :func:`gradcamo.visual.select.select_rows`.
+    limit : int
+    models : sequence of path-like
+        Model files to choose from (by sha256) when the manifest names none or it moved.
+    input_map : dict of str to str, optional
+        ``{OLD: NEW}`` for inputs that moved.
+    overwrite : bool
+    progress : bool
+        Show cells, cells/s and ETA on stderr.
+
+    Returns
+    -------
+    CamsSummary
+
+    Raises
+    ------
+    InputError
+        Bad SQL or no row selected, model file not found or changed, input not found or
+        changed, or an ``output`` that may not be written. Nothing is written then.
+    """
+    started = time.time()
+    output = pathlib.Path(output)
+    _check_output(output, overwrite)
+    table = select_rows(scores, where=where, order_by=order_by, limit=limit)
+    source = open_source(scores, models=models, input_map=input_map)
+    rows = table.to_pydict()
+    n = table.num_rows
+    with _staged(output) as staging, cell_progress(progress) as bar:
+        arrays = _create_arrays(staging, n, source.model)
+        (staging / PNG_DIR).mkdir()
+        task = bar.add_task("cams", total=n)
+        for batch in iter_cams(source, rows):
+            for k, index in enumerate(batch.rows):
+                arrays["image"][index] = batch.image[k]
+                arrays["mask"][index] = batch.mask[k]
+                arrays["cam"][index] = batch.cam[k]
+                row = {name: values[index] for name, values in rows.items()}
+                png = render_overlay(batch.image[k], batch.mask[k], batch.cam[k], caption_lines(row))
+                (staging / PNG_DIR / f"{index}.png").write_bytes(png)
+            bar.update(task, advance=len(batch.rows))
+        pq.write_table(table.append_column("index", pa.array(np.arange(n, dtype=np.int64))), staging / ROWS_FILE)
+    return CamsSummary(output, n, time.time() - started)

@@ -1,0 +1,157 @@
+"""Recompute the crops, masks and CAMs of chosen score rows, exactly as ``score`` computed them.
+
+The crops are cut with the scorer's own functions (centroid -> :func:`crop_starts`, region
+read with :func:`read_region`, zero-padded :func:`cut_window`), and the CAM is the tensor
+of the scorer's own graph (:func:`append_score_head`) whose masked sums are ``cam_inside``
+and ``cam_total``: the map is exposed as an extra output, nothing is computed twice.
+"""
+
+import dataclasses
+import functools
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from gradcamo import contract
+from gradcamo.data.read import open_image
+from gradcamo.errors import InputError
+from gradcamo.scorer.crops import crop_starts, cut_window
+from gradcamo.scorer.head import CAM_INSIDE, CAM_TOTAL, MASK, append_score_head
+from gradcamo.scorer.regions import plan_layout, read_region
+from gradcamo.scorer.session import create_session
+
+BATCH_SIZE = 32
+SCORE_TOLERANCE = 1e-4
+"""Largest |recomputed - recorded| Grad-CAMO accepted; more means the inputs changed."""
+CROP_CAM = "crop_cam"
+
+
+@dataclasses.dataclass(frozen=True)
+class CamBatch:
+    """Recomputed arrays for some of the chosen rows.
+
+    ``rows`` (n,) int64 positions in the selection; ``image`` (n, C, *S) float32 crops as
+    fed to the model; ``mask`` (n, *S) bool; ``cam`` (n, *S) float32 at crop resolution.
+    """
+
+    rows: np.ndarray
+    image: np.ndarray
+    mask: np.ndarray
+    cam: np.ndarray
+
+
+def expose_crop_cam(model):
+    """The scorer's headed graph with its crop-resolution CAM as the extra output ``crop_cam``.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        A graph returned by :func:`gradcamo.scorer.head.append_score_head`.
+
+    Returns
+    -------
+    onnx.ModelProto
+        A copy whose outputs are logits, cam_inside, cam_total and ``crop_cam``
+        ``[batch, 1, *crop_spatial]``: the input of the sum that gives ``cam_total``.
+    """
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    total = next(node for node in exposed.graph.node if CAM_TOTAL in node.output)
+    exposed.graph.node.append(helper.make_node("Identity", [total.input[0]], [CROP_CAM], name=CROP_CAM))
+    exposed.graph.output.append(helper.make_empty_tensor_value_info(CROP_CAM))
+    return exposed
+
+
+@functools.lru_cache(maxsize=4)
+def cam_session(model_path, model_sha256, crop_spatial, convention):
+    """A CPU session of the scorer's graph for this model and convention, with ``crop_cam`` exposed.
+
+    ``model_sha256`` is part of the cache key only.
+    """
+    headed = append_score_head(onnx.load(str(model_path)), crop_spatial=tuple(crop_spatial), convention=convention)
+    return create_session(expose_crop_cam(headed).SerializeToString(), device="cpu")
+
+
+def _cut(source, layout, start, crop):
+    """One crop and its label window, read from just the region the crop overlaps."""
+    low = np.maximum(start, 0)
+    high = np.minimum(start + crop, layout.spatial_shape)
+    region = tuple(slice(int(a), int(max(a, b))) for a, b in zip(low, high))
+    image = read_region(source.image, layout.image_axes, layout.spatial_axes, region,
+                        channels=layout.channels, timepoint=layout.timepoint)
+    labels = read_region(source.labels, layout.label_axes, layout.spatial_axes, region)
+    window, _ = cut_window(image, start - low, crop)
+    label_window, _ = cut_window(labels, start - low, crop)
+    return window.astype(np.float32), label_window
+
+
+def _centroids(rows, spatial_dims):
+    axes = ("centroid_z", "centroid_y", "centroid_x")[-spatial_dims:]
+    return np.stack([np.asarray(rows[axis], dtype=np.float64) for axis in axes], axis=1)
+
+
+def _check_scores(source, rows, indices, inside, total):
+    empty = ~(total > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recomputed = np.where(empty, np.nan, inside.astype(np.float64) / np.where(empty, 1.0, total))
+    recorded = np.asarray(rows["grad_camo"], dtype=np.float64)[indices]
+    bad = np.flatnonzero(~((np.abs(recomputed - recorded) <= SCORE_TOLERANCE) | (np.isnan(recomputed) & np.isnan(recorded))))
+    if len(bad):
+        i = indices[bad[0]]
+        raise InputError(
+            f"{source.directory}: {rows['Metadata_Image'][i]} object {rows['Metadata_ObjectNumber'][i]} now scores "
+            f"{recomputed[bad[0]]:.4f}, the dataset says {recorded[bad[0]]:.4f}: the image or labels changed since scoring"
+        )
+
+
+def iter_cams(source, rows, *, batch_size=BATCH_SIZE):
+    """Recompute crops, masks and CAMs of score rows, image by image, in batches.
+
+    Parameters
+    ----------
+    source : DatasetSource
+        The dataset the rows come from (:func:`gradcamo.visual.source.open_source`).
+    rows : dict of str to sequence
+        Score columns (at least keys, centroids, ``target_class`` and ``grad_camo``).
+    batch_size : int
+
+    Yields
+    ------
+    CamBatch
+
+    Raises
+    ------
+    InputError
+        A row's image is not among the inputs, or its recomputed score differs from the
+        recorded one (the inputs changed).
+    """
+    parameters = source.parameters
+    info = source.model
+    crop = np.asarray(info.input_shape[1:], dtype=np.int64)
+    channels = parameters.get("channels")
+    session = cam_session(str(info.path), info.sha256, tuple(int(c) for c in crop), parameters["convention"])
+    starts = crop_starts(_centroids(rows, info.spatial_dims), crop)
+    names = list(rows["Metadata_Image"])
+    for name in dict.fromkeys(names):
+        if name not in source.images:
+            raise InputError(f"{source.directory}: image {name} is not among the recorded inputs")
+        image_source = open_image(source.images[name], parameters.get("labels"))
+        layout = plan_layout(
+            image_source, spatial_dims=info.spatial_dims, n_channels=info.input_shape[0],
+            channels=None if channels is None else tuple(channels), timepoint=parameters.get("timepoint", 0),
+        )
+        indices = np.asarray([i for i, n in enumerate(names) if n == name], dtype=np.int64)
+        for begin in range(0, len(indices), batch_size):
+            chosen = indices[begin:begin + batch_size]
+            cut = [_cut(image_source, layout, starts[i], crop) for i in chosen]
+            crops = np.stack([c[0] for c in cut])
+            ids = np.asarray(rows["Metadata_ObjectNumber"])[chosen]
+            masks = np.stack([c[1] == cell for c, cell in zip(cut, ids)])
+            targets = np.asarray(rows["target_class"], dtype=np.int64)[chosen]
+            inside, total, cam = session.run(
+                [CAM_INSIDE, CAM_TOTAL, CROP_CAM],
+                {contract.IMAGE: crops, contract.TARGET: targets, MASK: masks.astype(np.float32)},
+            )
+            _check_scores(source, rows, chosen, inside, total)
+            yield CamBatch(chosen, crops, masks, cam[:, 0])

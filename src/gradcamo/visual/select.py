@@ -1,0 +1,52 @@
+"""Choose rows of one score dataset with SQL over the ``scores`` view (as ``gradcamo query``)."""
+
+from gradcamo.errors import InputError
+from gradcamo.results.datasets import DATASET_COLUMN, VIEW
+from gradcamo.results.query import run_query
+
+DEFAULT_ORDER = "Metadata_Image, Metadata_ObjectNumber, target_class"
+VALID_SCORE = "grad_camo IS NOT NULL AND NOT isnan(grad_camo)"
+
+
+def check_limit(limit, option="--limit"):
+    """A whole number >= 1."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InputError(f"{option}: expected a whole number >= 1, got {limit!r}")
+    return limit
+
+
+def select_rows(directory, *, where=None, order_by=None, limit=64):
+    """The rows of a score dataset that ``where`` keeps, in ``order_by`` order, at most ``limit``.
+
+    Parameters
+    ----------
+    directory : path-like
+        One score dataset.
+    where : str, optional
+        SQL condition over the columns of ``scores``, e.g. ``"grad_camo < 0.2"``.
+    order_by : str, optional
+        SQL ordering; default image, object number, target class.
+    limit : int
+
+    Returns
+    -------
+    pyarrow.Table
+        The score columns (without ``dataset``).
+
+    Raises
+    ------
+    InputError
+        SQL that DuckDB rejects, a bad ``limit``, or no row selected.
+    """
+    check_limit(limit)
+    sql = (
+        f"SELECT * EXCLUDE ({DATASET_COLUMN}) FROM {VIEW} WHERE ({where or 'TRUE'}) "
+        f"ORDER BY {order_by or DEFAULT_ORDER} LIMIT {limit}"
+    )
+    try:
+        table = run_query(directory, sql)
+    except InputError as error:
+        raise InputError(f"--where {where!r} / --order-by {order_by!r}: {error}") from None
+    if table.num_rows == 0:
+        raise InputError(f"--where {where!r}: selects no rows of {directory}; nothing written")
+    return table
