@@ -266,6 +266,41 @@ def summary_command(
     write_table(summarize(datasets, by=by), output_format, output)
 
 
+MODEL_FILES_OPTION = typer.Option(None, "--model", "-m", help="Model file the scores were made with (checked "
+                                  "by sha256), when _gradcamo.json names none or it moved; repeatable.")
+INPUT_MAP_OPTION = typer.Option(None, "--input", help="OLD=NEW: an input store (or a folder above it) "
+                                "that moved since scoring; repeatable.")
+
+
+@app.command("cams")
+def cams_command(
+    dataset: str = typer.Argument(..., help="Score dataset directory (from `gradcamo score`)."),
+    output: str = typer.Option(..., "--output", "-o", help="Directory to write: cams.parquet, cams.zarr, png/."),
+    where: Optional[str] = typer.Option(None, "--where", help="SQL condition over the view `scores`, "
+                                        "e.g. \"grad_camo < 0.2 and prob_target > 0.9\"."),
+    order_by: Optional[str] = typer.Option(None, "--order-by", help="SQL ordering, e.g. grad_camo."),
+    limit: int = typer.Option(64, "--limit", help="Rows at most."),
+    models: Optional[list[str]] = MODEL_FILES_OPTION,
+    inputs: Optional[list[str]] = INPUT_MAP_OPTION,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace cams written earlier to --output."),
+    quiet: bool = QUIET_OPTION,
+):
+    """Recompute the crops, masks and CAMs of chosen cells exactly as scored, with an overlay PNG each.
+
+    Example: gradcamo cams scores/ -o low/ --where "grad_camo < 0.2" --order-by grad_camo --limit 32
+    """
+    from gradcamo.visual.cams import write_cams
+    from gradcamo.visual.source import parse_input_map
+
+    if quiet:
+        _configure_logging(quiet)
+    summary = write_cams(
+        dataset, output, where=where, order_by=order_by, limit=limit, models=models or (),
+        input_map=parse_input_map(inputs), overwrite=overwrite, progress=_show_progress(),
+    )
+    typer.echo(f"wrote the CAMs of {summary.rows} rows to {summary.output} ({summary.seconds:.1f} s)")
+
+
 @app.command("demo")
 def demo_command(
     out: str = typer.Option("gradcamo-demo", "--out", help="Directory for the plate, models and scores."),
