@@ -10,14 +10,25 @@ DenseNet applies ``F.relu(features, inplace=True)`` to the output of ``features`
 modify only the clone, so the kept tensor still holds the pre-ReLU activations, and
 ``torch.autograd.grad(selected_logit, kept_output)`` is the gradient with respect to
 exactly the values the rest of the network consumed.
+
+Below the torch reference, helpers shared by the numerical tests: batch-norm calibration,
+the pre-ReLU CAM scale errors are measured against, and ``reference_rows``: the scorer's
+per-cell reference (crops cut from the zero-padded whole image, the exported contract graph
+run one cell at a time, the numpy arithmetic of ``gradcamo.cam``, itself checked against
+the torch reference), against which the Dask pipeline's cropping, batching and in-graph
+head are checked with ``assert_matches``.
 """
 
 import copy
 import typing
 
 import numpy as np
+import onnxruntime as ort
+import pytest
 import torch
 import torch.nn.functional as F
+
+from gradcamo.cam import compute_cam, gradcamo_score, resize_cam
 
 MINMAX_EPS = 1e-7
 
@@ -159,3 +170,69 @@ def torch_gradcamo(model, layer_module, image, mask, target, *, mean=None, std=N
     total = cam.flatten(1).sum(dim=1)
     score = torch.where(total > 0, inside / torch.where(total > 0, total, torch.ones_like(total)), torch.nan)
     return inside.numpy(), total.numpy(), score.numpy()
+
+
+def calibrate_batchnorm(model, input_shape, *, batches, batch_size):
+    """Set batch-norm running statistics from seeded random inputs, as training would.
+
+    A freshly initialised network in eval mode shrinks its activations block after block
+    (SiLU halves small inputs), leaving near-constant logits; calibrated statistics give
+    O(1) activations and informative CAMs. Returns the model in eval mode.
+    """
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            model(torch.randn((batch_size, *input_shape), generator=generator))
+    return model.eval()
+
+
+def signed_cam_scale(reference):
+    """Largest |sum_k alpha_k A_k| per sample of a :class:`GradCamReference`: the CAM's scale before its ReLU."""
+    spatial = tuple(range(2, reference.activations.ndim))
+    alpha = reference.gradients.mean(axis=spatial)
+    signed = np.einsum("nk,nk...->n...", alpha, reference.activations)
+    return np.abs(signed).reshape(len(signed), -1).max(axis=1)
+
+
+def reference_rows(model_path, image, labels, crop_shape, targets, convention="raw"):
+    """{(object, target): (grad_camo, cam_inside, cam_total, predicted, pad)}, cell by cell."""
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    crop = np.asarray(crop_shape[1:])
+    pad = [(0, 0)] + [(int(c), int(c)) for c in crop]
+    padded_image = np.pad(image.astype(np.float32), pad)
+    padded_labels = np.pad(labels, pad[1:])
+    rows = {}
+    for cell in np.unique(labels)[1:]:
+        centroid = np.argwhere(labels == cell).mean(axis=0)
+        start = np.floor(centroid + 0.5).astype(int) - crop // 2 + crop
+        window = tuple(slice(s, s + c) for s, c in zip(start, crop))
+        x = padded_image[(slice(None),) + window][None]
+        mask = padded_labels[window] == cell
+        outside = np.pad(np.ones(labels.shape, bool), pad[1:])[window]
+        for target in targets:
+            logits, activations, gradients = session.run(None, {"image": x, "target": np.array([target])})
+            cam = resize_cam(compute_cam(activations, gradients, convention=convention), tuple(crop))
+            inside, total, value = gradcamo_score(cam, mask[None])
+            predicted = int(logits.argmax())
+            key = (int(cell), predicted if target < 0 else target)
+            rows[key] = (value[0], inside[0], total[0], predicted, 1 - outside.mean())
+    return rows
+
+
+def assert_matches(frame, expected):
+    """Score rows (a pandas frame) equal :func:`reference_rows`' values, one row per cell and target."""
+    assert len(frame) == len(expected)
+    assert not frame.duplicated(["Metadata_Image", "Metadata_ObjectNumber", "target_class"]).any()
+    for row in frame.itertuples():
+        value, inside, total, predicted, pad = expected[(row.Metadata_ObjectNumber, row.target_class)]
+        assert row.predicted_class == predicted
+        assert row.cam_total == pytest.approx(total, rel=1e-5)
+        assert row.cam_inside == pytest.approx(inside, rel=1e-5, abs=1e-6 * total)
+        assert row.grad_camo == pytest.approx(value, abs=1e-5)
+        assert row.pad_fraction == pytest.approx(pad, abs=1e-6)
+        assert row.edge_padded == (pad > 0)

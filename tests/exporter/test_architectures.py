@@ -19,7 +19,7 @@ from gradcamo.errors import ValidationError
 from gradcamo.models import EfficientNet3dSmall, adapt_first_conv
 from gradcamo.cam import compute_cam, resize_cam
 
-from tests.reference import torch_gradcam
+from tests.reference import calibrate_batchnorm, signed_cam_scale, torch_gradcam
 
 N_CLASSES = 3
 SHAPE_2D = (5, 64, 64)
@@ -95,30 +95,10 @@ def test_all_architectures_tested():
     assert set(tested) >= REQUIRED
 
 
-def _signed_cam_scale(reference):
-    alpha = reference.gradients.mean(axis=tuple(range(2, reference.gradients.ndim)))
-    signed = np.einsum("nk,nk...->n...", alpha, reference.activations)
-    return np.abs(signed).reshape(len(signed), -1).max(axis=1)
-
-
-def _calibrate_batchnorm(model, input_shape):
-    generator = torch.Generator().manual_seed(1)
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return model.eval()
-    for module in norms:
-        module.reset_running_stats()
-        module.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(torch.randn((4, *input_shape), generator=generator))
-    return model.eval()
-
-
 def _build(name):
     builder, input_shape, _ = ARCHITECTURES[name]
     torch.manual_seed(0)
-    return _calibrate_batchnorm(builder(), input_shape), input_shape
+    return calibrate_batchnorm(builder(), input_shape, batches=1, batch_size=4), input_shape
 
 
 def _run(path, image, target, *, optimise):
@@ -148,7 +128,7 @@ def test_exported_cam_matches_reference(name, layer, tmp_path):
     reference = torch_gradcam(model, layer, image, target)
     scale = np.abs(reference.cam).reshape(len(image), -1).max(axis=1)
     # an all-negative weighted sum gives an empty CAM: then measure against its pre-ReLU scale
-    scale = np.where(scale > 0, scale, _signed_cam_scale(reference))
+    scale = np.where(scale > 0, scale, signed_cam_scale(reference))
 
     for optimise in (False, True):
         logits, activations, gradients = _run(result.path, image, target, optimise=optimise)

@@ -15,7 +15,7 @@ from gradcamo import export_model
 from gradcamo.models import EfficientNet3dSmall, TinyCNN2d
 from gradcamo.cam import compute_cam, gradcamo_score, resize_cam
 
-from tests.reference import torch_gradcam, torch_gradcamo
+from tests.reference import calibrate_batchnorm, signed_cam_scale, torch_gradcam, torch_gradcamo
 
 RTOL = 1e-4
 """Errors are measured relative to the largest |value| of the sample (float32 graph vs float64 reference)."""
@@ -53,40 +53,13 @@ def exported(request, tmp_path_factory):
     factory, layer, input_shape = CASES[request.param]
     torch.manual_seed(0)
     model = factory(in_channels=input_shape[0], num_classes=N_CLASSES).eval()
-    _calibrate_batchnorm(model, input_shape)
+    calibrate_batchnorm(model, input_shape, batches=2, batch_size=8)
     n_channels = input_shape[0]
     mean = [float(v) for v in np.linspace(10.0, 50.0, n_channels)]
     std = [float(v) for v in np.linspace(2.0, 6.0, n_channels)]
     path = tmp_path_factory.mktemp("numerics") / f"{request.param}.onnx"
     result = export_model(model, layer, input_shape, path, mean=mean, std=std)
     return Exported(model, layer, input_shape, mean, std, result)
-
-
-def _calibrate_batchnorm(model, input_shape):
-    """Set batch-norm running statistics from random inputs, as training would.
-
-    A freshly initialised network in eval mode shrinks its activations block after block
-    (SiLU halves small inputs), leaving near-constant logits; calibrated statistics give
-    O(1) activations and informative CAMs.
-    """
-    generator = torch.Generator().manual_seed(1)
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average over the calibration batches
-    model.train()
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.randn((8, *input_shape), generator=generator))
-    model.eval()
-
-
-def _signed_cam_scale(reference):
-    """Largest |sum_k alpha_k A_k| per sample: the scale of the CAM before its ReLU."""
-    spatial = tuple(range(2, reference.activations.ndim))
-    alpha = reference.gradients.mean(axis=spatial)
-    signed = np.einsum("nk,nk...->n...", alpha, reference.activations)
-    return np.abs(signed).reshape(len(signed), -1).max(axis=1)
 
 
 def _assert_close_per_sample(got, expected, rtol, what, scale=None):
@@ -127,7 +100,7 @@ def test_cams_and_scores_match_reference(exported, convention):
     cam = compute_cam(activations, gradients, convention=convention)
     assert np.all(reference.cam.reshape(len(cam), -1).max(axis=1) > 0), "degenerate test: empty CAM"
     # raw: relative to the pre-ReLU scale; min-max scaled maps are already O(1)
-    scale = _signed_cam_scale(reference) if convention == "raw" else np.ones(len(cam))
+    scale = signed_cam_scale(reference) if convention == "raw" else np.ones(len(cam))
     _assert_close_per_sample(cam, reference.cam, RTOL, "layer CAM", scale)
     crop = resize_cam(cam, exported.input_shape[1:])
     _assert_close_per_sample(crop, reference.upsampled, RTOL, "crop CAM", scale)

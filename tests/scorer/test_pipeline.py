@@ -7,54 +7,16 @@ pipeline reads blocks with halos, batches, uses the in-graph head and runs on Da
 
 import duckdb
 import numpy as np
-import onnxruntime as ort
 import pytest
 from gradcamo.data.synthetic import make_cells
 from gradcamo.data.write import write_image_store, write_plate
-from gradcamo.cam import compute_cam, gradcamo_score, resize_cam
 from gradcamo.scorer.pipeline import score
-from tests.scorer.tiny_models import CROP_2D, CROP_3D
-
-def reference_rows(model_path, image, labels, crop_shape, targets, convention="raw"):
-    """{(object, target): (grad_camo, cam_inside, cam_total, predicted, pad)} cell by cell."""
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    crop = np.asarray(crop_shape[1:])
-    pad = [(0, 0)] + [(int(c), int(c)) for c in crop]
-    padded_image = np.pad(image.astype(np.float32), pad)
-    padded_labels = np.pad(labels, pad[1:])
-    rows = {}
-    for cell in np.unique(labels)[1:]:
-        centroid = np.argwhere(labels == cell).mean(axis=0)
-        start = np.floor(centroid + 0.5).astype(int) - crop // 2 + crop
-        window = tuple(slice(s, s + c) for s, c in zip(start, crop))
-        x = padded_image[(slice(None),) + window][None]
-        mask = padded_labels[window] == cell
-        outside = np.pad(np.ones(labels.shape, bool), pad[1:])[window]
-        for target in targets:
-            logits, activations, gradients = session.run(None, {"image": x, "target": np.array([target])})
-            cam = resize_cam(compute_cam(activations, gradients, convention=convention), tuple(crop))
-            inside, total, value = gradcamo_score(cam, mask[None])
-            predicted = int(logits.argmax())
-            key = (int(cell), predicted if target < 0 else target)
-            rows[key] = (value[0], inside[0], total[0], predicted, 1 - outside.mean())
-    return rows
+from tests.reference import assert_matches, reference_rows
+from tests.tiny_models import CROP_2D, CROP_3D
 
 
 def read_rows(output):
     return duckdb.sql(f"select * from read_parquet('{output}/*.parquet') order by all").df()
-
-
-def assert_matches(frame, expected):
-    assert len(frame) == len(expected)
-    assert not frame.duplicated(["Metadata_Image", "Metadata_ObjectNumber", "target_class"]).any()
-    for row in frame.itertuples():
-        value, inside, total, predicted, pad = expected[(row.Metadata_ObjectNumber, row.target_class)]
-        assert row.predicted_class == predicted
-        assert row.cam_total == pytest.approx(total, rel=1e-5)
-        assert row.cam_inside == pytest.approx(inside, rel=1e-5, abs=1e-6 * total)
-        assert row.grad_camo == pytest.approx(value, abs=1e-5)
-        assert row.pad_fraction == pytest.approx(pad, abs=1e-6)
-        assert row.edge_padded == (pad > 0)
 
 
 @pytest.mark.parametrize("convention", ["raw", "pytorch-grad-cam"])

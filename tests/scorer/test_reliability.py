@@ -2,7 +2,6 @@
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -18,17 +17,20 @@ from gradcamo.cli import main
 from gradcamo.data.synthetic import make_cells
 from gradcamo.data.write import write_image_store, write_plate
 from gradcamo.scorer.sink import read_scores
-from tests.scorer.test_pipeline import assert_matches, reference_rows
-from tests.scorer.tiny_models import CROP_2D
+from tests.reference import assert_matches, reference_rows
+from tests.tiny_models import CROP_2D
 
-KILLS = 4
 KEY = ["Metadata_Well", "Metadata_Site", "Metadata_ObjectNumber", "target_class"]
+KILL_MOMENTS = ("lock taken", 1, 1, 2)
+"""When each of the successive runs is killed: once it holds the output's lock (before any
+part), or once it has written that many new part files."""
+POLL_SECONDS = 0.002
 
 
 @pytest.fixture(scope="module")
 def plate(tmp_path_factory):
     fields = {(row, column): [make_cells((64, 64), 10, n_channels=3, radius=5, seed=10 * column + site + ord(row))
-                              for site in range(2)] for row in "AB" for column in (1, 2)}
+                              for site in range(4)] for row in "AB" for column in (1, 2)}
     return write_plate(tmp_path_factory.mktemp("plate") / "plate.zarr", fields, name="P", chunks=(16, 16))
 
 
@@ -42,63 +44,79 @@ def _sorted_rows(output):
     return frame
 
 
-def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_rows(tmp_path, plate, model_2d):
+def _parts(output):
+    return {name for name in os.listdir(output) if name.startswith("part-")} if output.exists() else set()
+
+
+def _finished(output):
+    manifest = output / "_gradcamo.json"
+    return manifest.exists() and bool(json.loads(manifest.read_text()).get("finished"))
+
+
+def _freeze_at(process, output, moment):
+    """Poll ``output`` until ``moment`` is reached, then stop (SIGSTOP) the run's whole process
+    group where it stands; False when the run ended before that moment."""
+    before = _parts(output)
+    while process.poll() is None:
+        reached = (output / "_gradcamo.lock").exists() if moment == "lock taken" else len(_parts(output) - before) >= moment
+        if reached:
+            os.killpg(process.pid, signal.SIGSTOP)
+            return True
+        time.sleep(POLL_SECONDS)
+    return False
+
+
+def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_rows(tmp_path, plate, model_2d):
+    """Each run is frozen at a moment read off the output directory, checked to be mid-run
+    (not finished, parts missing), then killed with SIGKILL; the resumed run must give
+    exactly the uninterrupted run's rows. No sleeps: nothing depends on the machine's speed."""
     subprocess.run(_score_command(plate, model_2d, tmp_path / "clean"), check=True)
     clean = _sorted_rows(tmp_path / "clean")
-    chooser = random.Random(7)
-    killed = 0
-    for _ in range(KILLS):
-        process = subprocess.Popen(_score_command(plate, model_2d, tmp_path / "killed"), start_new_session=True)
-        time.sleep(chooser.uniform(1.0, 6.0))
-        if process.poll() is None:
+    all_parts = _parts(tmp_path / "clean")
+    output = tmp_path / "killed"
+    for moment in KILL_MOMENTS:
+        process = subprocess.Popen(_score_command(plate, model_2d, output), start_new_session=True)
+        try:
+            assert _freeze_at(process, output, moment), f"the run ended before {moment!r}: {process.returncode}"
+            assert not _finished(output) and len(_parts(output)) < len(all_parts), "frozen after the run's end"
+        finally:
             os.killpg(process.pid, signal.SIGKILL)
-            killed += 1
-        process.wait()
-    assert killed >= 2, "the runs finished before they could be killed; make the plate bigger"
-    subprocess.run(_score_command(plate, model_2d, tmp_path / "killed"), check=True)
-    resumed = _sorted_rows(tmp_path / "killed")
+            process.wait()
+    assert len(_parts(output)) < len(all_parts)
+    subprocess.run(_score_command(plate, model_2d, output), check=True)
+    resumed = _sorted_rows(output)
     assert not resumed.duplicated(KEY).any()
     assert resumed.equals(clean)
-    assert not [n for n in os.listdir(tmp_path / "killed") if n.startswith(".") or n.endswith(".lock")]
-    assert json.loads((tmp_path / "killed" / "_gradcamo.json").read_text())["finished"]
+    assert _parts(output) == all_parts
+    assert not [n for n in os.listdir(output) if n.startswith(".") or n.endswith(".lock")]
+    assert _finished(output)
 
 
-def _first_worker_scoring(client, scorer):
-    """Address of the first worker seen running a scoring task while ``scorer`` runs, else None."""
+def _freeze_first_busy_worker(client, scorer, worker_pids):
+    """Stop (SIGSTOP) the first worker seen processing a task of ``scorer``; its address, or None
+    when the run ended first. A stopped worker cannot finish its task: the kill lands mid-task."""
     while scorer.poll() is None:
         for worker, keys in client.processing().items():
-            if any(str(key).startswith("score_unit") for key in keys):
-                return worker
-        time.sleep(0.02)
+            if keys:
+                os.kill(worker_pids[worker], signal.SIGSTOP)
+                if client.processing().get(worker):
+                    return worker
+                os.kill(worker_pids[worker], signal.SIGCONT)  # it finished between the two looks
+        time.sleep(POLL_SECONDS)
     return None
 
 
-def test_a_worker_killed_mid_run_on_a_distributed_cluster_is_retried_exactly(tmp_path, model_2d):
+def test_a_worker_killed_mid_task_on_a_distributed_cluster_is_retried_exactly(tmp_path, model_2d, dask_cluster):
     image, labels = make_cells((192, 192), 60, n_channels=3, radius=5, seed=31)
     store = write_image_store(tmp_path / "cells.zarr", image, labels, chunks=(16, 16))
-    scheduler_file = tmp_path / "scheduler.json"
-    started = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--scheduler-file",
-                                 str(scheduler_file), "--port", "0", "--no-dashboard"], stderr=subprocess.DEVNULL)]
-    try:
-        while not scheduler_file.exists():
-            time.sleep(0.2)
-        started.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
-                                         str(scheduler_file), "--nworkers", "2", "--nthreads", "1",
-                                         "--no-dashboard"], stderr=subprocess.DEVNULL))
-        address = json.loads(scheduler_file.read_text())["address"]
-        with Client(address) as client:
-            client.wait_for_workers(2, timeout=60)
-            worker_pids = client.run(os.getpid)
-            scorer = subprocess.Popen(_score_command(store, model_2d, tmp_path / "scores", "--scheduler", address,
-                                                     "--batch-size", "1"))
-            victim = _first_worker_scoring(client, scorer)
-            assert victim is not None, "scoring finished before a worker could be killed mid-task"
-            os.kill(worker_pids[victim], signal.SIGKILL)
-        assert scorer.wait(timeout=300) == 0
-    finally:
-        for process in reversed(started):
-            process.terminate()
-            process.wait(timeout=30)
+    with Client(dask_cluster) as client:
+        worker_pids = client.run(os.getpid)
+        scorer = subprocess.Popen(_score_command(store, model_2d, tmp_path / "scores", "--scheduler", dask_cluster,
+                                                 "--batch-size", "1"))
+        victim = _freeze_first_busy_worker(client, scorer, worker_pids)
+        assert victim is not None, f"the run ended before any task was seen running: {scorer.returncode}"
+        os.kill(worker_pids[victim], signal.SIGKILL)
+    assert scorer.wait(timeout=300) == 0
     frame = read_scores(tmp_path / "scores").to_pandas()
     assert_matches(frame, reference_rows(model_2d, image, labels, CROP_2D, [0, 1, 2]))
 

@@ -1,16 +1,11 @@
 """`gradcamo score` on the command line: bad input, empty labels, URLs, axes, a real distributed cluster."""
 
-import json
 import os
-import subprocess
-import sys
-import time
 
 import numpy as np
 import onnx
 import pytest
 import zarr
-from distributed import Client
 from ome_zarr.format import format_from_version
 from ome_zarr.writer import write_image, write_labels
 
@@ -19,8 +14,8 @@ from gradcamo.data.synthetic import make_cells
 from gradcamo.data.write import write_image_store
 from gradcamo.scorer.session import gpu_present
 from gradcamo.scorer.sink import read_scores
-from tests.scorer.test_pipeline import assert_matches, reference_rows
-from tests.scorer.tiny_models import CROP_2D
+from tests.reference import assert_matches, reference_rows
+from tests.tiny_models import CROP_2D
 
 
 @pytest.fixture(scope="module")
@@ -154,29 +149,9 @@ def test_time_axis_channel_choice_and_file_url(tmp_path, capsys, model_2d):
     assert_matches(frame, reference_rows(model_2d, image[[3, 0, 2]], labels, CROP_2D, [0, 1, 2]))
 
 
-def _start(*command):
-    return subprocess.Popen([sys.executable, "-m", *command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def test_an_existing_distributed_cluster_scores_exactly(tmp_path, capsys, cells, store, model_2d):
-    scheduler_file = tmp_path / "scheduler.json"
-    processes = [_start("distributed.cli.dask_scheduler", "--scheduler-file", scheduler_file, "--port", "0",
-                        "--no-dashboard")]
-    try:
-        deadline = time.time() + 60
-        while not scheduler_file.exists() and time.time() < deadline:
-            time.sleep(0.2)
-        processes.append(_start("distributed.cli.dask_worker", "--scheduler-file", scheduler_file,
-                                "--nworkers", "2", "--nthreads", "1", "--no-dashboard"))
-        address = json.loads(scheduler_file.read_text())["address"]
-        with Client(address) as client:
-            client.wait_for_workers(2, timeout=60)
-        code, _, err = run_score(capsys, store, "-m", model_2d, "-o", tmp_path / "scores",
-                                 "--scheduler", address, "--target", "all", "--quiet")
-        assert code == 0, err
-    finally:
-        for process in reversed(processes):
-            process.terminate()
-            process.wait(timeout=30)
+def test_an_existing_distributed_cluster_scores_exactly(tmp_path, capsys, cells, store, model_2d, dask_cluster):
+    code, _, err = run_score(capsys, store, "-m", model_2d, "-o", tmp_path / "scores",
+                             "--scheduler", dask_cluster, "--target", "all", "--quiet")
+    assert code == 0, err
     frame = read_scores(tmp_path / "scores").to_pandas()
     assert_matches(frame, reference_rows(model_2d, *cells, CROP_2D, [0, 1, 2]))

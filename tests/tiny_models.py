@@ -1,4 +1,4 @@
-"""Tiny 2D and 3D classifiers exported for the scorer tests, and their crop shapes."""
+"""Tiny 2D and 3D classifiers exported for the scorer and visual tests, and their crop shapes."""
 
 import torch
 from torch import nn
