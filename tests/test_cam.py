@@ -20,7 +20,6 @@ import copy
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -234,10 +233,3 @@ def test_compute_cam_matches_torch_property(activations, convention):
     got = compute_cam(activations, gradients, convention=convention)
     assert np.all(got >= 0)
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
-
-
-def test_interpolate_reference_is_torch():
-    """torch_resize really is F.interpolate (guards the reference itself)."""
-    cam = torch.rand(2, 3, 5, dtype=torch.float64)
-    expected = F.interpolate(cam[:, None], size=(6, 10), mode="bilinear", align_corners=False)[:, 0]
-    torch.testing.assert_close(torch_resize(cam, (6, 10)), expected)
