@@ -4,29 +4,17 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
-from torch import nn
-
 import gradcamo
 from gradcamo.cam import compute_cam, gradcamo_score, resize_cam
 from gradcamo.scorer.head import HEAD_OUTPUTS, MASK, append_score_head
-
-
-def _tiny(spatial_dims):
-    conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
-    pool = nn.AdaptiveAvgPool2d if spatial_dims == 2 else nn.AdaptiveAvgPool3d
-    torch.manual_seed(spatial_dims)
-    return nn.Sequential(
-        conv(3, 6, 3, padding=1), nn.ReLU(), conv(6, 6, 3, stride=2, padding=1), nn.ReLU(),
-        pool(1), nn.Flatten(), nn.Linear(6, 4),
-    )
+from tests.tiny_models import tiny_classifier
 
 
 @pytest.fixture(scope="module", params=[(3, 17, 22), (3, 5, 9, 12)], ids=["2d", "3d"])
 def exported(request, tmp_path_factory):
     shape = request.param
     path = tmp_path_factory.mktemp("head") / "model.onnx"
-    gradcamo.export_model(_tiny(len(shape) - 1), "2", shape, path)
+    gradcamo.export_model(tiny_classifier(len(shape) - 1, n_classes=4), "2", shape, path)
     return onnx.load(str(path)), shape
 
 
