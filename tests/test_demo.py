@@ -21,7 +21,7 @@ def demo_dir(tmp_path_factory):
 
 
 def test_demo_writes_the_documented_layout(demo_dir):
-    assert {p.name for p in demo_dir.iterdir()} == {"plate.zarr", "models", "scores", "demo.json"}
+    assert {p.name for p in demo_dir.iterdir()} == {"plate.zarr", "models", "scores", "demo.json", "report.html"}
     images = discover_images(str(demo_dir / "plate.zarr"))
     assert {(i.well, i.site) for i in images} == {(f"{r}0{c}", s) for r in "ABC" for c in (1, 2) for s in (0, 1)}
     for name in ("honest", "shortcut"):

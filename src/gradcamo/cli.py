@@ -88,6 +88,7 @@ def export_command(
     factory_kwargs: Optional[str] = typer.Option(None, "--factory-kwargs", help="JSON object of factory "
                                                  "keyword arguments, e.g. '{\"num_classes\": 4}'."),
     opset: int = typer.Option(18, "--opset", min=18, help="ONNX opset version."),
+    quiet: bool = QUIET_OPTION,
 ):
     """Turn a PyTorch classifier into one ONNX graph returning logits, activations and gradients.
 
@@ -97,6 +98,8 @@ def export_command(
     from gradcamo.exporter import export_model
     from gradcamo.exporter.loading import load_model, load_weights
 
+    if quiet:
+        _configure_logging(quiet)
     shape = _parse_numbers(input_shape, "--input-shape", int)
     mean_values = _parse_numbers(mean, "--mean")
     std_values = _parse_numbers(std, "--std")
@@ -299,6 +302,29 @@ def cams_command(
         input_map=parse_input_map(inputs), overwrite=overwrite, progress=_show_progress(),
     )
     typer.echo(f"wrote the CAMs of {summary.rows} rows to {summary.output} ({summary.seconds:.1f} s)")
+
+
+@app.command("report")
+def report_command(
+    datasets: list[str] = typer.Argument(..., help="Score dataset directories, shown side by side."),
+    output: str = typer.Option(..., "--output", "-o", help="HTML file to write, e.g. report.html."),
+    gallery: int = typer.Option(16, "--gallery", help="Cells per gallery (lowest, highest, random) per "
+                                "dataset; 0: no galleries (no model file or input needed)."),
+    models: Optional[list[str]] = MODEL_FILES_OPTION,
+    inputs: Optional[list[str]] = INPUT_MAP_OPTION,
+    quiet: bool = QUIET_OPTION,
+):
+    """One self-contained HTML file (opens offline): headline figures, distributions, plate maps,
+    score vs confidence, CAM galleries and provenance, for one dataset or several side by side."""
+    from gradcamo.visual.report import write_report
+    from gradcamo.visual.source import parse_input_map
+
+    if quiet:
+        _configure_logging(quiet)
+    summary = write_report(datasets, output, gallery=gallery, models=models or (),
+                           input_map=parse_input_map(inputs), progress=_show_progress())
+    typer.echo(f"wrote {summary.output} ({summary.bytes / 1e6:.1f} MB, {summary.datasets} datasets, "
+               f"{summary.gallery_cells} gallery cells, {summary.seconds:.1f} s)")
 
 
 @app.command("demo")

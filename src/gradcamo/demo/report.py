@@ -28,6 +28,8 @@ def print_report(result, console=None):
             f"does not beat the shortcut model's ({shortcut.median_grad_camo:.2f}) by {MIN_GAP}; "
             "try another --seed.[/]"
         )
+    console.print(f"\nThe report, with plate maps and the CAMs of the cells: {result.report}", highlight=False,
+                  soft_wrap=True)
     scores = result.out / "scores"
     console.print("\nNext, try:", highlight=False)
     for command in (

@@ -13,6 +13,7 @@ from gradcamo.errors import InputError
 from gradcamo.exporter import export_model
 from gradcamo.results.query import run_query
 from gradcamo.scorer.pipeline import score
+from gradcamo.visual.report import write_report
 
 LOGGER = logging.getLogger(__name__)
 MODELS = {"honest": "B", "shortcut": "A"}
@@ -21,6 +22,7 @@ EVALUATION_ROW = "C"
 EPOCHS = {2: 12, 3: 20}
 SETTINGS = "demo.json"
 PARTIAL_PLATE = "plate.zarr.partial"
+REPORT = "report.html"
 MIN_GAP = 0.1
 """The honest model's median Grad-CAMO must beat the shortcut model's by this much."""
 
@@ -41,6 +43,7 @@ class DemoResult:
     out: pathlib.Path
     reports: tuple
     gap_shown: bool
+    report: pathlib.Path
 
 
 def _layout(out):
@@ -56,7 +59,7 @@ def _prepare(out, settings, overwrite):
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a directory")
     present = {p.name for p in out.iterdir()} if out.exists() else set()
-    foreign = present - {"plate.zarr", PARTIAL_PLATE, "models", "scores", SETTINGS}
+    foreign = present - {"plate.zarr", PARTIAL_PLATE, "models", "scores", SETTINGS, REPORT}
     if foreign:
         raise InputError(
             f"--out {out}: holds files the demo did not write ({', '.join(sorted(foreign)[:3])}); "
@@ -126,5 +129,8 @@ def run_demo(out="gradcamo-demo", *, three_d=False, seed=0, overwrite=False, wor
         LOGGER.info("scoring the plate with the %s model", name)
         score([paths["plate"]], model_path, paths["scores"][name], workers=workers, progress=progress)
     reports = tuple(_report(name, paths["scores"][name]) for name in MODELS)
+    LOGGER.info("writing %s", out / REPORT)
+    report = write_report([paths["scores"][name] for name in MODELS], out / REPORT,
+                          models=list(paths["models"].values()), progress=progress)
     honest, shortcut = reports
-    return DemoResult(out, reports, honest.median_grad_camo - shortcut.median_grad_camo >= MIN_GAP)
+    return DemoResult(out, reports, honest.median_grad_camo - shortcut.median_grad_camo >= MIN_GAP, report.output)

@@ -22,7 +22,7 @@ import zarr
 
 from gradcamo.errors import InputError
 from gradcamo.scorer.progress import cell_progress
-from gradcamo.visual.overlay import caption_lines, render_overlay
+from gradcamo.visual.overlay import batch_overlays
 from gradcamo.visual.recompute import iter_cams
 from gradcamo.visual.select import select_rows
 from gradcamo.visual.source import open_source
@@ -116,6 +116,8 @@ def write_cams(
     output = pathlib.Path(output)
     _check_output(output, overwrite)
     table = select_rows(scores, where=where, order_by=order_by, limit=limit)
+    if table.num_rows == 0:
+        raise InputError(f"--where {where!r}: selects no rows of {scores}; nothing written")
     source = open_source(scores, models=models, input_map=input_map)
     rows = table.to_pydict()
     n = table.num_rows
@@ -124,12 +126,9 @@ def write_cams(
         (staging / PNG_DIR).mkdir()
         task = bar.add_task("cams", total=n)
         for batch in iter_cams(source, rows):
-            for k, index in enumerate(batch.rows):
-                arrays["image"][index] = batch.image[k]
-                arrays["mask"][index] = batch.mask[k]
-                arrays["cam"][index] = batch.cam[k]
-                row = {name: values[index] for name, values in rows.items()}
-                png = render_overlay(batch.image[k], batch.mask[k], batch.cam[k], caption_lines(row))
+            for name in arrays:
+                arrays[name].set_orthogonal_selection(batch.rows, getattr(batch, name))
+            for index, png in batch_overlays(batch, rows):
                 (staging / PNG_DIR / f"{index}.png").write_bytes(png)
             bar.update(task, advance=len(batch.rows))
         pq.write_table(table.append_column("index", pa.array(np.arange(n, dtype=np.int64))), staging / ROWS_FILE)

@@ -13,8 +13,12 @@ from gradcamo.visual.colors import CHANNEL_COLORS, INFERNO, apply_colormap
 
 PANEL_PIXELS = 192
 """A panel's longer side is scaled (nearest neighbour) to about this many pixels."""
-CAM_OPACITY = 0.6
+CAM_OPACITY = 0.75
 """Opacity of the heat map where the CAM is at its maximum (it fades to 0 with the CAM)."""
+BASE_BRIGHTNESS = 0.6
+"""The composite is dimmed under the heat map so that the heat map's colours stand out."""
+HEAT_RANGE = (0.25, 0.92)
+"""Part of the inferno map used for the heat map (its ends are near black and near white)."""
 OUTLINE = (255, 255, 255)
 CAPTION_COLOR = (230, 230, 230)
 BACKGROUND = (24, 24, 28)
@@ -32,14 +36,16 @@ def composite(image):
     Returns
     -------
     rgb : S + (3,) float64 ndarray in [0, 1]
+        Each RGB component is divided by half the sum of the channel colours' components
+        (when above 1), so that many bright channels do not all saturate to white.
     """
+    colors = np.ones((1, 3)) if len(image) == 1 else CHANNEL_COLORS[np.arange(len(image)) % len(CHANNEL_COLORS)]
     rgb = np.zeros(image.shape[1:] + (3,))
-    for index, channel in enumerate(image.astype(np.float64)):
+    for color, channel in zip(colors, image.astype(np.float64)):
         low, high = np.percentile(channel, PERCENTILES)
         scaled = np.clip((channel - low) / (high - low), 0, 1) if high > low else np.zeros_like(channel)
-        color = np.ones(3) if len(image) == 1 else CHANNEL_COLORS[index % len(CHANNEL_COLORS)]
         rgb += scaled[..., None] * color
-    return np.clip(rgb, 0, 1)
+    return np.clip(rgb / np.maximum(1.0, colors.sum(axis=0) / 2), 0, 1)
 
 
 def _outline(mask):
@@ -52,7 +58,8 @@ def _outline(mask):
 def _panel(rgb, cam, mask, scale):
     """One 2D panel: composite under the heat map, mask outline on top, scaled by ``scale``."""
     alpha = CAM_OPACITY * cam[..., None]
-    blended = rgb * (1 - alpha) + apply_colormap(cam, INFERNO) * alpha
+    heat = apply_colormap(HEAT_RANGE[0] + (HEAT_RANGE[1] - HEAT_RANGE[0]) * cam, INFERNO)
+    blended = BASE_BRIGHTNESS * rgb * (1 - alpha) + heat * alpha
     pixels = np.kron(blended, np.ones((scale, scale, 1)))
     pixels[_outline(np.kron(mask, np.ones((scale, scale), dtype=bool)))] = np.asarray(OUTLINE) / 255
     return Image.fromarray((pixels * 255).round().astype(np.uint8))
@@ -85,7 +92,7 @@ def caption_lines(row):
     ]
 
 
-def render_overlay(image, mask, cam, lines):
+def render_overlay(image, mask, cam, lines, *, panel_pixels=PANEL_PIXELS):
     """The overlay of one cell as PNG bytes.
 
     Parameters
@@ -97,13 +104,15 @@ def render_overlay(image, mask, cam, lines):
         The CAM at crop resolution (shown relative to its maximum).
     lines : sequence of str
         Caption lines under the panels.
+    panel_pixels : int
+        About the size of a panel's longer side.
 
     Returns
     -------
     bytes
     """
     panels = _panels(image, mask, cam)
-    scale = max(1, round(PANEL_PIXELS / max(mask.shape[-2:])))
+    scale = max(1, round(panel_pixels / max(mask.shape[-2:])))
     tiles = [(label, _panel(rgb, c, m, scale)) for label, rgb, c, m in panels]
     font = ImageFont.load_default(size=FONT_SIZE)
     line_height = FONT_SIZE + 4
@@ -123,3 +132,13 @@ def render_overlay(image, mask, cam, lines):
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
+
+
+def batch_overlays(batch, rows, **options):
+    """``(index, png bytes)`` for each row of a :class:`~gradcamo.visual.recompute.CamBatch`.
+
+    ``rows`` holds the selection's columns; ``options`` go to :func:`render_overlay`.
+    """
+    for k, index in enumerate(batch.rows):
+        row = {name: values[index] for name, values in rows.items()}
+        yield index, render_overlay(batch.image[k], batch.mask[k], batch.cam[k], caption_lines(row), **options)

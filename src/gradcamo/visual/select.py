@@ -36,7 +36,7 @@ def select_rows(directory, *, where=None, order_by=None, limit=64):
     Raises
     ------
     InputError
-        SQL that DuckDB rejects, a bad ``limit``, or no row selected.
+        SQL that DuckDB rejects or a bad ``limit``.
     """
     check_limit(limit)
     sql = (
@@ -44,9 +44,6 @@ def select_rows(directory, *, where=None, order_by=None, limit=64):
         f"ORDER BY {order_by or DEFAULT_ORDER} LIMIT {limit}"
     )
     try:
-        table = run_query(directory, sql)
+        return run_query(directory, sql)
     except InputError as error:
         raise InputError(f"--where {where!r} / --order-by {order_by!r}: {error}") from None
-    if table.num_rows == 0:
-        raise InputError(f"--where {where!r}: selects no rows of {directory}; nothing written")
-    return table

@@ -1,0 +1,261 @@
+"""``gradcamo report``: one self-contained HTML file about one or several score datasets.
+
+Everything is inline: the figures are SVG written here (:mod:`gradcamo.visual.figures`), the
+overlays PNG data URIs, the style one ``<style>`` element; there is no script and nothing is
+fetched, so the file opens from disk, offline, in any browser.
+"""
+
+import dataclasses
+import datetime
+import html
+import math
+import os
+import pathlib
+import time
+
+import gradcamo
+from gradcamo.errors import InputError
+from gradcamo.scorer.progress import cell_progress
+from gradcamo.visual.figures import colorbar_svg, density_svg, histogram_svg, plate_svg
+from gradcamo.visual.gallery import render_galleries, select_galleries
+from gradcamo.visual.plates import parse_well, plate_shape, row_name
+from gradcamo.visual.source import open_source, read_manifest
+from gradcamo.visual.stats import CONFIDENT, report_stats, well_stats
+
+STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; max-width: 1600px; }
+h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 32px; border-bottom: 1px solid #ddd; }
+h3 { font-size: 15px; margin: 8px 0; } h4 { font-size: 13px; margin: 10px 0 4px; color: #555; }
+table { border-collapse: collapse; } td, th { padding: 3px 10px; border-bottom: 1px solid #eee; text-align: right; }
+th { background: #f4f4f4; } td.key, th.key { text-align: left; }
+tr.all td { font-weight: 600; } .row { display: flex; flex-wrap: wrap; gap: 28px; align-items: flex-start; }
+.dataset { flex: 1 1 340px; max-width: 760px; } figure { margin: 4px 0; } figcaption, .note { color: #666; font-size: 12px; }
+.strip { display: flex; flex-wrap: wrap; gap: 4px; } .strip img { display: block; }
+.provenance td { text-align: left; font-family: ui-monospace, monospace; font-size: 12px; word-break: break-all; }
+"""
+HEADLINE_FIELDS = (
+    ("cells", "cells", "{:,}"),
+    ("nan_scores", "NaN scores", "{:,}"),
+    ("median_grad_camo", "median Grad-CAMO", "{:.3f}"),
+    ("share_above_half", "share > 0.5", "{:.1%}"),
+    ("mean_grad_camo", "mean Grad-CAMO", "{:.3f}"),
+    ("share_edge_padded", "edge-padded", "{:.1%}"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportSummary:
+    """What a call of :func:`write_report` wrote."""
+
+    output: pathlib.Path
+    datasets: int
+    gallery_cells: int
+    bytes: int
+    seconds: float
+
+
+def format_value(value, pattern):
+    """A number as the report shows it; ``–`` for a missing one (null or NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return pattern.format(value)
+
+
+def _cell(field, value, pattern):
+    data = "" if value is None else repr(value)
+    return f'<td data-field="{field}" data-value="{data}">{format_value(value, pattern)}</td>'
+
+
+def _headline(stats):
+    head = "".join(f"<th>{label}</th>" for _, label, _ in HEADLINE_FIELDS)
+    body = []
+    for overall in stats.headline:
+        name = overall["dataset"]
+        rows = [("all", "all", overall)] + [
+            ("target", r["target_name"], r) for r in stats.per_target if r["dataset"] == name
+        ]
+        for kind, target, row in rows:
+            cells = "".join(_cell(field, row[field], pattern) for field, _, pattern in HEADLINE_FIELDS)
+            body.append(
+                f'<tr class="{kind}" data-dataset="{html.escape(name)}" data-target="{html.escape(str(target))}">'
+                f'<td class="key">{html.escape(name)}</td><td class="key">{html.escape(str(target))}</td>{cells}</tr>'
+            )
+    return (
+        f'<table class="headline"><tr><th class="key">dataset</th><th class="key">target</th>{head}</tr>'
+        f'{"".join(body)}</table><p class="note">Grad-CAMO: share of the Grad-CAM attention inside the cell\'s '
+        "mask (1 = all on the cell). The Grad-CAMO paper found about 30% of single-cell profiles above 0.5. "
+        "Medians and shares are over non-NaN scores (an empty CAM gives NaN).</p>"
+    )
+
+
+def _per_dataset(stats, render):
+    blocks = [f'<div class="dataset"><h3>{html.escape(name)}</h3>{render(name)}</div>' for name in stats.datasets]
+    return f'<div class="row">{"".join(blocks)}</div>'
+
+
+def _hover(name, row):
+    parts = [f"median {format_value(row['median_grad_camo'], '{:.3f}')}", f"{row['cells']} cells",
+             f"{format_value(row['share_above_half'], '{:.0%}')} > 0.5", f"{row['nan_scores']} NaN"]
+    return f"{name}: " + ", ".join(parts)
+
+
+def _plate_maps(name, directory, manifest):
+    targets = manifest["parameters"].get("targets") or [-1]
+    wells, images = well_stats(directory, targets)
+    groups = {}
+    for row in wells:
+        groups.setdefault((row.get("target_name"), row["Metadata_Plate"]), []).append(row)
+    figures = []
+    for (target, plate), rows in groups.items():
+        positions = {parse_well(r["Metadata_Well"]): r for r in rows if parse_well(r["Metadata_Well"])}
+        n_rows, n_columns = plate_shape(positions)
+        cells = {p: (r["median_grad_camo"], _hover(r["Metadata_Well"], r)) for p, r in positions.items()}
+        title = f"plate {plate}" + (f", target {target}" if target is not None else "")
+        figures.append(
+            f'<figure class="plate" data-dataset="{html.escape(name)}" data-plate="{html.escape(plate)}" '
+            f'data-target="{html.escape(str(target or ""))}" data-wells="{n_rows * n_columns}">'
+            f'{plate_svg(cells, [row_name(i) for i in range(n_rows)], n_columns, label=title)}'
+            f"<figcaption>{html.escape(title)}: {n_rows * n_columns}-well layout</figcaption></figure>"
+        )
+    if images:
+        rows = "".join(
+            f"<tr><td class='key'>{html.escape(r['Metadata_Image'])}</td><td class='key'>"
+            f"{html.escape(str(r.get('target_name') or ''))}</td><td>{r['cells']}</td>"
+            f"<td>{format_value(r['median_grad_camo'], '{:.3f}')}</td></tr>"
+            for r in images
+        )
+        figures.append(
+            "<table class='images'><tr><th class='key'>image</th><th class='key'>target</th><th>cells</th>"
+            f"<th>median Grad-CAMO</th></tr>{rows}</table>"
+        )
+    return "".join(figures)
+
+
+def _confidence(stats, name):
+    density = stats.density.get(name)
+    if density is None:
+        return "<p class='note'>no scored cells</p>"
+    share = stats.confident_elsewhere[name]
+    return (
+        f"{density_svg(density, label=f'{name}: Grad-CAMO against prob_target')}"
+        f"<p class='note'>{share:.1%} of the cells are predicted with p &gt; {CONFIDENT} while Grad-CAMO &lt; 0.5 "
+        "(dashed box): confident, and looking elsewhere.</p>"
+    )
+
+
+def _galleries(galleries):
+    parts = []
+    for gallery in galleries:
+        images = "".join(
+            f'<img src="{uri}" alt="{html.escape(alt)}" title="{html.escape(alt)}">' for alt, uri in gallery.images
+        ) or "<p class='note'>no cells</p>"
+        parts.append(f"<h4>{html.escape(gallery.kind)}</h4><div class='strip'>{images}</div>")
+    return "".join(parts)
+
+
+def _provenance(directory, manifest):
+    parameters = manifest["parameters"]
+    rows = [
+        ("directory", str(directory)),
+        ("model sha256", parameters.get("model_sha256")),
+        ("model file", manifest.get("model", "not recorded")),
+        ("target layer", parameters.get("target_layer")),
+        ("convention", parameters.get("convention")),
+        ("targets", parameters.get("targets")),
+        ("channels", parameters.get("channels") or "all"),
+        ("labels", parameters.get("labels") or "the only label image"),
+        ("timepoint", parameters.get("timepoint")),
+        ("crop shape", parameters.get("crop_shape")),
+        ("inputs", ", ".join(parameters.get("inputs") or [])),
+        ("gradcamo version", manifest.get("gradcamo_version")),
+        ("scored", f"{manifest.get('started')} to {manifest.get('finished') or 'not finished'}"),
+    ]
+    body = "".join(f"<tr><th class='key'>{k}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    return f"<table class='provenance'>{body}</table>"
+
+
+def _check_report_options(output, gallery):
+    if isinstance(gallery, bool) or not isinstance(gallery, int) or gallery < 0:
+        raise InputError(f"--gallery: expected a whole number >= 0, got {gallery!r}")
+    if output.is_dir():
+        raise InputError(f"-o {output}: is a directory; expected a file name such as report.html")
+    if not output.parent.is_dir():
+        raise InputError(f"-o {output}: the directory {output.parent} does not exist")
+
+
+def write_report(paths, output, *, gallery=16, models=(), input_map=None, progress=False):
+    """Write one self-contained HTML report about one or several score datasets.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        Score dataset directories, shown side by side in this order.
+    output : path-like
+        The HTML file to write.
+    gallery : int
+        Cells per gallery (lowest, highest, random sample) per dataset; 0 for none
+        (then no model file or input is needed).
+    models : sequence of path-like
+        Model files to choose from by sha256, for datasets whose manifest names none.
+    input_map : dict of str to str, optional
+        ``{OLD: NEW}`` for inputs that moved since scoring.
+    progress : bool
+        Show the gallery cells recomputed, cells/s and ETA on stderr.
+
+    Returns
+    -------
+    ReportSummary
+
+    Raises
+    ------
+    InputError
+        A path is not a score dataset, a bad option, or (with galleries) a model file or an
+        input that is not found or changed. Nothing is written then.
+    """
+    started = time.time()
+    output = pathlib.Path(output)
+    _check_report_options(output, gallery)
+    stats = report_stats(paths)
+    manifests = {name: read_manifest(path) for name, path in stats.datasets.items()}
+    sources = {
+        name: open_source(path, models=models, input_map=input_map) for name, path in stats.datasets.items()
+    } if gallery else {}
+    selections = {name: select_galleries(path, gallery) for name, path in stats.datasets.items()} if gallery else {}
+    total = sum(t.num_rows for s in selections.values() for t in s.values())
+    with cell_progress(progress) as bar:
+        task = bar.add_task("galleries", total=total)
+        galleries = {
+            name: render_galleries(sources[name], chosen, lambda n: bar.update(task, advance=n))
+            for name, chosen in selections.items()
+        }
+    sections = [
+        ("Headline", _headline(stats)),
+        ("Grad-CAMO distribution per target", _per_dataset(
+            stats, lambda n: histogram_svg(stats.histograms.get(n, {}), label=f"{n}: Grad-CAMO histogram"))),
+        ("Plate map: median Grad-CAMO per well", colorbar_svg() + _per_dataset(
+            stats, lambda n: _plate_maps(n, stats.datasets[n], manifests[n]))),
+        ("Grad-CAMO against the probability of the target class", _per_dataset(
+            stats, lambda n: _confidence(stats, n))),
+        ("Galleries (mask outlined in white, CAM as heat map)", _per_dataset(
+            stats, lambda n: _galleries(galleries.get(n, [])) or "<p class='note'>--gallery 0</p>")),
+        ("Provenance", _per_dataset(stats, lambda n: _provenance(stats.datasets[n], manifests[n]))),
+    ]
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    body = "".join(
+        f'<section id="{title.split()[0].lower()}"><h2>{html.escape(title)}</h2>{content}</section>'
+        for title, content in sections
+    )
+    page = (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>gradcamo report: {html.escape(', '.join(stats.datasets))}</title><style>{STYLE}</style></head>"
+        f"<body><h1>Is the model looking at the cells?</h1><p class='note'>gradcamo {gradcamo.__version__} report "
+        f"of {html.escape(', '.join(stats.datasets))}, made {now}.</p>{body}</body></html>"
+    )
+    temporary = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    try:
+        temporary.write_text(page, encoding="utf-8")
+        os.replace(temporary, output)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return ReportSummary(output, len(stats.datasets), total, len(page.encode()), time.time() - started)

@@ -1,0 +1,108 @@
+"""The numbers a report shows, from DuckDB over the ``scores`` view (headline figures via ``summary``)."""
+
+import dataclasses
+
+import numpy as np
+
+from gradcamo.results.datasets import connect, resolve_datasets
+from gradcamo.results.summary import summarize
+from gradcamo.visual.select import VALID_SCORE
+
+HISTOGRAM_BINS = 20
+DENSITY_BINS = 20
+CONFIDENT = 0.9
+"""prob_target above which a prediction counts as confident."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportStats:
+    """Everything but the galleries and the provenance, for all datasets of a report.
+
+    ``headline`` and ``per_target``: rows of :func:`summarize` by dataset (and target_name);
+    ``histograms``: {dataset: {target_name: (HISTOGRAM_BINS,) counts}};
+    ``density``: {dataset: (DENSITY_BINS, DENSITY_BINS) counts of grad_camo x prob_target};
+    ``confident_elsewhere``: {dataset: share of scored rows with prob_target > 0.9 and grad_camo < 0.5}.
+    """
+
+    datasets: dict
+    headline: list
+    per_target: list
+    histograms: dict
+    density: dict
+    confident_elsewhere: dict
+
+
+def _binned(column, bins):
+    return f"least(floor({column} * {bins}), {bins - 1})::INTEGER"
+
+
+def _histograms(con):
+    rows = con.execute(
+        f"SELECT dataset, target_name, {_binned('grad_camo', HISTOGRAM_BINS)}, count(*) "
+        f"FROM scores WHERE {VALID_SCORE} GROUP BY ALL ORDER BY ALL"
+    ).fetchall()
+    histograms = {}
+    for dataset, target, index, n in rows:
+        histograms.setdefault(dataset, {}).setdefault(target, np.zeros(HISTOGRAM_BINS, np.int64))[index] += n
+    return histograms
+
+
+def _density(con):
+    rows = con.execute(
+        f"SELECT dataset, {_binned('grad_camo', DENSITY_BINS)}, {_binned('prob_target', DENSITY_BINS)}, count(*) "
+        f"FROM scores WHERE {VALID_SCORE} GROUP BY ALL"
+    ).fetchall()
+    density = {}
+    for dataset, x, y, n in rows:
+        density.setdefault(dataset, np.zeros((DENSITY_BINS, DENSITY_BINS), np.int64))[x, y] += n
+    return density
+
+
+def _confident_elsewhere(con):
+    return dict(con.execute(
+        f"SELECT dataset, avg(CASE WHEN prob_target > {CONFIDENT} AND grad_camo < 0.5 THEN 1.0 ELSE 0.0 END) "
+        f"FROM scores WHERE {VALID_SCORE} GROUP BY dataset"
+    ).fetchall())
+
+
+def report_stats(paths):
+    """Headline figures, histograms and the score-confidence density of the given score datasets.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        Score dataset directories.
+
+    Returns
+    -------
+    ReportStats
+    """
+    datasets = resolve_datasets(paths)
+    con = connect(datasets)
+    try:
+        histograms, density, confident = _histograms(con), _density(con), _confident_elsewhere(con)
+    finally:
+        con.close()
+    return ReportStats(
+        datasets=datasets,
+        headline=summarize(paths, by=["dataset"]).to_pylist(),
+        per_target=summarize(paths, by=["dataset", "target_name"]).to_pylist(),
+        histograms=histograms,
+        density=density,
+        confident_elsewhere=confident,
+    )
+
+
+def well_stats(directory, targets):
+    """Per well (and target, for datasets that score several per cell): :func:`summarize` rows.
+
+    Returns
+    -------
+    wells, images : list of dict
+        Rows of plate wells, and rows of single images (no plate), each with the
+        ``summarize`` columns.
+    """
+    by_target = ["target_name"] if len(targets) > 1 else []
+    wells = summarize([directory], by=by_target + ["Metadata_Plate", "Metadata_Well"]).to_pylist()
+    images = summarize([directory], by=by_target + ["Metadata_Plate", "Metadata_Image"]).to_pylist()
+    return [w for w in wells if w["Metadata_Plate"] is not None], [i for i in images if i["Metadata_Plate"] is None]

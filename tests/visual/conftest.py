@@ -1,0 +1,69 @@
+"""Score datasets for the visual tests: tiny models on small OME-Zarr images and a plate, scored for real."""
+
+import dataclasses
+
+import pytest
+
+from gradcamo.data.synthetic import make_cells
+from gradcamo.data.write import write_image_store, write_plate
+from gradcamo.scorer.pipeline import score
+
+PLATE_WELLS = (("A", 1), ("B", 3), ("H", 12))
+
+
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    """A score dataset with what it was made from."""
+
+    scores: object
+    model: object
+    store: object
+    spatial_dims: int
+    convention: str
+    image: object = None
+    labels: object = None
+
+
+@pytest.fixture(scope="session")
+def models(model_2d, model_3d):
+    return {2: model_2d, 3: model_3d}
+
+
+@pytest.fixture(scope="session")
+def inputs(tmp_path_factory):
+    """(image, labels, store) of a 2D image (target all) and a 3D volume, and a 2D plate."""
+    root = tmp_path_factory.mktemp("visual-inputs")
+    image2d, labels2d = make_cells((40, 36), 6, n_channels=3, radius=5, seed=4)
+    image3d, labels3d = make_cells((6, 26, 24), 4, n_channels=3, radius=5, seed=8)
+    fields = {well: [make_cells((32, 32), 3, n_channels=3, radius=5, seed=i)] for i, well in enumerate(PLATE_WELLS)}
+    return {
+        2: (image2d, labels2d, write_image_store(root / "cells.zarr", image2d, labels2d, chunks=(20, 18))),
+        3: (image3d, labels3d, write_image_store(root / "vol.zarr", image3d, labels3d, chunks=(3, 13, 12))),
+        "plate": write_plate(root / "plate.zarr", fields, name="P1", chunks=(16, 16)),
+    }
+
+
+def _score(root, name, store, model, **options):
+    output = root / name
+    score([store], model, output, workers=1, threads=1, **options)
+    return output
+
+
+@pytest.fixture(scope="session")
+def datasets(tmp_path_factory, models, inputs):
+    """{(spatial_dims, convention): Scored}; 2D datasets score every class of every cell."""
+    root = tmp_path_factory.mktemp("visual-scores")
+    scored = {}
+    for dims in (2, 3):
+        image, labels, store = inputs[dims]
+        for convention in ("raw", "pytorch-grad-cam"):
+            target = "all" if dims == 2 else "predicted"
+            output = _score(root, f"{dims}d-{convention}", store, models[dims], target=target, convention=convention)
+            scored[(dims, convention)] = Scored(output, models[dims], store, dims, convention, image, labels)
+    return scored
+
+
+@pytest.fixture(scope="session")
+def plate_scores(tmp_path_factory, models, inputs):
+    root = tmp_path_factory.mktemp("visual-plate")
+    return Scored(_score(root, "plate", inputs["plate"], models[2]), models[2], inputs["plate"], 2, "raw")
