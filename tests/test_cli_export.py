@@ -2,6 +2,8 @@
 
 import json
 import re
+import subprocess
+import sys
 import textwrap
 
 import onnx
@@ -100,6 +102,7 @@ EXPORT_ERRORS = [
     ("not a module", lambda f, t: [f"{f}:not_a_module"], r"returned int, not a torch.nn.Module"),
     ("factory raises", lambda f, t: [f"{f}:broken"], r"factory .* raised RuntimeError: no GPU here"),
     ("unknown layer", lambda f, t: [f"{f}:small", "-l", "20"], r"--target-layer: the model has no layer '20'; close matches: 2"),
+    ("unknown layer, none close", lambda f, t: [f"{f}:small", "-l", "layer4"], r"no layer 'layer4'; its layers: 0 \(Conv2d\), 1 \(ReLU\), 2 \(Conv2d\), 3 \(ReLU\), 4 \(AdaptiveAvgPool2d\), 5 \(Flatten\), 6 \(Linear\)$"),
     ("non-spatial layer", lambda f, t: [f"{f}:small", "-l", "6"], r"--target-layer: '6' outputs shape \(N, 3\), not a 2D feature map"),
     ("wrong rank", lambda f, t: [f"{f}:small", "-s", "2,16"], r"--input-shape: expected C,H,W .* got \(2, 16\)"),
     ("3D shape for 2D model", lambda f, t: [f"{f}:small", "-s", "2,4,16,16"], r"--input-shape: 2,4,16,16 is 3D but the model's first convolution '0' is 2D"),
@@ -135,6 +138,20 @@ def test_export_bad_input(case, factory, tmp_path, capsys):
     assert "Traceback" not in error
     assert re.search(pattern, error), error
     assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("quiet", [[], ["--quiet"]], ids=["default", "quiet"])
+def test_export_without_torchvision_prints_no_exporter_chatter(factory, tmp_path, quiet):
+    """As installed with the [export] extra alone: torch's ONNX exporter would log one
+    "torchvision is not installed. Skipping torchvision::..." line per torchvision op."""
+    argv = ["export", f"{factory}:small", "-l", "2", "-s", "2,16,16", "-o", str(tmp_path / "m.onnx"), *quiet]
+    code = f"import sys; sys.modules['torchvision'] = None; from gradcamo.cli import main; sys.exit(main({argv!r}))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "torchvision" not in result.stderr and "Skipping" not in result.stderr, result.stderr
+    assert result.stdout.startswith("wrote ")
+    if quiet:
+        assert result.stderr == ""
 
 
 def test_weights_that_do_not_fit(factory, tmp_path, capsys):

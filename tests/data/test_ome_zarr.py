@@ -125,6 +125,9 @@ def test_missing_and_non_ome_inputs(tmp_path):
     (tmp_path / "file.txt").write_text("hello")
     with pytest.raises(InputError, match=r"file.txt: OME-Zarr group not found or not a Zarr group"):
         discover_images(tmp_path / "file.txt")
+    zarr.create_array(str(tmp_path / "array.zarr"), shape=(4, 4), dtype="uint16")
+    with pytest.raises(InputError, match=r"array.zarr: is a plain Zarr array; expected an OME-Zarr group"):
+        discover_images(tmp_path / "array.zarr")
 
 
 def test_plate_well_paths_cannot_escape(tmp_path, cells_2d):

@@ -59,6 +59,10 @@ def ome_metadata(group):
 def _open_group(store, path, what):
     try:
         return zarr.open_group(store, path=path or None, mode="r")
+    except zarr.errors.ContainsArrayError as error:
+        location = f"{store}/{path}" if path else store
+        raise InputError(f"{location}: is a plain Zarr array; expected an {what} (a group with "
+                         "'multiscales' or 'plate' metadata)") from error
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as error:
         location = f"{store}/{path}" if path else store
         raise InputError(f"{location}: {what} not found or not a Zarr group") from error

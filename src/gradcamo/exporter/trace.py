@@ -53,12 +53,25 @@ def _unsupported_ops(message):
     return sorted(set(re.findall(r"No ONNX function found for <OpOverload\(op='([^']+)'", message)))
 
 
+@contextlib.contextmanager
+def _exporter_logs_kept_back():
+    """Keep the ONNX exporter's own log lines (e.g. "torchvision is not installed. Skipping
+    torchvision::nms", once per op) off the user's terminal; errors still surface as ExportError."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def convert_to_onnx(graph_module, example_image, example_target, *, opset):
     """Convert a traced gradient graph to an ONNX ``ModelProto`` with a dynamic batch axis."""
     batch = Dim(contract.BATCH_AXIS, min=1, max=MAX_BATCH)
     exporter_log = io.StringIO()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(exporter_log):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(exporter_log), _exporter_logs_kept_back():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 graph_module,

@@ -15,8 +15,24 @@ def resolve_layer(model, name):
     if name in modules and name != "":
         return modules[name]
     close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.5)
-    hint = f"; close matches: {', '.join(close)}" if close else "; list them with model.named_modules()"
-    raise InputError(f"--target-layer: the model has no layer {name!r}{hint}")
+    hint = f"close matches: {', '.join(close)}" if close else f"its layers: {_layer_listing(model)}"
+    raise InputError(f"--target-layer: the model has no layer {name!r}; {hint}")
+
+
+MAX_LISTED_LAYERS = 16
+
+
+def _layer_listing(model):
+    """The top-level layers with their types (``0 (Conv2d), 1 (ReLU), ...``), at most MAX_LISTED_LAYERS."""
+    children = [f"{child_name} ({type(child).__name__})" for child_name, child in model.named_children()]
+    nested = sum(1 for _ in model.named_modules()) - 1 - len(children)
+    listed = ", ".join(children[:MAX_LISTED_LAYERS]) or "none"
+    more = len(children) - MAX_LISTED_LAYERS
+    if more > 0:
+        listed += f", ... ({more} more)"
+    if nested > 0:
+        listed += f"; nested layers are named with dots, e.g. {next(n for n, _ in model.named_modules() if '.' in n)}"
+    return listed
 
 
 @contextlib.contextmanager
