@@ -8,7 +8,8 @@ from gradcamo.data.synthetic import make_cells
 from gradcamo.data.write import write_image_store, write_plate
 from gradcamo.scorer.pipeline import score
 
-PLATE_WELLS = (("A", 1), ("B", 3), ("H", 12))
+PLATES = {"P1": (("A", 1), ("B", 3), ("H", 12)), "P2": (("A", 1), ("P", 24))}
+"""Wells of two plates: P1 fits a 96-well layout, P2 (row P, column 24) needs 384."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,17 +36,20 @@ def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("visual-inputs")
     image2d, labels2d = make_cells((40, 36), 6, n_channels=3, radius=5, seed=4)
     image3d, labels3d = make_cells((6, 26, 24), 4, n_channels=3, radius=5, seed=8)
-    fields = {well: [make_cells((32, 32), 3, n_channels=3, radius=5, seed=i)] for i, well in enumerate(PLATE_WELLS)}
+    plates = {}
+    for name, wells in PLATES.items():
+        fields = {well: [make_cells((32, 32), 3, n_channels=3, radius=5, seed=i)] for i, well in enumerate(wells)}
+        plates[name] = write_plate(root / f"{name}.zarr", fields, name=name, chunks=(16, 16))
     return {
         2: (image2d, labels2d, write_image_store(root / "cells.zarr", image2d, labels2d, chunks=(20, 18))),
         3: (image3d, labels3d, write_image_store(root / "vol.zarr", image3d, labels3d, chunks=(3, 13, 12))),
-        "plate": write_plate(root / "plate.zarr", fields, name="P1", chunks=(16, 16)),
+        "plates": list(plates.values()),
     }
 
 
-def _score(root, name, store, model, **options):
+def _score(root, name, stores, model, **options):
     output = root / name
-    score([store], model, output, workers=1, threads=1, **options)
+    score(stores, model, output, workers=1, threads=1, **options)
     return output
 
 
@@ -58,7 +62,7 @@ def datasets(tmp_path_factory, models, inputs):
         image, labels, store = inputs[dims]
         for convention in ("raw", "pytorch-grad-cam"):
             target = "all" if dims == 2 else "predicted"
-            output = _score(root, f"{dims}d-{convention}", store, models[dims], target=target, convention=convention)
+            output = _score(root, f"{dims}d-{convention}", [store], models[dims], target=target, convention=convention)
             scored[(dims, convention)] = Scored(output, models[dims], store, dims, convention, image, labels)
     return scored
 
@@ -66,4 +70,4 @@ def datasets(tmp_path_factory, models, inputs):
 @pytest.fixture(scope="session")
 def plate_scores(tmp_path_factory, models, inputs):
     root = tmp_path_factory.mktemp("visual-plate")
-    return Scored(_score(root, "plate", inputs["plate"], models[2]), models[2], inputs["plate"], 2, "raw")
+    return Scored(_score(root, "plates", inputs["plates"], models[2]), models[2], inputs["plates"], 2, "raw")

@@ -14,7 +14,7 @@ SERIES_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b
 EMPTY_WELL = "#e4e4e4"
 AXIS = "#444"
 TICKS = (0.0, 0.25, 0.5, 0.75, 1.0)
-MARGIN = (34, 10, 10, 34)
+MARGIN = (44, 10, 10, 34)
 """Left, top, right, bottom margins of a plot, in pixels."""
 
 
