@@ -6,6 +6,7 @@ import pytest
 
 from gradcamo.cli import main
 from gradcamo.visual.plates import parse_well, plate_shape, row_name
+from gradcamo.visual.stats import report_stats
 
 
 def test_plate_formats():
@@ -50,3 +51,14 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, datasets, ar
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_histogram_and_density_count_every_scored_row(datasets):
+    paths = [datasets[(2, "raw")].scores, datasets[(3, "pytorch-grad-cam")].scores]
+    stats = report_stats(paths)
+    for row in stats.headline:
+        scored = row["cells"] - row["nan_scores"]
+        assert sum(int(c.sum()) for c in stats.histograms[row["dataset"]].values()) == scored
+        assert int(stats.density[row["dataset"]].sum()) == scored
+    for row in stats.per_target:
+        assert int(stats.histograms[row["dataset"]][row["target_name"]].sum()) == row["cells"] - row["nan_scores"]

@@ -69,8 +69,9 @@ def _cell(field, value, pattern):
 def _headline(stats):
     head = "".join(f"<th>{label}</th>" for _, label, _ in HEADLINE_FIELDS)
     body = []
-    for overall in stats.headline:
-        name = overall["dataset"]
+    overall_rows = {row["dataset"]: row for row in stats.headline}
+    for name in (n for n in stats.datasets if n in overall_rows):  # in the order given
+        overall = overall_rows[name]
         rows = [("all", "all", overall)] + [
             ("target", r["target_name"], r) for r in stats.per_target if r["dataset"] == name
         ]

@@ -32,30 +32,29 @@ class ReportStats:
     confident_elsewhere: dict
 
 
-def _binned(column, bins):
-    return f"least(floor({column} * {bins}), {bins - 1})::INTEGER"
+def _binned_counts(con, keys, columns, bins):
+    """{key values: counts} of the scored rows in ``bins`` equal bins of [0, 1] along each column."""
+    binned = ", ".join(f"least(floor({column} * {bins}), {bins - 1})::INTEGER" for column in columns)
+    rows = con.execute(
+        f"SELECT {', '.join(keys)}, {binned}, count(*) FROM scores WHERE {VALID_SCORE} GROUP BY ALL ORDER BY ALL"
+    ).fetchall()
+    counts = {}
+    for row in rows:
+        key, index = row[:len(keys)], row[len(keys):-1]
+        counts.setdefault(key, np.zeros((bins,) * len(columns), np.int64))[index] += row[-1]
+    return counts
 
 
 def _histograms(con):
-    rows = con.execute(
-        f"SELECT dataset, target_name, {_binned('grad_camo', HISTOGRAM_BINS)}, count(*) "
-        f"FROM scores WHERE {VALID_SCORE} GROUP BY ALL ORDER BY ALL"
-    ).fetchall()
     histograms = {}
-    for dataset, target, index, n in rows:
-        histograms.setdefault(dataset, {}).setdefault(target, np.zeros(HISTOGRAM_BINS, np.int64))[index] += n
+    for (dataset, target), counts in _binned_counts(con, ["dataset", "target_name"], ["grad_camo"], HISTOGRAM_BINS).items():
+        histograms.setdefault(dataset, {})[target] = counts
     return histograms
 
 
 def _density(con):
-    rows = con.execute(
-        f"SELECT dataset, {_binned('grad_camo', DENSITY_BINS)}, {_binned('prob_target', DENSITY_BINS)}, count(*) "
-        f"FROM scores WHERE {VALID_SCORE} GROUP BY ALL"
-    ).fetchall()
-    density = {}
-    for dataset, x, y, n in rows:
-        density.setdefault(dataset, np.zeros((DENSITY_BINS, DENSITY_BINS), np.int64))[x, y] += n
-    return density
+    counts = _binned_counts(con, ["dataset"], ["grad_camo", "prob_target"], DENSITY_BINS)
+    return {dataset: grid for (dataset,), grid in counts.items()}
 
 
 def _confident_elsewhere(con):
