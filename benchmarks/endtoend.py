@@ -92,7 +92,7 @@ def _child(plate, model, output, options):
     print(json.dumps({
         "cells": summary.cells, "seconds": summary.seconds, "providers": summary.providers,
         "steady_cells_per_s": steady_cells_per_s(output, options.get("workers") or 1),
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": _peak_rss_mb(), "stage_seconds": summary.stage_seconds,
     }))
 
 

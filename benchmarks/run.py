@@ -15,7 +15,12 @@ from synthetic OME-Zarr plates exactly as the scorer cuts them:
 - end to end: ``gradcamo.score`` (Zarr in, Parquet out) on a plate sized to take a few
   seconds, round-robin with bare ORT and torch eager on all of that plate's cells in memory;
 - with resnet18: peak RSS at 1x and 10x the cells, and 2 workers vs 1 worker, each in a
-  fresh process.
+  fresh process;
+- the pipeline ceiling: end to end with a tiny model (``TinyCNN2d`` 5x32x32) on a plate of
+  1080x1080 fields vs min(bare ORT, whole-array zarr read) on the same plate (``ceiling.py``).
+
+``--scale`` runs instead ``scale.py``: a plate of >= 250k cells scored with the tiny model and
+resnet18, with peak RSS per process, part files and a DuckDB query time.
 
 Prints the ratios R1..R4 against their goals and writes
 ``benchmarks/results/<date>-<host-kind>[-quick].json``. No assertions: numbers, not tests.
@@ -34,9 +39,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import ceiling  # noqa: E402
 import common  # noqa: E402
 import endtoend  # noqa: E402
 import peers  # noqa: E402
+import plates  # noqa: E402
 
 import gradcamo  # noqa: E402
 from gradcamo.scorer import head  # noqa: E402
@@ -48,15 +55,16 @@ GOALS = {
     "R1 e2e / pytorch_grad_cam": {"cpu": 2.0, "cuda": 5.0},
     "R1b e2e / torch_eager": {"cpu": 0.9, "cuda": 1.0},
     "R2 e2e / ort_graph": {"cpu": 0.9, "cuda": 0.9},
+    "ceiling e2e / min(ort_graph, read)": {"cpu": 0.5, "cuda": 0.5},
 }
 # (full, quick) settings. End-to-end plates are sized from the measured bare-ORT speed so that
 # one pass takes about ``e2e_seconds``; 3D models on CPU use small batches (a 5x32x64x64 crop
 # takes about a second on 2 cores).
 SETTINGS = {
     False: {"batches": (1, 16, 64), "cpu_3d_batches": (1, 8), "repeats": 3, "e2e_seconds": 10.0,
-            "scaling_seconds": 30.0, "max_cells": 3000},
+            "scaling_seconds": 30.0, "max_cells": 3000, "ceiling_wells": 48},
     True: {"batches": (16,), "cpu_3d_batches": (8,), "repeats": 2, "e2e_seconds": 1.5,
-           "scaling_seconds": 5.0, "max_cells": 1000},
+           "scaling_seconds": 5.0, "max_cells": 1000, "ceiling_wells": 12},
 }
 
 
@@ -75,7 +83,12 @@ def parse_args(argv=None):
     parser.add_argument("--models", default=",".join(common.MODELS),
                         help=f"comma-separated subset of {','.join(common.MODELS)}")
     parser.add_argument("--output", type=pathlib.Path, default=None,
-                        help="results file (default: benchmarks/results/<date>-<host-kind>[-quick].json)")
+                        help="results file (default: benchmarks/results/<date>-<host-kind>[-quick|-scale].json)")
+    parser.add_argument("--scale", action="store_true",
+                        help="instead of the suite: a plate of >= 250k cells (minutes, a few GB in the temp dir)")
+    parser.add_argument("--scale-wells", type=int, default=384, help="--scale: fields of ~784 cells (one per well)")
+    parser.add_argument("--scale-resnet-fields", type=int, default=16,
+                        help="--scale: fields scored with resnet18 (on CPU ~300 cells/s)")
     args = parser.parse_args(argv)
     args.models = [name.strip() for name in args.models.split(",") if name.strip()]
     unknown = sorted(set(args.models) - set(common.MODELS))
@@ -256,6 +269,16 @@ def bench_scaling(args, settings, scratch, e2e_rate):
     }
 
 
+def bench_ceiling(args, settings, scratch):
+    """End to end with the tiny model vs min(bare ORT, whole-array read), on one plate, same run."""
+    plate = scratch / "ceiling.zarr"
+    cells = plates.write_grid_plate(plate, wells=settings["ceiling_wells"], fields_per_well=2,
+                                    field_shape=(1080, 1080), spacing=38, chunks=(540, 540))
+    log(f"ceiling: tiny model on {cells} cells")
+    model_path = ceiling.export_tiny(scratch / "tiny.onnx")
+    return ceiling.measure(plate, model_path, cells, scratch, device=args.device)
+
+
 def print_report(report):
     for result in report["models"]:
         print(f"\n{result['model']} {'x'.join(map(str, result['crop_shape']))}, target {result['target_layer']}, "
@@ -272,6 +295,15 @@ def print_report(report):
         for key, value in result["ratios"].items():
             goal = GOALS.get(key, {}).get(report["device"])
             print(f"  {key:<48}{value:>7.2f}" + (f"   (goal >= {goal})" if goal else ""))
+    if "ceiling" in report:
+        record = report["ceiling"]
+        rates = record["cells_per_s"]
+        print(f"\npipeline ceiling (TinyCNN2d 5x32x32, {record['cells']} cells in {record['fields']} fields of "
+              f"1080x1080x5 uint16, chunks 540x540, batch {record['batch_size']}):")
+        print("  " + ", ".join(f"{k} {v:,.0f}" for k, v in rates.items()) + " cells/s; worker stage seconds "
+              + ", ".join(f"{k} {v:.1f}" for k, v in (record["stages"] or {}).items()))
+        key = "ceiling e2e / min(ort_graph, read)"
+        print(f"  {key:<48}{record['ceiling_ratio']:>7.2f}   (goal >= 0.5)")
     if "scaling" in report:
         scaling = report["scaling"]
         print("\nscaling (resnet18, fresh process per run; ratios of steady cells/s):")
@@ -293,8 +325,8 @@ def main(argv=None):
     except RuntimeError as error:
         raise SystemExit(str(error)) from None
     report = {"device": args.device, "quick": args.quick, "settings": settings, "models": []}
-    output = args.output or RESULTS / (
-        f"{datetime.date.today().isoformat()}-{host_kind(args.device)}{'-quick' if args.quick else ''}.json")
+    suffix = "-scale" if args.scale else "-quick" if args.quick else ""
+    output = args.output or RESULTS / f"{datetime.date.today().isoformat()}-{host_kind(args.device)}{suffix}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
 
     def save():  # after every part, so a run cut short keeps what it measured
@@ -302,8 +334,21 @@ def main(argv=None):
         report["wall_seconds"] = time.perf_counter() - STARTED
         output.write_text(json.dumps(report, indent=2, default=str) + "\n")
 
+    if args.scale:
+        import scale
+
+        with tempfile.TemporaryDirectory(prefix="gradcamo-scale-") as scratch:
+            report = {"device": args.device, "scale": scale.run_scale(args, scratch, log)}
+        report["machine"] = common.machine_record()
+        report["wall_seconds"] = time.perf_counter() - STARTED
+        output.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        scale.print_scale(report["scale"])
+        print(f"\n{report['wall_seconds']:.0f} s; wrote {output}")
+        return 0
     with tempfile.TemporaryDirectory(prefix="gradcamo-bench-") as scratch:
         scratch = pathlib.Path(scratch)
+        report["ceiling"] = bench_ceiling(args, settings, scratch)
+        save()
         for name in args.models:
             report["models"].append(bench_model(name, args, settings, scratch))
             save()

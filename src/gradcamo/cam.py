@@ -5,9 +5,17 @@ No torch, no onnxruntime: these functions define the score convention of DESIGN.
 
 import numpy as np
 
+from gradcamo.errors import InputError
+
 CONVENTIONS = ("raw", "pytorch-grad-cam")
 MINMAX_EPS = 1e-7
 """Added to the maximum by pytorch-grad-cam's min-max scaling; kept for bit-compatibility."""
+
+
+def check_choice(name, value, choices):
+    """Raise an InputError (a ValueError) naming the argument ``name`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise InputError(f"{name}: expected one of {choices}, got {value!r}", argument=name)
 
 
 def compute_cam(activations, gradients, *, convention="raw"):
@@ -102,6 +110,33 @@ def resize_cam(cam, shape):
     return out
 
 
+def score_ratio(inside, total):
+    """Grad-CAMO from the attention inside the cell and in the whole crop: the one NaN rule.
+
+    Parameters
+    ----------
+    inside, total : (N,) float ndarrays
+
+    Returns
+    -------
+    score : (N,) float64 ndarray
+        ``inside / total``; NaN where the CAM is empty.
+    empty : (N,) bool ndarray
+        Where ``total`` is not > 0 (zero, or NaN from NaN intensities).
+
+    Examples
+    --------
+    >>> score_ratio(np.array([1.0, 0.0]), np.array([4.0, 0.0]))
+    (array([0.25,  nan]), array([False,  True]))
+    """
+    inside = np.asarray(inside, dtype=np.float64)
+    total = np.asarray(total, dtype=np.float64)
+    empty = ~(total > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        score = np.where(empty, np.nan, inside / np.where(empty, 1.0, total))
+    return score, empty
+
+
 def gradcamo_score(cam, mask):
     """Share of each CAM that lies inside its cell's mask.
 
@@ -129,6 +164,4 @@ def gradcamo_score(cam, mask):
     axes = tuple(range(1, cam.ndim))
     total = cam.sum(axis=axes, dtype=np.float64)
     inside = np.where(mask, cam, 0.0).sum(axis=axes, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        score = np.where(total > 0, inside / np.where(total > 0, total, 1.0), np.nan)
-    return inside, total, score
+    return inside, total, score_ratio(inside, total)[0]

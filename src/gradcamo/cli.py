@@ -350,6 +350,20 @@ def demo_command(
     print_report(result)
 
 
+ARGUMENT_FLAGS = {"inputs": "INPUT"}
+"""Python arguments whose command-line name is not ``--`` + the name with dashes."""
+
+
+def _in_flags(error):
+    """The error's message, its leading Python argument name (``batch_size``) replaced by the flag."""
+    message = str(error)
+    argument = getattr(error, "argument", None)
+    if argument and message.startswith(argument):
+        flag = ARGUMENT_FLAGS.get(argument, "--" + argument.replace("_", "-"))
+        return flag + message[len(argument):]
+    return message
+
+
 def main(argv=None):
     """Run the command line; returns the exit code (2 for bad input or usage)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -362,6 +376,6 @@ def main(argv=None):
     except GradcamoError as error:
         if "--debug" in argv:
             traceback.print_exc()
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_in_flags(error)}", file=sys.stderr)
         return 2
     return 0

@@ -6,7 +6,16 @@ class GradcamoError(Exception):
 
 
 class InputError(GradcamoError, ValueError):
-    """A path, option or value given by the user is wrong."""
+    """A path, option or value given by the user is wrong.
+
+    ``argument`` names the Python argument at fault, when there is one; the message then
+    begins with that name, which the CLI replaces by the option's flag (``batch_size`` ->
+    ``--batch-size``).
+    """
+
+    def __init__(self, message, *, argument=None):
+        super().__init__(message)
+        self.argument = argument
 
 
 class ExportError(GradcamoError, RuntimeError):
@@ -19,3 +28,9 @@ class ValidationError(ExportError):
 
 class ContractError(GradcamoError, ValueError):
     """A model file does not follow the gradcamo ONNX contract."""
+
+
+def first_line(error):
+    """The first non-empty line of an exception's message, else its type's name (for one-line reports)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import pathlib
-import tempfile
 
 import onnx
 import torch
@@ -14,7 +13,8 @@ from torch import nn
 
 import gradcamo
 from gradcamo import contract
-from gradcamo.errors import ExportError, InputError
+from gradcamo.errors import ExportError, InputError, first_line
+from gradcamo.files import atomic_path
 from gradcamo.exporter.loading import hash_weights
 from gradcamo.exporter.trace import choose_trace_batch, convert_to_onnx, trace_gradient_graph
 from gradcamo.exporter.validate import validate_onnx
@@ -97,9 +97,8 @@ def _probe(model, layer_name, input_shape):
     except ExportError:
         raise
     except Exception as error:  # user models raise anything on a bad shape
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(
-            f"--input-shape: the model rejects input {tuple(input_shape)}: {first_line}"
+            f"--input-shape: the model rejects input {tuple(input_shape)}: {first_line(error)}"
         ) from error
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != batch:
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
@@ -133,14 +132,8 @@ def _metadata(*, target_layer, input_shape, class_names, mean, std, validation, 
 
 
 def _write_atomically(model_proto, path):
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(handle)
-    try:
-        onnx.save(model_proto, temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    with atomic_path(path) as temporary:
+        onnx.save(model_proto, str(temporary))
 
 
 def export_model(

@@ -16,7 +16,7 @@ from torch.export import Dim
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from gradcamo import contract
-from gradcamo.errors import ExportError
+from gradcamo.errors import ExportError, first_line
 from gradcamo.exporter.decompositions import gradient_decompositions, simplify_as_strided
 
 LOGGER = logging.getLogger(__name__)
@@ -90,8 +90,7 @@ def convert_to_onnx(graph_module, example_image, example_target, *, opset):
                 "the gradient graph uses ops the ONNX exporter cannot lower: "
                 f"{', '.join(unsupported)}; choose another target layer or report this model"
             ) from error
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ExportError(f"torch.onnx.export failed: {first_line}") from error
+        raise ExportError(f"torch.onnx.export failed: {first_line(error)}") from error
     LOGGER.debug("%s", exporter_log.getvalue())
     model_proto = program.model_proto
     for value in model_proto.graph.input:

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import torch
 
 from gradcamo import contract
-from gradcamo.errors import ExportError, ValidationError
+from gradcamo.errors import ExportError, ValidationError, first_line
 from gradcamo.cam import compute_cam
 
 CAM_RTOL = 1e-3
@@ -99,8 +99,7 @@ def validate_onnx(model_bytes, wrapper, input_shape, n_classes, *, mean=None, st
             for target in target_passes
         ]
     except Exception as error:  # onnxruntime's error classes share no useful base
-        first_line = str(error).strip().splitlines()[0]
-        raise ExportError(f"onnxruntime cannot run the exported graph: {first_line}") from error
+        raise ExportError(f"onnxruntime cannot run the exported graph: {first_line(error)}") from error
     cam_abs, cam_rel, logits_rel = 0.0, 0.0, 0.0
     for target, (logits, activations, gradients) in zip(target_passes, ort_outputs):
         ref_logits, ref_activations, ref_gradients = _torch_one_by_one(wrapper, image, target)

@@ -19,6 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from gradcamo.errors import InputError
+from gradcamo.errors import first_line as _first_line
 
 LOGGER = logging.getLogger(__name__)
 
@@ -218,11 +219,6 @@ def _literal(text):
 def _identifier(text):
     """A quoted SQL identifier."""
     return '"' + str(text).replace('"', '""') + '"'
-
-
-def _first_line(error):
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 __all__ = ["connect", "resolve_datasets", "view_names"]

@@ -40,24 +40,32 @@ def measure_objects(labels, offset=None):
     Returns
     -------
     Measurements
+
+    Notes
+    -----
+    Only foreground voxels are visited. Coordinates are whole numbers, so their float64
+    sums are exact whatever the order: the same sums as over every voxel.
     """
     labels = np.asarray(labels)
-    offset = np.zeros(labels.ndim, dtype=np.int64) if offset is None else np.asarray(offset, dtype=np.int64)
+    ndim = labels.ndim
+    offset = np.zeros(ndim, dtype=np.int64) if offset is None else np.asarray(offset, dtype=np.int64)
     flat = labels.reshape(-1)
-    if flat.size and flat.min() >= 0 and flat.max() < DENSE_IDS_PER_VOXEL * flat.size:
+    where = np.flatnonzero(flat)
+    values = flat[where]
+    if not len(values):
+        return Measurements(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, ndim)))
+    if values.min() > 0 and values.max() < DENSE_IDS_PER_VOXEL * flat.size:
         # Ids few enough to count in place: O(n) instead of sorting (same sums, same order).
-        bins = flat.astype(np.intp, copy=False)
+        bins = values.astype(np.intp, copy=False)
         counts = np.bincount(bins)
         ids = rows = np.flatnonzero(counts)
     else:
-        ids, bins, counts = np.unique(flat, return_inverse=True, return_counts=True)
+        ids, bins, counts = np.unique(values, return_inverse=True, return_counts=True)
         rows = np.arange(len(ids))
-    keep = ids != 0
-    ids, rows = ids[keep], rows[keep]
-    sums = np.empty((len(rows), labels.ndim))
-    for axis in range(labels.ndim):
-        coordinate = np.indices(labels.shape, sparse=True)[axis] + offset[axis]
-        weights = np.broadcast_to(coordinate, labels.shape).reshape(-1)
+    sums = np.empty((len(rows), ndim))
+    coordinates = np.unravel_index(where, labels.shape)
+    for axis in range(ndim):
+        weights = (coordinates[axis] + offset[axis]).astype(np.float64)
         sums[:, axis] = np.bincount(bins, weights=weights, minlength=len(counts))[rows]
     return Measurements(ids.astype(np.int64), counts[rows].astype(np.int64), sums)
 
@@ -125,6 +133,95 @@ def cut_window(array, start, shape):
     return window, 1.0 - inside / float(np.prod(shape))
 
 
+class CropCutter:
+    """Cuts crops and masks of many objects from one in-memory region, a batch at a time.
+
+    The region is zero-padded once (only as far as the crops reach outside it), then each
+    batch is one fancy-indexing gather over sliding windows: no per-object Python.
+
+    Parameters
+    ----------
+    image : (C, *S) ndarray
+    labels : S integer ndarray
+    starts : (n, ndim) int ndarray
+        Each object's crop start, in the region's coordinates (may be negative or run past
+        the end: the outside is 0 in the crop and in the mask).
+    crop_shape : tuple of int
+        Spatial crop shape.
+    """
+
+    def __init__(self, image, labels, starts, crop_shape):
+        crop = np.asarray(crop_shape, dtype=np.int64)
+        ndim = len(crop)
+        starts = np.asarray(starts, dtype=np.int64).reshape(-1, ndim)
+        extent = np.asarray(labels.shape, dtype=np.int64)
+        if len(starts):
+            low = np.maximum(0, -starts.min(axis=0))
+            high = np.maximum(0, (starts + crop).max(axis=0) - extent)
+        else:
+            low = high = np.zeros(ndim, np.int64)
+        if low.any() or high.any():
+            widths = [(int(a), int(b)) for a, b in zip(low, high)]
+            image = np.pad(image, [(0, 0)] + widths)
+            labels = np.pad(labels, widths)
+        spatial_axes = tuple(range(1, ndim + 1))
+        self._image_windows = np.lib.stride_tricks.sliding_window_view(image, tuple(crop), axis=spatial_axes)
+        self._label_windows = np.lib.stride_tricks.sliding_window_view(labels, tuple(crop))
+        self._starts = starts + low
+        self._crop = tuple(int(c) for c in crop)
+        self._channels = image.shape[0]
+        inside = np.clip(np.minimum(starts + crop, extent) - np.maximum(starts, 0), 0, None).prod(axis=1)
+        self.pad_fractions = 1.0 - inside / float(np.prod(crop))
+        """(n,) float64: share of each crop's voxels outside the region."""
+
+    def cut(self, objects, ids):
+        """Crops and masks of the objects at positions ``objects`` (into ``starts``).
+
+        Parameters
+        ----------
+        objects : (m,) int ndarray
+        ids : (m,) int ndarray
+            The label id each mask is taken for.
+
+        Returns
+        -------
+        crops : (m, C, *crop_shape) float32 ndarray
+        masks : (m, *crop_shape) bool ndarray
+        """
+        where = tuple(self._starts[objects].T)
+        crops = np.empty((len(objects), self._channels, *self._crop), np.float32)
+        crops[...] = np.moveaxis(self._image_windows[(slice(None),) + where], 0, 1)
+        ids = np.asarray(ids).reshape((-1,) + (1,) * len(self._crop))
+        masks = self._label_windows[where] == ids
+        return crops, masks
+
+
+def cut_cells(image, labels, ids, centroids, crop_shape):
+    """The crops, masks and pad fractions of the given objects, cut as the scorer cuts them.
+
+    Parameters
+    ----------
+    image : (C, *S) ndarray
+    labels : S integer ndarray
+    ids : (n,) int ndarray
+        Label ids of the objects.
+    centroids : (n, ndim) float ndarray
+        Their centroids in the image's coordinates.
+    crop_shape : tuple of int
+        Spatial crop shape.
+
+    Returns
+    -------
+    crops : (n, C, *crop_shape) float32 ndarray
+    masks : (n, *crop_shape) bool ndarray
+    pad_fractions : (n,) float64 ndarray
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    cutter = CropCutter(image, labels, crop_starts(np.reshape(centroids, (len(ids), len(crop_shape))), crop_shape), crop_shape)
+    crops, masks = cutter.cut(np.arange(len(ids)), ids)
+    return crops, masks, cutter.pad_fractions
+
+
 def cut_object_crops(image, labels, crop_shape):
     """Every object's crop and mask from a whole in-memory image, cut as the scorer cuts them.
 
@@ -142,11 +239,5 @@ def cut_object_crops(image, labels, crop_shape):
     masks : (n, *crop_shape) bool ndarray
     """
     objects = measure_objects(labels)
-    crops, masks = [], []
-    for cell, start in zip(objects.ids, crop_starts(objects.centroids, crop_shape)):
-        crops.append(cut_window(image, start, crop_shape)[0].astype(np.float32))
-        masks.append(cut_window(labels, start, crop_shape)[0] == cell)
-    shape = tuple(crop_shape)
-    if not crops:
-        return objects.ids, np.zeros((0, image.shape[0], *shape), np.float32), np.zeros((0, *shape), bool)
-    return objects.ids, np.stack(crops), np.stack(masks)
+    crops, masks, _ = cut_cells(image, labels, objects.ids, objects.centroids, crop_shape)
+    return objects.ids, crops, masks

@@ -1,30 +1,40 @@
 """score(): OME-Zarr inputs -> Grad-CAMO scores in a Parquet dataset, on a Dask cluster."""
 
+import collections
+import concurrent.futures
 import dataclasses
 import logging
 import os
 import time
 
-import numpy as np
 from distributed import Client, LocalCluster, as_completed
 
 from gradcamo.errors import InputError
 from gradcamo.model_file import read_model_info
-from gradcamo.cam import CONVENTIONS
+from gradcamo.cam import CONVENTIONS, check_choice
 from gradcamo.scorer.crops import merge_measurements
-from gradcamo.scorer.plan import assign_objects, parse_targets, plan_inputs
+from gradcamo.scorer.plan import UNIT_MAX_BYTES, parse_targets, plan_inputs
 from gradcamo.scorer.progress import cell_progress
-from gradcamo.scorer.session import check_device, providers_used
-from gradcamo.scorer.sink import ScoreDataset, make_table
-from gradcamo.scorer.units import ScoreSpec, measure_unit, score_unit
+from gradcamo.scorer.session import check_device
+from gradcamo.scorer.sink import ScoreDataset
+from gradcamo.scorer.units import STAGES, ScoreSpec, assign_objects, measure_block, score_unit
+from gradcamo.scorer.worker import PLUGIN_NAME, ScorerPlugin
 
 LOGGER = logging.getLogger(__name__)
-TASKS_IN_FLIGHT_PER_WORKER = 2
+TASK_THREADS_PER_LOCAL_WORKER = 2
+"""One task reads, decompresses and cuts while the other's batches run (the session takes one at a time)."""
+WRITES_IN_FLIGHT = 4
+"""Part files queued for the client's writer thread before the result loop waits for it."""
 
 
 @dataclasses.dataclass(frozen=True)
 class ScoreSummary:
-    """What a call of :func:`score` did."""
+    """What a call of :func:`score` did.
+
+    ``stage_seconds`` sums, over all units, the seconds workers spent reading, measuring,
+    cutting, inferring and building tables; with task threads overlapping, their sum can
+    exceed the wall time.
+    """
 
     output: str
     images: int
@@ -34,13 +44,14 @@ class ScoreSummary:
     rows: int
     seconds: float
     providers: tuple
+    stage_seconds: dict = dataclasses.field(default_factory=dict)
 
 
-def _check_positive(value, option, *, allow_none=True):
+def _check_whole(value, argument, *, minimum=1, allow_none=True):
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{option}: expected a whole number >= 1, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(f"{argument}: expected a whole number >= {minimum}, got {value!r}", argument=argument)
     return value
 
 
@@ -68,44 +79,26 @@ def _run_bounded(client, function, items, window, on_result):
 
 def _open_client(scheduler, workers, threads):
     """A client of ``scheduler``; else a local cluster: one in-process worker by default (starts in
-    about a second), ``workers`` worker processes when more than one is asked for."""
+    about a second), ``workers`` worker processes when more than one is asked for; each local
+    worker runs two tasks at a time (:data:`TASK_THREADS_PER_LOCAL_WORKER`)."""
     if scheduler:
         return Client(scheduler), None
     if (workers or 1) == 1:
-        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None,
-                               silence_logs=logging.CRITICAL)
+        cluster = LocalCluster(n_workers=1, threads_per_worker=TASK_THREADS_PER_LOCAL_WORKER, processes=False,
+                               dashboard_address=None, silence_logs=logging.CRITICAL)
         return Client(cluster), cluster
     cluster = LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True,
+        n_workers=workers, threads_per_worker=TASK_THREADS_PER_LOCAL_WORKER, processes=True,
         dashboard_address=None, silence_logs=logging.CRITICAL,  # task errors reach the client anyway
         env={"OMP_NUM_THREADS": str(threads or max(1, (os.cpu_count() or 1) // workers))},
     )
     return Client(cluster), cluster
 
 
-def _key_columns(unit, columns, class_names, provenance):
-    n = len(columns["object_number"])
-    centroids = columns.pop("centroids")
-    spatial = unit.layout.spatial_axes
-    ref = unit.ref
-    keyed = {
-        "Metadata_Plate": [ref.plate] * n,
-        "Metadata_Well": [ref.well] * n,
-        "Metadata_Site": np.full(n, ref.site, dtype=np.int32),
-        "Metadata_Image": [ref.name] * n,
-        "Metadata_ObjectNumber": columns.pop("object_number"),
-        "centroid_z": centroids[:, 0] if "z" in spatial else [None] * n,
-        "centroid_y": centroids[:, spatial.index("y")],
-        "centroid_x": centroids[:, spatial.index("x")],
-        "target_name": [class_names[t] for t in columns["target_class"]],
-    }
-    return make_table({**keyed, **columns}, provenance=provenance)
-
-
 def score(
     inputs, model, output, *, labels=None, channels=None, target="predicted", batch_size=64,
     device="auto", workers=None, threads=None, scheduler=None, convention="raw",
-    overwrite=False, timepoint=0, block_shape=None, progress=False,
+    overwrite=False, timepoint=0, block_shape=None, progress=False, unit_max_bytes=UNIT_MAX_BYTES,
 ):
     """Score every cell of the given OME-Zarr images; write Grad-CAMO rows to ``output``.
 
@@ -134,7 +127,10 @@ def score(
     timepoint : int
         Index on the ``t`` axis, if any.
     block_shape : tuple of int, optional
-        Spatial work-unit size; default whole label chunks spanning >= 8 crops.
+        Split every image into blocks of this spatial size (scored in two passes).
+    unit_max_bytes : int
+        Default work unit: the whole image when its chosen channels and labels take at
+        most this many bytes; else blocks of whole label chunks spanning >= 8 crops.
     progress : bool
         Show cells, cells/s and ETA on stderr.
 
@@ -143,57 +139,70 @@ def score(
     ScoreSummary
     """
     started = time.time()
-    _check_positive(batch_size, "--batch-size", allow_none=False)
-    _check_positive(workers, "--workers")
-    _check_positive(threads, "--threads")
+    _check_whole(batch_size, "batch_size", allow_none=False)
+    _check_whole(workers, "workers")
+    _check_whole(threads, "threads")
+    _check_whole(unit_max_bytes, "unit_max_bytes", allow_none=False)
+    _check_whole(timepoint, "timepoint", minimum=0, allow_none=False)
     check_device(device)
-    if convention not in CONVENTIONS:
-        raise InputError(f"--convention: expected one of {', '.join(CONVENTIONS)}, got {convention!r}")
-    if isinstance(timepoint, bool) or not isinstance(timepoint, int) or timepoint < 0:
-        raise InputError(f"--timepoint: expected a whole number >= 0, got {timepoint!r}")
+    check_choice("convention", convention, CONVENTIONS)
     if not inputs:
-        raise InputError("INPUT: give at least one OME-Zarr image or plate")
+        raise InputError("inputs: give at least one OME-Zarr image or plate", argument="inputs")
     info = read_model_info(model)
     targets = parse_targets(target, list(info.class_names))
     images = plan_inputs(
         [str(i) for i in inputs], info, label_name=labels,
         channels=None if channels is None else tuple(channels), timepoint=timepoint, block_shape=block_shape,
+        unit_max_bytes=unit_max_bytes,
     )
+    provenance = {"model_sha256": info.sha256, "target_layer": info.target_layer, "convention": convention}
     spec = ScoreSpec(
         model_path=str(os.path.abspath(model)), model_sha256=info.sha256, crop_shape=tuple(info.input_shape),
         convention=convention, device=device, threads=threads, batch_size=batch_size, targets=targets,
-        label_name=labels,
+        label_name=labels, class_names=tuple(info.class_names), provenance=provenance,
     )
     parameters = {
         "model_sha256": info.sha256, "target_layer": info.target_layer, "convention": convention,
         "targets": list(targets), "labels": labels, "channels": None if channels is None else list(channels),
         "timepoint": timepoint, "crop_shape": list(info.input_shape),
         "inputs": [str(i) for i in inputs], "block_shape": None if block_shape is None else list(block_shape),
+        "unit_max_bytes": unit_max_bytes,
     }
-    provenance = {"model_sha256": info.sha256, "target_layer": info.target_layer, "convention": convention}
     with ScoreDataset.open(output, parameters, overwrite=overwrite) as dataset:
         done = dataset.completed_units()
-        todo = [image for image in images if any(u.unit_id not in done for u in image.units)]
-        counts = {"images": len(images), "units": sum(len(i.units) for i in images), "cells": 0, "rows": 0}
+        counts = {"images": len(images), "units": sum(len(i.blocks) for i in images), "cells": 0, "rows": 0}
+        providers, stages = set(), dict.fromkeys(STAGES, 0.0)
         client, cluster = _open_client(scheduler, workers, threads)
         try:
-            window = TASKS_IN_FLIGHT_PER_WORKER * max(1, len(client.scheduler_info()["workers"]))
-            with cell_progress(progress) as bar:
-                units = _measure(client, todo, spec, window, info.spatial_dims)
-                units = [u for u in units if u.unit_id not in done]
-                task = bar.add_task("scoring", total=int(sum(len(u.ids) for u in units)))
+            client.register_plugin(ScorerPlugin(), name=PLUGIN_NAME)
+            nthreads = [w["nthreads"] for w in client.scheduler_info()["workers"].values()]
+            window = max(2, sum(nthreads) + len(nthreads))
+            todo = [image for image in images if any(b.unit_id not in done for b in image.blocks)]
+            with cell_progress(progress) as bar, _PartWriter(dataset) as writer:
+                task = bar.add_task("scoring", total=None)
+                finished_images = collections.Counter()
 
-                def on_scored(item, columns):
-                    _, unit = item
-                    table = _key_columns(unit, columns, info.class_names, provenance) if columns else make_table({}, provenance=provenance)
-                    dataset.write_part(unit.unit_id, table)
-                    counts["cells"] += len(unit.ids)
-                    counts["rows"] += table.num_rows
-                    bar.update(task, advance=len(unit.ids))
+                def on_scored(item, result):
+                    block = item[1]
+                    writer.write(block.unit_id, result.table)
+                    counts["cells"] += result.cells
+                    counts["rows"] += result.table.num_rows
+                    providers.update([result.provider] if result.provider else [])
+                    for stage, seconds in result.seconds.items():
+                        stages[stage] += seconds
+                    finished_images[block.ref] += 1
+                    estimate = counts["cells"] / len(finished_images) * len(todo) if finished_images else None
+                    bar.update(task, advance=result.cells, total=max(estimate or 0, counts["cells"]) or None)
 
-                _run_bounded(client, score_unit, [(spec, u) for u in units], window, on_scored)
-            counts["providers"] = sorted({p for used in client.run(providers_used).values() for p in used})
+                _run_bounded(client, score_unit, _work_items(client, todo, spec, done, info.spatial_dims),
+                             window, on_scored)
+            counts["providers"] = sorted(providers)
+            with_stages = {stage: round(seconds, 3) for stage, seconds in stages.items()}
         finally:
+            try:
+                client.unregister_worker_plugin(PLUGIN_NAME)
+            except Exception:  # a worker gone or a scheduler closing: its state goes with it
+                LOGGER.debug("could not unregister %s", PLUGIN_NAME, exc_info=True)
             client.close()
             if cluster is not None:
                 cluster.close()
@@ -201,7 +210,7 @@ def score(
     summary = ScoreSummary(
         output=str(output), images=len(images), units=counts["units"],
         units_resumed=len(done), cells=counts["cells"], rows=counts["rows"], seconds=time.time() - started,
-        providers=tuple(counts["providers"]),
+        providers=tuple(counts["providers"]), stage_seconds=with_stages,
     )
     LOGGER.info(
         "scored %d cells (%d rows) in %.1f s on %s", summary.cells, summary.rows, summary.seconds,
@@ -210,17 +219,47 @@ def score(
     return summary
 
 
-def _measure(client, images, spec, window, ndim):
-    """Pass 1: object centroids per image from block-wise sums; returns units with objects."""
-    parts = {image.ref: [] for image in images}
-    _run_bounded(
-        client, measure_unit, [(unit, spec.label_name) for image in images for unit in image.units],
-        window, lambda item, measured: parts[item[0].ref].append(measured),
-    )
-    units = []
+def _work_items(client, images, spec, done, ndim):
+    """Arguments of :func:`score_unit`, image by image, for the units not yet done.
+
+    A whole image is one item (measured inside its task); a blocked image is measured
+    first (pass 1, its blocks in parallel) and then yields one item per block with its
+    objects, so the client holds one image's centroids at a time.
+    """
     for image in images:
-        units += assign_objects(image.units, merge_measurements(parts[image.ref], ndim))
-    return units
+        if image.whole:
+            block = image.blocks[0]
+            if block.unit_id not in done:
+                yield (spec, block)
+            continue
+        futures = client.map(measure_block, image.blocks, pure=False)
+        measured = merge_measurements(client.gather(futures), ndim)
+        for block, objects in assign_objects([b for b in image.blocks if b.unit_id not in done], measured):
+            yield (spec, block, objects)
+
+
+class _PartWriter:
+    """Writes part files on one background thread, so the result loop goes on submitting work."""
+
+    def __init__(self, dataset):
+        self._dataset = dataset
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradcamo-writer")
+        self._pending = collections.deque()
+
+    def write(self, unit_id, table):
+        self._pending.append(self._pool.submit(self._dataset.write_part, unit_id, table))
+        while len(self._pending) > WRITES_IN_FLIGHT:
+            self._pending.popleft().result()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 __all__ = ["ScoreSummary", "score"]

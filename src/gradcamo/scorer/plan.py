@@ -1,22 +1,32 @@
 """Turn inputs and options into checked images and work units, before any scoring."""
 
+import concurrent.futures
 import dataclasses
 import hashlib
 
 import numpy as np
 
-from gradcamo.data.read import discover_images
+from gradcamo.data.read import discover_images, open_image
 from gradcamo.errors import InputError
-from gradcamo.scorer.regions import block_grid, label_chunks, open_cached, plan_layout
-from gradcamo.scorer.units import Unit
+from gradcamo.scorer.regions import block_grid, label_chunks, plan_layout
+from gradcamo.scorer.units import Block
+
+PLANNING_THREADS = 8
+UNIT_MAX_BYTES = 512 * 2**20
+"""An image whose chosen channels and labels take at most this many bytes is one work unit."""
 
 
 @dataclasses.dataclass(frozen=True)
 class PlannedImage:
-    """One image, checked against the model, with its blocks."""
+    """One image, checked against the model: one whole-image block, or several chunk-aligned ones."""
 
     ref: object
-    units: tuple
+    blocks: tuple
+
+    @property
+    def whole(self):
+        """Scored in one task (measure and score from one read), not in two passes."""
+        return len(self.blocks) == 1 and self.blocks[0].whole
 
 
 def parse_targets(spec, class_names):
@@ -29,12 +39,13 @@ def parse_targets(spec, class_names):
     if text.lstrip("-").isdigit():
         index = int(text)
         if not 0 <= index < len(class_names):
-            raise InputError(f"--target: class index {index} out of range 0..{len(class_names) - 1}")
+            raise InputError(f"target: class index {index} out of range 0..{len(class_names) - 1}", argument="target")
         return (index,)
     if text in class_names:
         return (class_names.index(text),)
     raise InputError(
-        f"--target: expected predicted, all, a class index or one of {list(class_names)}, got {text!r}"
+        f"target: expected predicted, all, a class index or one of {list(class_names)}, got {text!r}",
+        argument="target",
     )
 
 
@@ -42,15 +53,19 @@ def _unit_prefix(ref):
     return hashlib.sha1(f"{ref.store}|{ref.path}".encode()).hexdigest()[:12]
 
 
-def plan_image(ref, info, *, label_name=None, channels=None, timepoint=0, block_shape=None):
+def plan_image(ref, info, *, label_name=None, channels=None, timepoint=0, block_shape=None,
+               unit_max_bytes=UNIT_MAX_BYTES):
     """Open, check and split one image into work units.
+
+    The whole image is one unit when its chosen channels and labels fit ``unit_max_bytes``
+    and no ``block_shape`` is given; else chunk-aligned blocks (:func:`block_grid`).
 
     Raises
     ------
     InputError
         As :func:`gradcamo.scorer.regions.plan_layout`, or a crop larger than the image.
     """
-    source = open_cached(ref, label_name)
+    source = open_image(ref, label_name)
     layout = plan_layout(
         source, spatial_dims=info.spatial_dims, n_channels=info.input_shape[0],
         channels=channels, timepoint=timepoint,
@@ -60,38 +75,32 @@ def plan_image(ref, info, *, label_name=None, channels=None, timepoint=0, block_
         raise InputError(
             f"{ref.name}: the model's crop {crop} is larger than the image {layout.spatial_shape}"
         )
+    prefix = _unit_prefix(ref)
+    voxels = int(np.prod(layout.spatial_shape))
+    nbytes = voxels * (len(layout.channels) * source.image.dtype.itemsize + source.labels.dtype.itemsize)
+    if block_shape is None and nbytes <= unit_max_bytes:
+        start, stop = (0,) * len(layout.spatial_shape), tuple(layout.spatial_shape)
+        return PlannedImage(ref, (Block(f"{prefix}-image", source, layout, start, stop),))
     chunks = label_chunks(source.labels, layout.label_axes, layout.spatial_axes)
     blocks = block_grid(layout.spatial_shape, chunks, crop, block_shape=block_shape)
-    prefix = _unit_prefix(ref)
-    units = tuple(
-        Unit(f"{prefix}-{index:05d}", ref, layout, start, stop) for index, (start, stop) in enumerate(blocks)
-    )
-    return PlannedImage(ref, units)
+    return PlannedImage(ref, tuple(
+        Block(f"{prefix}-{index:05d}", source, layout, start, stop) for index, (start, stop) in enumerate(blocks)
+    ))
 
 
 def plan_inputs(inputs, info, **options):
-    """Every image of every input, planned; duplicates (the same image twice) refused."""
-    planned, seen = [], set()
+    """Every image of every input, planned; duplicates (the same image twice) refused.
+
+    Images are opened and checked on a few threads (each costs a handful of small metadata
+    reads, which add up over a plate of thousands of fields on a network store).
+    """
+    refs, seen = [], set()
     for store in inputs:
         for ref in discover_images(store):
             key = (ref.store, ref.path)
             if key in seen:
                 raise InputError(f"{ref.name}: given twice")
             seen.add(key)
-            planned.append(plan_image(ref, info, **options))
-    return planned
-
-
-def assign_objects(units, measurements):
-    """Give each object to the unit whose block holds its crop centre."""
-    centres = np.floor(measurements.centroids + 0.5).astype(np.int64)
-    assigned = []
-    for unit in units:
-        chosen = np.all((centres >= unit.start) & (centres < unit.stop), axis=1)
-        assigned.append(
-            dataclasses.replace(
-                unit, ids=measurements.ids[chosen], voxels=measurements.voxels[chosen],
-                centroids=measurements.centroids[chosen],
-            )
-        )
-    return assigned
+            refs.append(ref)
+    with concurrent.futures.ThreadPoolExecutor(PLANNING_THREADS) as pool:
+        return list(pool.map(lambda ref: plan_image(ref, info, **options), refs))

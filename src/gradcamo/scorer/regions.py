@@ -1,8 +1,11 @@
 """Read spatial regions of OME-Zarr arrays in canonical (C, [Z,] Y, X) order."""
 
+import collections
 import dataclasses
 import functools
+import itertools
 import math
+import threading
 
 import numpy as np
 
@@ -41,10 +44,64 @@ def _index(axes, spatial_axes, region, *, channels=None, timepoint=0):
     return tuple(index), kept
 
 
-def read_region(array, axes, spatial_axes, region, *, channels=None, timepoint=0):
-    """Read ``region`` (one slice per spatial axis) as ``([C,] *spatial)`` in canonical order."""
+class ChunkCache:
+    """Decoded chunks of zarr arrays, least recently used dropped first beyond ``max_bytes``.
+
+    Lets neighbouring blocks share the chunks their halos overlap, so each chunk is read
+    and decompressed once per worker while it stays in the cache.
+    """
+
+    def __init__(self, max_bytes):
+        self.max_bytes = max_bytes
+        self._chunks = collections.OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.reads = 0
+        """Chunks read from the store (misses)."""
+
+    def chunk(self, array, position):
+        """The whole chunk at grid ``position`` (clipped at the array's end), as numpy."""
+        key = (str(array.store), array.path, position)
+        with self._lock:
+            if key in self._chunks:
+                self._chunks.move_to_end(key)
+                return self._chunks[key]
+        index = tuple(slice(p * c, min((p + 1) * c, n)) for p, c, n in zip(position, array.chunks, array.shape))
+        data = np.asarray(array[index])
+        with self._lock:
+            self.reads += 1
+            if key not in self._chunks:
+                self._chunks[key] = data
+                self._bytes += data.nbytes
+            while self._bytes > self.max_bytes and len(self._chunks) > 1:
+                _, dropped = self._chunks.popitem(last=False)
+                self._bytes -= dropped.nbytes
+        return data
+
+    def read(self, array, index):
+        """``array[index]`` (slices with step 1 and integers), assembled from cached chunks."""
+        bounds = [(i, i + 1) if isinstance(i, (int, np.integer)) else (i.start or 0, n if i.stop is None else i.stop)
+                  for i, n in zip(index, array.shape)]
+        out = np.empty([b - a for a, b in bounds], dtype=array.dtype)
+        grid = [range(a // c, (b - 1) // c + 1) if b > a else range(0) for (a, b), c in zip(bounds, array.chunks)]
+        for position in itertools.product(*grid):
+            data = self.chunk(array, position)
+            source, target = [], []
+            for p, c, (a, b) in zip(position, array.chunks, bounds):
+                low, high = max(a, p * c), min(b, (p + 1) * c)
+                source.append(slice(low - p * c, high - p * c))
+                target.append(slice(low - a, high - a))
+            out[tuple(target)] = data[tuple(source)]
+        return out[tuple(0 if isinstance(i, (int, np.integer)) else slice(None) for i in index)]
+
+
+def read_region(array, axes, spatial_axes, region, *, channels=None, timepoint=0, cache=None):
+    """Read ``region`` (one slice per spatial axis) as ``([C,] *spatial)`` in canonical order.
+
+    With a :class:`ChunkCache`, the chunks come from (and go to) the cache.
+    """
     index, kept = _index(axes, spatial_axes, region, channels=channels, timepoint=timepoint)
-    data = np.asarray(array[index])
+    data = cache.read(array, index) if cache is not None else np.asarray(array[index])
     order = (["c"] if channels is not None else []) + list(spatial_axes)
     data = np.transpose(data, [kept.index(a) for a in order])
     return data[list(channels)] if channels is not None else data
@@ -70,14 +127,15 @@ def plan_layout(source, *, spatial_dims, n_channels, channels=None, timepoint=0)
     chosen = tuple(range(available)) if channels is None else tuple(channels)
     bad = [c for c in chosen if not 0 <= c < available]
     if bad:
-        raise InputError(f"--channels: {bad} out of range for {where} with {available} channels")
+        raise InputError(f"channels: {bad} out of range for {where} with {available} channels", argument="channels")
     if len(chosen) != n_channels:
         raise InputError(
             f"{where}: {len(chosen)} channels {'chosen' if channels is not None else 'in the image'}, "
             f"the model takes {n_channels}; pick them with --channels"
         )
     if not 0 <= timepoint < sizes.get("t", 1):
-        raise InputError(f"--timepoint: {timepoint} out of range for {where} with t={sizes.get('t', 1)}")
+        raise InputError(f"timepoint: {timepoint} out of range for {where} with t={sizes.get('t', 1)}",
+                         argument="timepoint")
     if "c" not in sizes:
         raise InputError(f"{where}: the image has no 'c' axis")
     return Layout(

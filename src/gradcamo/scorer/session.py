@@ -11,7 +11,6 @@ from gradcamo.errors import InputError
 from gradcamo.scorer.head import append_score_head
 
 LOGGER = logging.getLogger(__name__)
-_PROVIDERS_USED = set()
 DEVICES = ("auto", "cpu", "cuda")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -23,8 +22,15 @@ def gpu_present():
 
 
 def check_device(device):
+    """``device`` itself when it is one of :data:`DEVICES`.
+
+    Raises
+    ------
+    InputError
+        Any other value.
+    """
     if device not in DEVICES:
-        raise InputError(f"--device: expected one of {', '.join(DEVICES)}, got {device!r}")
+        raise InputError(f"device: expected one of {', '.join(DEVICES)}, got {device!r}", argument="device")
     return device
 
 
@@ -39,6 +45,9 @@ def create_session(model_bytes, *, device="auto", threads=None):
     check_device(device)
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # Idle onnxruntime threads sleep instead of spinning: the worker's other task thread
+    # reads, decompresses and cuts on the same cores between batches.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = int(threads)
     providers = [CPU]
@@ -50,27 +59,27 @@ def create_session(model_bytes, *, device="auto", threads=None):
     obtained = session.get_providers()
     if device == "cuda" and CUDA not in obtained:
         raise InputError(
-            f"--device cuda: onnxruntime did not get the CUDA provider (got {', '.join(obtained)}); "
-            "install onnxruntime-gpu with CUDA 12/13 and cuDNN 9 libraries, or use --device cpu"
+            f"device cuda: onnxruntime did not get the CUDA provider (got {', '.join(obtained)}); "
+            "install onnxruntime-gpu with CUDA 12/13 and cuDNN 9 libraries, or use the cpu device",
+            argument="device",
         )
+    return session
+
+
+def build_scoring_session(model_path, crop_spatial, convention, device, threads):
+    """A new session of a model file with the Grad-CAMO head appended (:mod:`gradcamo.scorer.head`)."""
+    model = onnx.load(model_path)
+    headed = append_score_head(model, crop_spatial=tuple(crop_spatial), convention=convention)
+    session = create_session(headed.SerializeToString(), device=device, threads=threads)
+    LOGGER.info("onnxruntime session on %s (pid %d)", session.get_providers()[0], os.getpid())
     return session
 
 
 @functools.lru_cache(maxsize=4)
 def scoring_session(model_path, model_sha256, crop_spatial, convention, device, threads):
-    """The cached (per process) session of a model file with the Grad-CAMO head appended.
+    """The cached (per process) headed session, for use outside a scoring run's workers.
 
     ``model_sha256`` is part of the cache key only, so a replaced file is never confused
-    with the one cached.
+    with the one cached. Dask workers keep theirs in :class:`gradcamo.scorer.worker.ScorerPlugin`.
     """
-    model = onnx.load(model_path)
-    headed = append_score_head(model, crop_spatial=tuple(crop_spatial), convention=convention)
-    session = create_session(headed.SerializeToString(), device=device, threads=threads)
-    LOGGER.info("onnxruntime session on %s (pid %d)", session.get_providers()[0], os.getpid())
-    _PROVIDERS_USED.add(session.get_providers()[0])
-    return session
-
-
-def providers_used():
-    """The execution providers the scoring sessions of this process actually got."""
-    return sorted(_PROVIDERS_USED)
+    return build_scoring_session(model_path, crop_spatial, convention, device, threads)

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 import gradcamo
 from gradcamo.errors import GradcamoError, InputError
+from gradcamo.files import atomic_path
 
 LOGGER = logging.getLogger(__name__)
 
@@ -117,12 +118,8 @@ def _now():
 
 
 def _write_json_atomically(path, value):
-    temporary = path.with_name(f"{TEMP_PREFIX}{path.name}")
-    with open(temporary, "w") as handle:
-        json.dump(value, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    with atomic_path(path, temporary=path.with_name(f"{TEMP_PREFIX}{path.name}")) as temporary:
+        temporary.write_text(json.dumps(value, indent=2, sort_keys=True))
 
 
 def _process_alive(pid):
@@ -167,18 +164,19 @@ class ScoreDataset:
         parameters = json.loads(json.dumps(parameters))
         created = not directory.exists()
         if directory.exists() and not directory.is_dir():
-            raise InputError(f"--output {directory}: exists and is not a directory")
+            raise InputError(f"output {directory}: exists and is not a directory", argument="output")
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise InputError(f"--output {directory}: cannot create the directory ({error.strerror})") from None
+            raise InputError(f"output {directory}: cannot create the directory ({error.strerror})", argument="output") from None
         if not os.access(directory, os.W_OK):
-            raise InputError(f"--output {directory}: the directory is not writable")
+            raise InputError(f"output {directory}: the directory is not writable", argument="output")
         foreign = sorted(name for name in os.listdir(directory) if not _is_ours(name))
         if foreign:
             raise InputError(
-                f"--output {directory}: holds files gradcamo did not write ({', '.join(foreign[:3])}); "
-                "choose a new or empty directory"
+                f"output {directory}: holds files gradcamo did not write ({', '.join(foreign[:3])}); "
+                "choose a new or empty directory",
+                argument="output",
             )
         try:
             with _lock(directory):
@@ -201,16 +199,18 @@ class ScoreDataset:
             try:
                 previous = json.loads(manifest_path.read_text())
             except (OSError, json.JSONDecodeError):
-                raise InputError(f"--output {directory}: {MANIFEST} is unreadable; use a new directory") from None
+                raise InputError(f"output {directory}: {MANIFEST} is unreadable; use a new directory", argument="output") from None
         elif any(_is_part(name) for name in names):
-            raise InputError(f"--output {directory}: holds part files but no {MANIFEST}; use a new directory")
+            raise InputError(f"output {directory}: holds part files but no {MANIFEST}; use a new directory", argument="output")
         if previous is not None and previous.get("parameters") != parameters:
             if not overwrite:
                 old = previous.get("parameters") or {}
                 changed = sorted(k for k in set(old) | set(parameters) if old.get(k) != parameters.get(k))
                 raise InputError(
-                    f"--output {directory}: holds scores made with other parameters "
-                    f"({', '.join(changed)}); pass --overwrite to replace them or choose another directory"
+                    f"output {directory}: holds scores made with other parameters "
+                    f"({', '.join(changed)}); pass --overwrite (overwrite=True) to replace them or choose another "
+                    "directory",
+                    argument="output",
                 )
             LOGGER.warning("replacing the scores in %s (--overwrite)", directory)
             for name in os.listdir(directory):
@@ -245,15 +245,8 @@ class ScoreDataset:
     def write_part(self, unit_id, table):
         """Write one unit's rows as ``part-<unit_id>.parquet`` (temporary name, fsync, rename)."""
         final = self.directory / _part_name(unit_id)
-        temporary = self.directory / f"{TEMP_PREFIX}{final.name}"
-        try:
+        with atomic_path(final, temporary=self.directory / f"{TEMP_PREFIX}{final.name}") as temporary:
             pq.write_table(table, temporary, write_statistics=_statistics_columns(table.schema))
-            with open(temporary, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(temporary, final)
-        finally:
-            if temporary.exists():
-                os.remove(temporary)
 
     def finish(self, counts):
         """Record the counts and end time: the dataset is complete."""
@@ -280,8 +273,9 @@ def _lock(directory):
                 os.remove(path)
                 continue
             raise InputError(
-                f"--output {directory}: another gradcamo run (pid {holder.get('pid', '?')} on "
-                f"{holder.get('host', '?')}) is writing there; wait for it, or delete {path} if it is gone"
+                f"output {directory}: another gradcamo run (pid {holder.get('pid', '?')} on "
+                f"{holder.get('host', '?')}) is writing there; wait for it, or delete {path} if it is gone",
+                argument="output",
             ) from None
         with os.fdopen(descriptor, "w") as handle:
             json.dump(owner, handle)

@@ -1,20 +1,37 @@
-"""Work units: one spatial block of one image. Run on Dask workers; arguments are plain data."""
+"""Work units, run on Dask workers; their arguments are plain, picklable data.
+
+A unit is a :class:`Block` of one image (the whole image when it fits the memory budget)
+and the objects it scores: those whose crop centre lies in the block. For a whole image
+the task measures the objects itself, from the same label read that its masks are cut
+from (one task, one read of each chunk). A larger image is split into chunk-aligned
+blocks scored in two passes: :func:`measure_block` sums each block's objects, the client
+merges the sums of one image and hands every block its :class:`Objects`, then
+:func:`score_unit` cuts the crops from the block plus a halo of half a crop.
+
+:func:`score_unit` returns a :class:`UnitResult` whose table is finished: every column of
+the score schema, built by :func:`unit_table` alone.
+"""
 
 import dataclasses
+import time
 
 import numpy as np
 
-from gradcamo.data.read import ImageRef
+from gradcamo.cam import score_ratio
+from gradcamo.data.read import ImageSource
 from gradcamo.errors import InputError
 from gradcamo.scorer import head
-from gradcamo.scorer.crops import crop_starts, cut_window, measure_objects
-from gradcamo.scorer.regions import Layout, open_cached, read_region
-from gradcamo.scorer.session import scoring_session
+from gradcamo.scorer.crops import CropCutter, Measurements, crop_starts, measure_objects
+from gradcamo.scorer.regions import Layout, read_region
+from gradcamo.scorer.sink import make_table
+from gradcamo.scorer.worker import worker_state
+
+STAGES = ("read", "measure", "cut", "infer", "table")
 
 
 @dataclasses.dataclass(frozen=True)
 class ScoreSpec:
-    """Everything a worker needs to score crops; small and picklable (no session inside)."""
+    """Everything a worker needs to score crops and label rows; small and picklable (no session inside)."""
 
     model_path: str
     model_sha256: str
@@ -25,6 +42,8 @@ class ScoreSpec:
     batch_size: int
     targets: tuple
     label_name: object
+    class_names: tuple
+    provenance: dict
 
     @property
     def crop_spatial(self):
@@ -32,41 +51,152 @@ class ScoreSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class Unit:
-    """One block of one image, and the objects whose crop centre lies inside it."""
+class Block:
+    """One spatial block ``[start, stop)`` of one image; ``whole`` when it is the entire image.
+
+    ``source`` holds the opened level-0 arrays (zarr arrays pickle as store + metadata, so
+    a worker reads chunks without opening and checking the image again).
+    """
 
     unit_id: str
-    ref: ImageRef
+    source: ImageSource
     layout: Layout
     start: tuple
     stop: tuple
-    ids: np.ndarray = None
-    voxels: np.ndarray = None
-    centroids: np.ndarray = None
+
+    @property
+    def ref(self):
+        return self.source.ref
+
+    @property
+    def whole(self):
+        return tuple(self.start) == (0,) * len(self.start) and tuple(self.stop) == tuple(self.layout.spatial_shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class Objects:
+    """The objects a block scores: label ids, voxel counts, centroids (whole-image coordinates)."""
+
+    ids: np.ndarray
+    voxels: np.ndarray
+    centroids: np.ndarray
+
+    @classmethod
+    def of(cls, measurements, chosen=slice(None)):
+        return cls(measurements.ids[chosen], measurements.voxels[chosen], measurements.centroids[chosen])
+
+    def __len__(self):
+        return len(self.ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitResult:
+    """What a scored unit sends back: its finished rows, the provider used and seconds per stage."""
+
+    table: object
+    cells: int
+    provider: object
+    seconds: dict
 
 
 def _slices(start, stop):
-    return tuple(slice(a, b) for a, b in zip(start, stop))
+    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
 
 
-def measure_unit(unit, label_name):
-    """Pass 1: voxel counts and coordinate sums of the objects in the unit's block."""
-    source = open_cached(unit.ref, label_name)
-    layout = unit.layout
-    labels = read_region(source.labels, layout.label_axes, layout.spatial_axes, _slices(unit.start, unit.stop))
-    if labels.size and labels.min() < 0:
+def _read_labels(source, layout, start, stop, cache=None):
+    labels = read_region(source.labels, layout.label_axes, layout.spatial_axes, _slices(start, stop), cache=cache)
+    if labels.size and np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
         raise InputError(
-            f"{unit.ref.name}: labels/{source.label_name} holds negative ids (e.g. {int(labels.min())}); "
+            f"{source.ref.name}: labels/{source.label_name} holds negative ids (e.g. {int(labels.min())}); "
             "label ids must be 0 (background) or positive"
         )
-    return measure_objects(labels, offset=unit.start)
+    return labels
 
 
-def _batches(n_objects, targets, batch_size):
-    """(object index, target) pairs in batches of at most ``batch_size``."""
-    pairs = [(i, t) for i in range(n_objects) for t in targets]
-    for begin in range(0, len(pairs), batch_size):
-        yield pairs[begin : begin + batch_size]
+def measure_block(block):
+    """Pass 1 of a blocked image: voxel counts and coordinate sums of the objects in ``block``."""
+    labels = _read_labels(block.source, block.layout, block.start, block.stop, cache=worker_state().chunks)
+    return measure_objects(labels, offset=block.start)
+
+
+def assign_objects(blocks, measurements):
+    """Pair each block with the objects whose crop centre it holds (one image's merged measurements)."""
+    centres = np.floor(measurements.centroids + 0.5).astype(np.int64)
+    return [
+        (block, Objects.of(measurements, np.all((centres >= block.start) & (centres < block.stop), axis=1)))
+        for block in blocks
+    ]
+
+
+def score_unit(spec, block, objects=None):
+    """Score the objects of one block: read, (measure,) cut, run the headed graph, build the rows.
+
+    Parameters
+    ----------
+    spec : ScoreSpec
+    block : Block
+    objects : Objects, optional
+        The block's objects from pass 1; None for a whole image, measured here from the
+        same label read that the masks are cut from.
+
+    Returns
+    -------
+    UnitResult
+    """
+    state = worker_state()
+    seconds = dict.fromkeys(STAGES, 0.0)
+    clock = time.perf_counter()
+
+    def lap(stage):
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[stage] += now - clock
+        clock = now
+
+    source = block.source
+    layout = block.layout
+    crop = np.asarray(spec.crop_spatial)
+    if objects is None:
+        region_start, region_stop = np.zeros(len(crop), np.int64), np.asarray(layout.spatial_shape)
+        cache = None  # one read of the whole image: every chunk once
+    else:
+        cache = state.chunks
+        # Crops of objects centred in [start, stop) span [start - crop//2, stop - 1 - crop//2 + crop).
+        region_start = np.maximum(np.asarray(block.start) - crop // 2, 0)
+        region_stop = np.minimum(np.asarray(block.stop) - 1 - crop // 2 + crop, layout.spatial_shape)
+    labels = _read_labels(source, layout, region_start, region_stop, cache)
+    image = read_region(
+        source.image, layout.image_axes, layout.spatial_axes, _slices(region_start, region_stop),
+        channels=layout.channels, timepoint=layout.timepoint, cache=cache,
+    )
+    lap("read")
+    if objects is None:
+        objects = Objects.of(measure_objects(labels))
+        lap("measure")
+    if not len(objects):
+        return UnitResult(unit_table(spec, block, objects, None), 0, None, seconds)
+
+    session = state.session(spec)
+    cutter = CropCutter(image, labels, crop_starts(objects.centroids, crop) - region_start, crop)
+    targets = np.asarray(spec.targets, dtype=np.int64)
+    pair_object = np.repeat(np.arange(len(objects)), len(targets))
+    pair_target = np.tile(targets, len(objects))
+    outputs = []
+    for begin in range(0, len(pair_object), spec.batch_size):
+        chosen = pair_object[begin:begin + spec.batch_size]
+        crops, masks = cutter.cut(chosen, objects.ids[chosen])
+        feed = {"image": crops, "target": pair_target[begin:begin + spec.batch_size],
+                head.MASK: masks.astype(np.float32)}
+        lap("cut")
+        with state.inference:
+            outputs.append(session.run(list(head.HEAD_OUTPUTS), feed))
+        lap("infer")
+    logits, inside, total = (np.concatenate(column) for column in zip(*outputs))
+    scored = {"object": pair_object, "target": pair_target, "logits": logits, "inside": inside, "total": total,
+              "pad": cutter.pad_fractions[pair_object]}
+    table = unit_table(spec, block, objects, scored)
+    lap("table")
+    return UnitResult(table, len(objects), session.get_providers()[0], seconds)
 
 
 def _softmax_at(logits, columns):
@@ -75,80 +205,50 @@ def _softmax_at(logits, columns):
     return probabilities[np.arange(len(logits)), columns]
 
 
-def score_unit(spec, unit):
-    """Pass 2: cut each object's crop from one halo'd read of the block and score it.
+def unit_table(spec, block, objects, scored):
+    """The rows of one unit as an Arrow table with the score schema (0 rows when ``scored`` is None).
 
-    Returns
-    -------
-    dict of str to ndarray, or None
-        Per-row columns (one row per object and target; image keys are added by the
-        caller); None when no object's crop centre lies in the block.
+    ``scored`` holds, per (object, target) pair: ``object`` (index into ``objects``),
+    ``target`` (requested class, -1 = predicted), ``logits``, ``inside``, ``total`` (the
+    head's outputs) and ``pad`` (pad fraction of the crop).
     """
-    source = open_cached(unit.ref, spec.label_name)
-    layout = unit.layout
-    crop = np.asarray(spec.crop_spatial)
-    starts = crop_starts(unit.centroids, crop) if len(unit.ids) else np.zeros((0, len(crop)), np.int64)
-    # Crops of objects centred in [start, stop) span [start - crop//2, stop - 1 - crop//2 + crop).
-    region_start = np.maximum(np.asarray(unit.start) - crop // 2, 0)
-    region_stop = np.minimum(np.asarray(unit.stop) - 1 - crop // 2 + crop, layout.spatial_shape)
-    region = _slices(region_start, region_stop)
-    image = read_region(
-        source.image, layout.image_axes, layout.spatial_axes, region,
-        channels=layout.channels, timepoint=layout.timepoint,
-    )
-    labels = read_region(source.labels, layout.label_axes, layout.spatial_axes, region)
-    session = scoring_session(
-        spec.model_path, spec.model_sha256, spec.crop_spatial, spec.convention, spec.device, spec.threads
-    )
-    rows = {key: [] for key in ("object", "target", "logits", "inside", "total", "pad")}
-    for batch in _batches(len(unit.ids), spec.targets, spec.batch_size):
-        crops, masks, pads = [], [], []
-        for index, _ in batch:
-            local = starts[index] - region_start
-            window, pad = cut_window(image, local, crop)
-            label_window, _ = cut_window(labels, local, crop)
-            crops.append(window.astype(np.float32))
-            masks.append((label_window == unit.ids[index]).astype(np.float32))
-            pads.append(pad)
-        targets = np.asarray([t for _, t in batch], dtype=np.int64)
-        logits, inside, total = session.run(
-            list(head.HEAD_OUTPUTS),
-            {"image": np.stack(crops), "target": targets, head.MASK: np.stack(masks)},
-        )
-        rows["object"].append(np.asarray([i for i, _ in batch], dtype=np.int64))
-        rows["target"].append(targets)
-        rows["logits"].append(logits)
-        rows["inside"].append(inside)
-        rows["total"].append(total)
-        rows["pad"].append(np.asarray(pads))
-    return _columns(unit, rows) if rows["object"] else None
-
-
-def _columns(unit, rows):
-    objects = np.concatenate(rows["object"])
-    logits = np.concatenate(rows["logits"])
+    if scored is None:
+        return make_table({}, provenance=spec.provenance)
+    index = scored["object"]
+    n = len(index)
+    logits = scored["logits"]
     predicted = logits.argmax(axis=1)
-    requested = np.concatenate(rows["target"])
-    target = np.where(requested < 0, predicted, requested)
-    inside = np.concatenate(rows["inside"]).astype(np.float64)
-    total = np.concatenate(rows["total"]).astype(np.float64)
-    empty = ~(total > 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        score = np.where(empty, np.nan, inside / np.where(empty, 1.0, total))
-    pad = np.concatenate(rows["pad"]).astype(np.float32)
-    centroids = unit.centroids[objects]
-    return {
-        "object_number": unit.ids[objects],
-        "centroids": centroids,
-        "object_voxels": unit.voxels[objects],
+    target = np.where(scored["target"] < 0, predicted, scored["target"])
+    inside = scored["inside"].astype(np.float64)
+    total = scored["total"].astype(np.float64)
+    value, empty = score_ratio(inside, total)
+    pad = scored["pad"].astype(np.float32)
+    centroids = objects.centroids[index]
+    spatial = block.layout.spatial_axes
+    ref = block.ref
+    return make_table({
+        "Metadata_Plate": [ref.plate] * n,
+        "Metadata_Well": [ref.well] * n,
+        "Metadata_Site": np.full(n, ref.site, dtype=np.int32),
+        "Metadata_Image": [ref.name] * n,
+        "Metadata_ObjectNumber": objects.ids[index],
+        "centroid_z": centroids[:, 0] if "z" in spatial else [None] * n,
+        "centroid_y": centroids[:, spatial.index("y")],
+        "centroid_x": centroids[:, spatial.index("x")],
+        "object_voxels": objects.voxels[index],
         "target_class": target.astype(np.int32),
         "predicted_class": predicted.astype(np.int32),
-        "logit_target": logits[np.arange(len(logits)), target].astype(np.float32),
+        "target_name": [spec.class_names[t] for t in target],
+        "logit_target": logits[np.arange(n), target].astype(np.float32),
         "prob_target": _softmax_at(logits.astype(np.float64), target).astype(np.float32),
         "cam_inside": inside,
         "cam_total": total,
-        "grad_camo": score,
+        "grad_camo": value,
         "cam_empty": empty,
         "edge_padded": pad > 0,
         "pad_fraction": pad,
-    }
+    }, provenance=spec.provenance)
+
+
+__all__ = ["Block", "Measurements", "Objects", "ScoreSpec", "UnitResult", "assign_objects", "measure_block",
+           "score_unit", "unit_table"]

@@ -1,0 +1,64 @@
+"""Per-worker state of a scoring run, held by a ``distributed.WorkerPlugin``.
+
+A worker keeps, for the duration of a run: its onnxruntime sessions (built once, never
+pickled), a cache of decoded chunks (the halos of neighbouring blocks share chunks), a lock that lets one batch at a time into a session
+(so that a second task thread reads, decompresses and cuts the next unit while the first
+one's batches run: reading overlaps inference), and the providers its sessions got.
+``teardown`` drops all of it.
+"""
+
+import threading
+
+from distributed import WorkerPlugin, get_worker
+
+from gradcamo.scorer.regions import ChunkCache
+from gradcamo.scorer.session import build_scoring_session
+
+PLUGIN_NAME = "gradcamo-scorer"
+CHUNK_CACHE_BYTES = 1024 * 2**20
+
+
+class ScorerPlugin(WorkerPlugin):
+    """Sessions, a chunk cache and an inference lock, one set per worker process."""
+
+    name = PLUGIN_NAME
+    idempotent = False
+
+    def _clear(self):
+        self._sessions = {}
+        self.chunks = ChunkCache(CHUNK_CACHE_BYTES)
+        """Decoded chunks of blocked images (whole-image units read each chunk once anyway)."""
+        self._guard = threading.Lock()
+        self.inference = threading.Lock()
+        """Held around ``session.run``: one batch at a time per worker, whatever its threads."""
+
+    def setup(self, worker=None):
+        """Fresh state (the plugin travels pickled without any: it is built here, on the worker)."""
+        self._clear()
+
+    def teardown(self, worker=None):
+        self._clear()
+
+    def session(self, spec):
+        """The headed session of ``spec``'s model on this worker, built on first use."""
+        key = (spec.model_path, spec.model_sha256, spec.crop_spatial, spec.convention, spec.device, spec.threads)
+        with self._guard:
+            if key not in self._sessions:
+                self._sessions[key] = build_scoring_session(
+                    spec.model_path, spec.crop_spatial, spec.convention, spec.device, spec.threads
+                )
+            return self._sessions[key]
+
+
+_OUTSIDE_DASK = ScorerPlugin()
+_OUTSIDE_DASK.setup()
+
+
+def worker_state():
+    """This worker's :class:`ScorerPlugin`; outside a Dask worker, one for the calling process."""
+    try:
+        worker = get_worker()
+    except ValueError:
+        return _OUTSIDE_DASK
+    plugin = worker.plugins.get(PLUGIN_NAME)
+    return plugin if plugin is not None else _OUTSIDE_DASK
