@@ -1,5 +1,6 @@
 """`gradcamo cams`: the written arrays against the recorded scores, naive crops and an independent torch CAM."""
 
+import json
 import shutil
 
 import numpy as np
@@ -158,3 +159,18 @@ def test_output_is_replaced_only_with_overwrite(tmp_path, capsys, datasets):
     code, captured = run_cams(capsys, scored, tmp_path / "other", "--overwrite")
     assert code == 2 and "did not write" in captured.err
 
+
+
+def test_model_named_by_the_manifest_needs_no_option(tmp_path, capsys, datasets):
+    scored = datasets[(2, "raw")]
+    dataset = tmp_path / "scores"
+    shutil.copytree(scored.scores, dataset)
+    moved = tmp_path / "models" / "m.onnx"
+    moved.parent.mkdir()
+    shutil.copy(scored.model, moved)
+    manifest = json.loads((dataset / "_gradcamo.json").read_text())
+    (dataset / "_gradcamo.json").write_text(json.dumps({**manifest, "model": str(tmp_path / "gone" / "m.onnx")}))
+    base = ["cams", str(dataset), "--limit", "1"]
+    assert main([*base, "-o", str(tmp_path / "a")]) == 2
+    assert "named in _gradcamo.json not found; pass --model" in capsys.readouterr().err
+    assert main([*base, "-o", str(tmp_path / "b"), "--input", f"{tmp_path / 'gone'}={moved.parent}"]) == 0

@@ -77,6 +77,11 @@ def _choose_model(directory, manifest, models, mapping):
             f"{directory}: {MANIFEST} does not name its model file; pass --model with the file it was "
             f"scored with (sha256 {wanted[:12]}…)"
         )
+    if not models and not pathlib.Path(candidates[0]).is_file():
+        raise InputError(
+            f"{directory}: model file {candidates[0]} named in {MANIFEST} not found; "
+            "pass --model FILE, or --input OLD=NEW for its folder"
+        )
     infos = [read_model_info(path) for path in candidates]
     for info in infos:
         if info.sha256 == wanted:
