@@ -34,3 +34,9 @@ def first_line(error):
     """The first non-empty line of an exception's message, else its type's name (for one-line reports)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
+
+
+def describe(error):
+    """``Type: first line of the message`` (``Type`` alone when there is no message), for causes in one-line reports."""
+    name = type(error).__name__
+    return f"{name}: {first_line(error)}" if str(error).strip() else name

@@ -105,7 +105,15 @@ BAD_STORES = [
     ("escaping dataset path", lambda g, t: _edit_attrs(g, multiscales=[{**dict(g.attrs)["ome"]["multiscales"][0], "datasets": [{"path": "../x"}]}]), r"metadata path '../x' leaves the store"),
     ("float labels", lambda g, t: (g["labels/cells"].__delitem__("s0"), g["labels/cells"].create_array("s0", data=np.zeros((48, 40), np.float32))), r"labels/cells has dtype float32; label images must be integers"),
     ("shape mismatch", lambda g, t: (g["labels/cells"].__delitem__("s0"), g["labels/cells"].create_array("s0", data=np.zeros((48, 39), np.uint32))), r"image spatial shape \{'y': 48, 'x': 40\} != labels/cells shape \{'y': 48, 'x': 39\}"),
+    ("bool image", lambda g, t: (g.__delitem__("s0"), g.create_array("s0", data=np.zeros((3, 48, 40), bool))), r"img.zarr: the image has dtype bool; expected intensities"),
+    ("truncated group metadata", lambda g, t: _cut(t / "img.zarr/zarr.json", 40), r"img.zarr: unreadable metadata \(JSONDecodeError: .*\); the store is damaged, truncated"),
+    ("empty array metadata", lambda g, t: _cut(t / "img.zarr/s0/zarr.json", 0), r"img.zarr: unreadable metadata \(JSONDecodeError"),
+    ("label metadata not JSON", lambda g, t: (t / "img.zarr/labels/cells/s0/zarr.json").write_bytes(b"\x89garbage\xff"), r"img.zarr: unreadable metadata \("),
 ]
+
+
+def _cut(path, size):
+    path.write_bytes(path.read_bytes()[:size])
 
 
 @pytest.mark.parametrize("case", BAD_STORES, ids=[c[0] for c in BAD_STORES])

@@ -4,6 +4,7 @@ Reads NGFF 0.4 (Zarr v2, metadata at the top of ``.zattrs``) and 0.5 (Zarr v3, m
 under ``ome``) with zarr-python alone. Paths found in metadata never leave the store.
 """
 
+import contextlib
 import dataclasses
 import pathlib
 import re
@@ -12,7 +13,8 @@ import numpy as np
 import zarr
 import zarr.errors
 
-from gradcamo.errors import InputError
+from gradcamo.data.remote import open_store, read_errors
+from gradcamo.errors import InputError, describe
 
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
@@ -56,9 +58,24 @@ def ome_metadata(group):
     return dict(attributes.get("ome", attributes))
 
 
+@contextlib.contextmanager
+def _readable(location):
+    """Turn what zarr raises on damaged metadata, or on a store it cannot reach, into one-line
+    input errors naming ``location``."""
+    try:
+        yield
+    except InputError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AssertionError) as error:  # from zarr's parsing or OME's
+        raise InputError(f"{location}: unreadable metadata ({describe(error)}); the store is damaged, "
+                         "truncated or was not written completely") from error
+    except read_errors() as error:
+        raise InputError(f"{location}: cannot be read ({describe(error)})") from error
+
+
 def _open_group(store, path, what):
     try:
-        return zarr.open_group(store, path=path or None, mode="r")
+        return zarr.open_group(open_store(store), path=path or None, mode="r")
     except zarr.errors.ContainsArrayError as error:
         location = f"{store}/{path}" if path else store
         raise InputError(f"{location}: is a plain Zarr array; expected an {what} (a group with "
@@ -105,10 +122,11 @@ def discover_images(store):
     store = str(store)
     if "://" not in store and not pathlib.Path(store).exists():
         raise InputError(f"{store}: no such file or directory")
-    root = _open_group(store, "", "OME-Zarr group")
-    metadata = ome_metadata(root)
-    if "plate" in metadata:
-        return _plate_images(store, root, metadata["plate"])
+    with _readable(store):
+        root = _open_group(store, "", "OME-Zarr group")
+        metadata = ome_metadata(root)
+        if "plate" in metadata:
+            return _plate_images(store, root, metadata["plate"])
     if "multiscales" in metadata:
         return [ImageRef(store, "")]
     raise InputError(f"{store}: not OME-Zarr (no 'multiscales' or 'plate' metadata)")
@@ -153,13 +171,18 @@ def open_image(ref, label_name=None):
     Raises
     ------
     InputError
-        Missing level 0 or labels, label/image spatial shape mismatch, non-integer labels.
+        Missing, damaged or unreachable metadata, missing level 0 or labels, label/image
+        spatial shape mismatch, non-integer labels, a boolean image.
     """
     where = ref.name
-    group = _open_group(ref.store, ref.path, "image group")
-    axes, image = _level0(ref.store, group, where)
-    label_name = _choose_labels(ref.store, group, where, label_name)
-    label_axes, labels = _level0(ref.store, group[f"labels/{label_name}"], f"{where} labels/{label_name}")
+    with _readable(where):
+        group = _open_group(ref.store, ref.path, "image group")
+        axes, image = _level0(ref.store, group, where)
+        label_name = _choose_labels(ref.store, group, where, label_name)
+        label_axes, labels = _level0(ref.store, group[f"labels/{label_name}"], f"{where} labels/{label_name}")
+    if image.dtype == np.bool_:
+        raise InputError(f"{where}: the image has dtype bool; expected intensities (integers or floats), "
+                         "not a mask")
     if not np.issubdtype(labels.dtype, np.integer):
         raise InputError(
             f"{where}: labels/{label_name} has dtype {labels.dtype}; label images must be integers"
