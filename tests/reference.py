@@ -27,8 +27,9 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
-from gradcamo.cam import compute_cam, gradcamo_score, resize_cam
+from gradcamo.cam import crop_cam, gradcamo_score
 
 MINMAX_EPS = 1e-7
 
@@ -41,7 +42,7 @@ class GradCamReference(typing.NamedTuple):
     activations: np.ndarray  # (N, Ck, *s) at the target layer
     gradients: np.ndarray  # (N, Ck, *s)
     cam: np.ndarray  # (N, *s) after ReLU (and min-max for "pytorch-grad-cam")
-    upsampled: np.ndarray  # (N, *S) cam resized to the crop shape
+    upsampled: np.ndarray  # (N, *S) cam resized to the crop shape (torch_upsample)
 
 
 def _layer_name(model, layer):
@@ -65,13 +66,33 @@ def torch_cam(activations, gradients, *, convention="raw"):
     alpha = gradients.mean(dim=spatial, keepdim=True)
     cam = torch.relu((alpha * activations).sum(dim=1))
     if convention == "pytorch-grad-cam":
-        flat = cam.reshape(len(cam), -1)
-        view = (len(cam),) + (1,) * (cam.dim() - 1)
-        cam = cam - flat.min(dim=1).values.reshape(view)
-        cam = cam / (cam.reshape(len(cam), -1).max(dim=1).values.reshape(view) + MINMAX_EPS)
+        cam = _torch_minmax(cam)
     elif convention != "raw":
         raise ValueError(f"convention: unknown {convention!r}")
     return cam
+
+
+def _torch_minmax(cam):
+    flat = cam.reshape(len(cam), -1)
+    view = (len(cam),) + (1,) * (cam.dim() - 1)
+    cam = cam - flat.min(dim=1).values.reshape(view)
+    return cam / (cam.reshape(len(cam), -1).max(dim=1).values.reshape(view) + MINMAX_EPS)
+
+
+def torch_upsample(cam, shape, convention="raw"):
+    """(N, *s) layer maps -> (N, *shape) crop maps as the convention resizes them.
+
+    ``raw``: :func:`torch_resize`. ``pytorch-grad-cam`` (what its ``scale_cam_image`` and
+    ``aggregate_multi_layers`` do): bilinear in 2D, ``scipy.ndimage.zoom`` (cubic spline)
+    per map in 3D, then ReLU and min-max once more.
+    """
+    if convention == "raw" or len(shape) == 2:
+        resized = torch_resize(cam, shape)
+    else:
+        cam = np.asarray(cam, dtype=np.float64)
+        factors = [t / s for s, t in zip(cam.shape[1:], shape)]
+        resized = torch.as_tensor(np.stack([ndimage.zoom(c, factors) for c in cam]))
+    return resized if convention == "raw" else _torch_minmax(torch.relu(resized))
 
 
 def torch_resize(cam, shape):
@@ -144,7 +165,7 @@ def torch_gradcam(
     activations = torch.cat(activations).to(torch.float64)
     gradients = torch.cat(gradients).to(torch.float64)
     cam = torch_cam(activations, gradients, convention=convention)
-    upsampled = torch_resize(cam, tuple(image.shape[2:]))
+    upsampled = torch_upsample(cam, tuple(image.shape[2:]), convention)
     return GradCamReference(
         logits=torch.cat(logits).to(torch.float64).numpy(),
         targets=np.asarray(targets, dtype=np.int64),
@@ -216,7 +237,7 @@ def reference_rows(model_path, image, labels, crop_shape, targets, convention="r
         outside = np.pad(np.ones(labels.shape, bool), pad[1:])[window]
         for target in targets:
             logits, activations, gradients = session.run(None, {"image": x, "target": np.array([target])})
-            cam = resize_cam(compute_cam(activations, gradients, convention=convention), tuple(crop))
+            cam = crop_cam(activations, gradients, tuple(crop), convention=convention)
             inside, total, value = gradcamo_score(cam, mask[None])
             predicted = int(logits.argmax())
             key = (int(cell), predicted if target < 0 else target)
@@ -236,3 +257,31 @@ def assert_matches(frame, expected):
         assert row.grad_camo == pytest.approx(value, abs=1e-5)
         assert row.pad_fraction == pytest.approx(pad, abs=1e-6)
         assert row.edge_padded == (pad > 0)
+
+
+def torch_method_cam(activations, gradients, method):
+    """ReLU'd CAM of one CAM-family method at layer resolution (torch, float64).
+
+    Written from the papers' formulas as issue #16 states them (the eps terms as
+    pytorch-grad-cam adds them), with ``s`` the spatial positions:
+    gradcam ``w_k = mean_s g``; hirescam ``sum_k g * A``; gradcam++ ``w_k = sum_s alpha
+    relu(g)``, ``alpha = g^2 / (2 g^2 + sum_s(A) g^3 + 1e-6)`` (0 where g = 0); xgradcam
+    ``w_k = sum_s(A g) / (sum_s A + 1e-7)``; layercam ``sum_k relu(g) * A``.
+    """
+    a = torch.as_tensor(activations, dtype=torch.float64)
+    g = torch.as_tensor(gradients, dtype=torch.float64)
+    spatial = tuple(range(2, a.dim()))
+    if method == "hirescam":
+        return torch.relu((g * a).sum(dim=1))
+    if method == "layercam":
+        return torch.relu((torch.relu(g) * a).sum(dim=1))
+    if method == "gradcam":
+        w = g.mean(dim=spatial, keepdim=True)
+    elif method == "xgradcam":
+        w = (a * g).sum(dim=spatial, keepdim=True) / (a.sum(dim=spatial, keepdim=True) + 1e-7)
+    elif method == "gradcam++":
+        alpha = g.pow(2) / (2 * g.pow(2) + a.sum(dim=spatial, keepdim=True) * g.pow(3) + 1e-6)
+        w = (torch.where(g == 0, torch.zeros_like(alpha), alpha) * torch.relu(g)).sum(dim=spatial, keepdim=True)
+    else:
+        raise ValueError(f"method: unknown {method!r}")
+    return torch.relu((w * a).sum(dim=1))

@@ -1,21 +1,7 @@
-"""gradcamo.cam (numpy) against the torch reference and pytorch-grad-cam.
+"""gradcamo.cam (numpy) against the independent torch reference (tests/reference.py) and scipy.
 
-What is compared with pytorch_grad_cam.GradCAM (the library the Grad-CAMO paper used):
-
-- at the layer's resolution, the library's ReLU'd weighted sum (``get_cam_image`` +
-  ``np.maximum``) with our ``compute_cam(..., convention="raw")``: both the library's and
-  the independent reference's activations/gradients are used, so hooks and maths are
-  both checked;
-- in 2D, the library's final output: it min-max scales each map, resizes it with
-  ``cv2.resize`` (bilinear, half-pixel centres, like ``F.interpolate(align_corners=False)``)
-  and then min-max scales the resized map once more (``aggregate_multi_layers``). We rebuild
-  it as ``minmax(resize_cam(compute_cam(..., convention="pytorch-grad-cam")))``; the match
-  is to float32 precision.
-- in 3D the library resizes with ``scipy.ndimage.zoom`` (cubic spline, a different
-  interpolation), so only the layer-resolution map is compared.
+pytorch-grad-cam's own classes are compared in tests/test_pytorch_grad_cam.py.
 """
-
-import copy
 
 import numpy as np
 import pytest
@@ -25,8 +11,12 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from gradcamo.models import EfficientNet3dSmall, TinyCNN2d
-from gradcamo.cam import compute_cam, gradcamo_score, linear_resize_matrix, resize_cam
-from tests.reference import torch_cam, torch_gradcam, torch_gradcamo, torch_resize
+from scipy import ndimage
+
+from gradcamo.cam import (
+    METHODS, compute_cam, crop_cam, gradcamo_score, linear_resize_matrix, resize_cam, spline_resize_matrix,
+)
+from tests.reference import torch_cam, torch_gradcam, torch_gradcamo, torch_method_cam, torch_resize
 
 CONVENTIONS = ["raw", "pytorch-grad-cam"]
 
@@ -36,11 +26,6 @@ def _random_layer_outputs(seed, shape):
     activations = rng.standard_normal(shape).astype(np.float32)
     gradients = rng.standard_normal(shape).astype(np.float32)
     return activations, gradients
-
-
-def _minmax(maps):
-    maps = maps - maps.min(axis=tuple(range(1, maps.ndim)), keepdims=True)
-    return maps / (1e-7 + maps.max(axis=tuple(range(1, maps.ndim)), keepdims=True))
 
 
 # --- numpy cam.py vs the torch reference ---------------------------------------------------
@@ -91,60 +76,70 @@ def test_score_analytic_half_inside():
     assert (inside[0], total[0], score[0]) == (8.0, 16.0, 0.5)
 
 
-# --- cam.py vs pytorch_grad_cam.GradCAM ------------------------------------------------
+# --- the CAM family vs the torch reference (raw convention) --------------------------------
 
 
-def _library_gradcam(model, layer_name, image, targets):
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    model = copy.deepcopy(model).eval()  # GradCAM calls model.eval() on what it is given
-    layer = model.get_submodule(layer_name)
-    cam = GradCAM(model=model, target_layers=[layer])
-    try:
-        targets = [ClassifierOutputTarget(int(t)) for t in targets]
-        output = cam(input_tensor=torch.from_numpy(image), targets=targets)
-        activations = cam.activations_and_grads.activations[0].numpy()
-        gradients = cam.activations_and_grads.gradients[0].numpy()
-        layer_cam = np.maximum(
-            cam.get_cam_image(torch.from_numpy(image), layer, targets, activations, gradients), 0
-        )
-    finally:
-        cam.activations_and_grads.release()
-    return output, activations, gradients, layer_cam
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("shape", [(3, 8, 5, 7), (2, 4, 3, 4, 5)], ids=["2d", "3d"])
+def test_methods_match_torch_formulas(method, shape):
+    activations, gradients = _random_layer_outputs(4, shape)
+    gradients[0, 0, 0] = 0.0  # gradcam++: alpha is 0 where g is 0
+    expected = torch_method_cam(activations, gradients, method).numpy()
+    np.testing.assert_allclose(compute_cam(activations, gradients, method=method), expected, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("layer_name", ["features.block3", "features.block2"])
-def test_gradcam_matches_pytorch_grad_cam_2d(layer_name):
-    torch.manual_seed(1)
-    model = TinyCNN2d(5, 3).eval()
-    image = np.random.default_rng(1).standard_normal((4, 5, 32, 32)).astype(np.float32)
-    targets = np.array([0, 1, 2, 1])
-    output, activations, gradients, layer_cam = _library_gradcam(model, layer_name, image, targets)
-
-    # layer resolution, raw convention: the library's maths on its own hooks
-    scale = np.abs(layer_cam).max()
-    np.testing.assert_allclose(compute_cam(activations, gradients), layer_cam, atol=1e-6 * scale)
-    # the independent reference's hooks give the same map
-    reference = torch_gradcam(model, layer_name, image, targets)
-    np.testing.assert_allclose(reference.cam, layer_cam, atol=1e-5 * scale)
-    # crop resolution: minmax(resize(pytorch-grad-cam convention)), see the module docstring
-    ours = _minmax(resize_cam(compute_cam(activations, gradients, convention="pytorch-grad-cam"), (32, 32)))
-    assert output.shape == ours.shape == (4, 32, 32)
-    np.testing.assert_allclose(output, ours, atol=1e-5)
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(
+    ("model", "layer", "shape"),
+    [(TinyCNN2d, "features.block3", (5, 32, 32)), (EfficientNet3dSmall, "head", (5, 8, 32, 32))], ids=["2d", "3d"],
+)
+def test_method_scores_match_torch_reference_on_cnns(method, model, layer, shape):
+    """Hooks, autograd, formula, resize and score of the reference against ours, on its activations."""
+    torch.manual_seed(3)
+    rng = np.random.default_rng(3)
+    image = rng.standard_normal((2, *shape)).astype(np.float32)
+    mask = rng.random((2, *shape[1:])) > 0.6
+    reference = torch_gradcam(model(5, 3).eval(), layer, image, np.array([0, 2]))
+    expected = torch_resize(torch_method_cam(reference.activations, reference.gradients, method), shape[1:]).numpy()
+    assert expected.max() > 0
+    ours = crop_cam(reference.activations, reference.gradients, shape[1:], method=method)
+    np.testing.assert_allclose(gradcamo_score(ours, mask)[2], gradcamo_score(expected, mask)[2], rtol=1e-10)
 
 
-def test_gradcam_matches_pytorch_grad_cam_3d_layer_resolution():
-    torch.manual_seed(2)
-    model = EfficientNet3dSmall(5, 3).eval()
-    image = np.random.default_rng(2).standard_normal((2, 5, 8, 32, 32)).astype(np.float32)
-    targets = np.array([2, 0])
-    _, activations, gradients, layer_cam = _library_gradcam(model, "head", image, targets)
-    scale = np.abs(layer_cam).max()
-    assert scale > 0
-    np.testing.assert_allclose(compute_cam(activations, gradients), layer_cam, atol=1e-6 * scale)
-    reference = torch_gradcam(model, "head", image, targets)
-    np.testing.assert_allclose(reference.cam, layer_cam, atol=1e-5 * scale)
+def test_compute_cam_refuses_unknown_method():
+    activations, gradients = _random_layer_outputs(0, (1, 2, 3, 3))
+    with pytest.raises(ValueError, match="method: expected one of"):
+        compute_cam(activations, gradients, method="scorecam")
+
+
+# --- the pytorch-grad-cam resize vs scipy ----------------------------------------------
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.tuples(st.integers(1, 5), st.integers(1, 5), st.integers(1, 5)), st.data())
+def test_spline_matrices_are_scipy_zoom(layer_shape, data):
+    crop_shape = tuple(data.draw(st.integers(1, 4 * n)) for n in layer_shape)
+    cam = np.random.default_rng(sum(crop_shape)).random(layer_shape)
+    factors = [t / i for i, t in zip(layer_shape, crop_shape)]
+    zoomed = ndimage.zoom(cam, factors)
+    if zoomed.shape != crop_shape:  # zoom rounds the output shape from the factors
+        with pytest.raises(ValueError, match="scipy.ndimage.zoom of"):
+            resize_cam(cam[None], crop_shape, convention="pytorch-grad-cam")
+        return
+    resized = cam
+    for axis, n_out in enumerate(crop_shape):
+        weights = spline_resize_matrix(layer_shape[axis], n_out)
+        resized = np.moveaxis(np.tensordot(weights, np.moveaxis(resized, axis, 0), axes=1), 0, axis)
+    np.testing.assert_allclose(resized, zoomed, atol=1e-12)
+
+
+def test_pytorch_grad_cam_resize_scales_after_the_resize():
+    """ReLU and min-max after the resize: the map spans [0, 1) again whatever the interpolation did."""
+    cam = np.zeros((1, 2, 3, 3))
+    cam[0, 1, 1, 1] = 2.0
+    resized = resize_cam(cam, (4, 12, 12), convention="pytorch-grad-cam")
+    assert resized.min() == 0.0 and resized.max() == pytest.approx(1.0, abs=1e-6)
+    assert ndimage.zoom(cam[0], (2, 4, 4)).min() < 0  # the spline overshoots, the ReLU removes it
 
 
 # --- properties ---------------------------------------------------------------------------

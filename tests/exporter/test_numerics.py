@@ -102,7 +102,7 @@ def test_cams_and_scores_match_reference(exported, convention):
     # raw: relative to the pre-ReLU scale; min-max scaled maps are already O(1)
     scale = signed_cam_scale(reference) if convention == "raw" else np.ones(len(cam))
     _assert_close_per_sample(cam, reference.cam, RTOL, "layer CAM", scale)
-    crop = resize_cam(cam, exported.input_shape[1:])
+    crop = resize_cam(cam, exported.input_shape[1:], convention=convention)
     _assert_close_per_sample(crop, reference.upsampled, RTOL, "crop CAM", scale)
 
     mask = np.random.default_rng(12).random((len(TARGETS), *exported.input_shape[1:])) > 0.5

@@ -1,12 +1,14 @@
-"""The in-graph Grad-CAMO head against the numpy arithmetic of gradcamo.cam."""
+"""The in-graph Grad-CAMO head against the numpy arithmetic of gradcamo.cam and gradcamo.localisation."""
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import gradcamo
-from gradcamo.cam import compute_cam, gradcamo_score, resize_cam
-from gradcamo.scorer.head import HEAD_OUTPUTS, MASK, append_score_head
+from gradcamo.cam import METHODS, crop_cam, gradcamo_score
+from gradcamo.localisation import peak_counts, rank_counts
+from gradcamo.scorer.head import HEAD_OUTPUTS, MASK, METRIC_OUTPUTS, append_score_head
+from gradcamo.visual.recompute import CROP_CAM, expose_crop_cam
 from tests.tiny_models import tiny_classifier
 
 
@@ -18,34 +20,77 @@ def exported(request, tmp_path_factory):
     return onnx.load(str(path)), shape
 
 
-@pytest.mark.parametrize("convention", ["raw", "pytorch-grad-cam"])
-def test_head_matches_numpy(exported, convention):
-    model, shape = exported
+def _inputs(shape):
     generator = np.random.default_rng(5)
     image = generator.normal(0, 1, (7, *shape)).astype(np.float32)
     target = np.array([-1, 0, 1, 2, 3, -1, 2])
     mask = generator.random((7, *shape[1:])) < 0.4
     mask[0] = False
     mask[1] = True
-    plain = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    headed_model = append_score_head(model, crop_spatial=shape[1:], convention=convention)
-    onnx.checker.check_model(headed_model)
-    headed = ort.InferenceSession(headed_model.SerializeToString(), providers=["CPUExecutionProvider"])
-    logits, activations, gradients = plain.run(None, {"image": image, "target": target})
-    head_logits, inside, total = headed.run(
-        list(HEAD_OUTPUTS), {"image": image, "target": target, MASK: mask.astype(np.float32)}
-    )
-    cam = resize_cam(compute_cam(activations, gradients, convention=convention), shape[1:])
-    ref_inside, ref_total, ref_score = gradcamo_score(cam, mask)
+    return image, target, mask
+
+
+def _run(model, outputs, image, target, mask=None):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {"image": image, "target": target}
+    if mask is not None:
+        feed[MASK] = mask.astype(np.float32)
+    return session.run(outputs, feed)
+
+
+@pytest.mark.parametrize("convention", ["raw", "pytorch-grad-cam"])
+def test_head_matches_numpy(exported, convention):
+    """Every method's sums, one row per (sample, method), equal the numpy reference's."""
+    model, shape = exported
+    image, target, mask = _inputs(shape)
+    logits, activations, gradients = _run(model, None, image, target)
+    headed = append_score_head(model, crop_spatial=shape[1:], convention=convention, methods=METHODS)
+    onnx.checker.check_model(headed)
+    head_logits, inside, total = _run(headed, list(HEAD_OUTPUTS), image, target, mask)
     np.testing.assert_array_equal(head_logits, logits)
-    scale = ref_total.max()
-    np.testing.assert_allclose(inside, ref_inside, rtol=0, atol=1e-5 * scale)
-    np.testing.assert_allclose(total, ref_total, rtol=1e-5, atol=1e-6 * scale)
-    assert inside[0] == 0.0 and inside[1] == pytest.approx(total[1], rel=1e-6)
-    live = ref_total > 0
-    np.testing.assert_allclose(inside[live] / total[live], ref_score[live], rtol=0, atol=1e-5)
+    assert inside.shape == total.shape == (len(image) * len(METHODS),)
+    for m, method in enumerate(METHODS):
+        cam = crop_cam(activations, gradients, shape[1:], convention=convention, method=method)
+        ref_inside, ref_total, ref_score = gradcamo_score(cam, mask)
+        scale = cam.max() * cam[0].size
+        rows = slice(m, None, len(METHODS))
+        np.testing.assert_allclose(inside[rows], ref_inside, rtol=0, atol=1e-5 * scale, err_msg=method)
+        np.testing.assert_allclose(total[rows], ref_total, rtol=1e-5, atol=1e-6 * scale, err_msg=method)
+        assert inside[rows][0] == 0.0 and inside[rows][1] == pytest.approx(total[rows][1], rel=1e-6)
+        live = ref_total > 0
+        np.testing.assert_allclose(inside[rows][live] / total[rows][live], ref_score[live], rtol=0, atol=1e-5)
 
 
-def test_head_refuses_unknown_convention(exported):
-    with pytest.raises(ValueError, match="convention: expected one of"):
-        append_score_head(exported[0], crop_spatial=exported[1][1:], convention="minmax")
+@pytest.mark.parametrize("convention", ["raw", "pytorch-grad-cam"])
+def test_head_counts_equal_numpy_on_its_own_cam(exported, convention):
+    """Rank and peak counts are exact: numpy on the head's crop CAM gives the same integers."""
+    model, shape = exported
+    image, target, mask = _inputs(shape)
+    mask[2] = np.arange(mask[2].size).reshape(mask[2].shape) < 3  # a 3-voxel cell
+    headed = expose_crop_cam(append_score_head(model, crop_spatial=shape[1:], convention=convention, methods=METHODS))
+    voxels, ranks, peaks, cam = _run(headed, [*METRIC_OUTPUTS, CROP_CAM], image, target, mask)
+    row_masks = np.repeat(mask, len(METHODS), axis=0)
+    cam = cam[:, 0]
+    np.testing.assert_array_equal(voxels, row_masks.reshape(len(row_masks), -1).sum(axis=1))
+    np.testing.assert_array_equal(ranks, rank_counts(cam, row_masks))
+    np.testing.assert_array_equal(peaks, peak_counts(cam, row_masks))
+
+
+def test_default_head_scores_gradcam_only(exported):
+    model, shape = exported
+    image, target, mask = _inputs(shape)
+    one = _run(append_score_head(model, crop_spatial=shape[1:]), list(HEAD_OUTPUTS), image, target, mask)
+    several = _run(append_score_head(model, crop_spatial=shape[1:], methods=("hirescam", "gradcam")),
+                   list(HEAD_OUTPUTS), image, target, mask)
+    assert one[1].shape == (len(image),)
+    np.testing.assert_array_equal(several[1][1::2], one[1])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"convention": "minmax"}, "convention: expected one of"), ({"methods": ("gradcam", "scorecam")}, "method: expected"),
+     ({"methods": ("gradcam", "gradcam")}, "methods: expected distinct"), ({"methods": ()}, "methods: expected distinct")],
+)
+def test_head_refuses_bad_options(exported, options, message):
+    with pytest.raises(ValueError, match=message):
+        append_score_head(exported[0], crop_spatial=exported[1][1:], **options)

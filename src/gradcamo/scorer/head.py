@@ -1,8 +1,12 @@
-"""Append the Grad-CAMO arithmetic to a gradcamo graph, so only per-cell scalars leave it.
+"""Append the Grad-CAMO arithmetic to a gradcamo graph, so only per-row numbers leave it.
 
-The head computes, inside ONNX, what :mod:`gradcamo.cam` computes in numpy:
-channel weights (mean gradient), ReLU'd weighted sum, optional min-max scaling, linear
-resize to the crop with half-pixel centres, and the mask-weighted and total sums.
+The head computes, inside ONNX, what :mod:`gradcamo.cam` and :mod:`gradcamo.localisation`
+compute in numpy: one ReLU'd CAM per method from the activations and gradients of the one
+forward/backward pass, the convention's scaling and resize to the crop, the masked and
+total sums and the voxel counts of the localisation metrics.
+
+Rows are (sample, method) pairs, sample-major: row ``n * M + m`` is sample ``n`` under
+``methods[m]``. Every output but ``logits`` has one entry per row.
 """
 
 import numpy as np
@@ -10,68 +14,185 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from gradcamo import contract
-from gradcamo.cam import CONVENTIONS, MINMAX_EPS
+from gradcamo.cam import (
+    CONVENTIONS, GRADCAM_PLUSPLUS_EPS, METHODS, MINMAX_EPS, XGRADCAM_EPS, check_choice, resize_matrices,
+)
 
 MASK = "mask"
 CAM_INSIDE = "cam_inside"
 CAM_TOTAL = "cam_total"
+MASK_VOXELS = "mask_voxels"
+RANK_COUNTS = "rank_counts"
+PEAK_COUNTS = "peak_counts"
 HEAD_OUTPUTS = (contract.LOGITS, CAM_INSIDE, CAM_TOTAL)
+METRIC_OUTPUTS = (MASK_VOXELS, RANK_COUNTS, PEAK_COUNTS)
+"""Voxel counts for :func:`gradcamo.localisation.localisation_metrics` (int64)."""
 _PREFIX = "gradcamo_head/"
 
 
-def _constant(name, values, dtype=np.int64):
-    return numpy_helper.from_array(np.asarray(values, dtype=dtype), _PREFIX + name)
+class _Graph:
+    """Nodes and constants of the head, every name under one prefix."""
+
+    def __init__(self):
+        self.nodes, self.constants = [], {}
+
+    def constant(self, name, values, dtype=np.int64):
+        """A named constant, made once however often it is asked for."""
+        if name not in self.constants:
+            self.constants[name] = numpy_helper.from_array(np.asarray(values, dtype=dtype), _PREFIX + name)
+        return _PREFIX + name
+
+    def op(self, op, inputs, output, *, final=False, **attributes):
+        name = output if final else _PREFIX + output
+        self.nodes.append(helper.make_node(op, list(inputs), [name], name=_PREFIX + output, **attributes))
+        return name
 
 
-def _node(op, inputs, output, **attributes):
-    return helper.make_node(op, inputs, [_PREFIX + output], name=_PREFIX + output, **attributes)
+def _slug(method):
+    return method.replace("+", "p")
 
 
-def _head_nodes(spatial_dims, crop_spatial, convention):
-    """Nodes and constants from (activations, gradients, mask) to (cam_inside, cam_total)."""
-    p = _PREFIX
-    layer_axes = list(range(2, 2 + spatial_dims))
-    cam_axes = list(range(1, 2 + spatial_dims))
-    constants = [
-        _constant("layer_axes", layer_axes),
-        _constant("channel_axis", [1]),
-        _constant("cam_axes", cam_axes),
-        _constant("crop_spatial", list(crop_spatial)),
+def _weights(g, method, axes):
+    """The tensor ``W`` of ``cam = ReLU(sum_k W_k A_k)`` (:func:`gradcamo.cam.cam_weights`)."""
+    a, grad = contract.ACTIVATIONS, contract.GRADIENTS
+    tag = _slug(method) + "/"
+    if method == "gradcam":
+        return g.op("ReduceMean", [grad, axes], tag + "weights", keepdims=1)
+    if method == "hirescam":
+        return grad
+    if method == "layercam":
+        return g.op("Relu", [grad], tag + "weights")
+    sums = g.op("ReduceSum", [a, axes], tag + "activation_sums", keepdims=1)
+    if method == "xgradcam":
+        denominator = g.op("Add", [sums, g.constant(tag + "eps", XGRADCAM_EPS, np.float32)], tag + "denominator")
+        ratio = g.op("Div", [g.op("Mul", [grad, a], tag + "ga"), denominator], tag + "ratio")
+        return g.op("ReduceSum", [ratio, axes], tag + "weights", keepdims=1)
+    squared = g.op("Mul", [grad, grad], tag + "g2")
+    cubed = g.op("Mul", [squared, grad], tag + "g3")
+    denominator = g.op("Add", [
+        g.op("Add", [g.op("Add", [squared, squared], tag + "2g2"), g.op("Mul", [sums, cubed], tag + "sg3")], tag + "sum"),
+        g.constant(tag + "eps", GRADCAM_PLUSPLUS_EPS, np.float32),
+    ], tag + "denominator")
+    zero = g.constant(tag + "zero", 0.0, np.float32)
+    alpha = g.op("Where", [g.op("Equal", [grad, zero], tag + "g_is_0"), zero,
+                           g.op("Div", [squared, denominator], tag + "alpha_all")], tag + "alpha")
+    positive = g.op("Mul", [g.op("Relu", [grad], tag + "relu_g"), alpha], tag + "alpha_relu_g")
+    return g.op("ReduceSum", [positive, axes], tag + "weights", keepdims=1)
+
+
+def _layer_cams(g, methods, axes):
+    """ReLU'd CAMs ``[batch, M, *layer]``, one channel per method."""
+    channel = g.constant("channel_axis", [1])
+    signed = [
+        g.op("ReduceSum", [g.op("Mul", [_weights(g, method, axes), contract.ACTIVATIONS], _slug(method) + "/weighted"),
+                           channel], _slug(method) + "/signed_cam", keepdims=1)
+        for method in methods
     ]
-    nodes = [
-        _node("ReduceMean", [contract.GRADIENTS, p + "layer_axes"], "alpha", keepdims=1),
-        _node("Mul", [p + "alpha", contract.ACTIVATIONS], "weighted"),
-        _node("ReduceSum", [p + "weighted", p + "channel_axis"], "signed_cam", keepdims=1),
-        _node("Relu", [p + "signed_cam"], "cam"),
-    ]
-    cam = p + "cam"
-    if convention == "pytorch-grad-cam":
-        constants.append(_constant("eps", MINMAX_EPS, np.float32))
-        nodes += [
-            _node("ReduceMin", [cam, p + "layer_axes"], "cam_min", keepdims=1),
-            _node("Sub", [cam, p + "cam_min"], "cam_shifted"),
-            _node("ReduceMax", [p + "cam_shifted", p + "layer_axes"], "cam_max", keepdims=1),
-            _node("Add", [p + "cam_max", p + "eps"], "cam_range"),
-            _node("Div", [p + "cam_shifted", p + "cam_range"], "cam_scaled"),
-        ]
-        cam = p + "cam_scaled"
-    nodes += [
-        helper.make_node("Shape", [cam], [p + "cam_shape"], name=p + "cam_shape", start=0, end=2),
-        _node("Concat", [p + "cam_shape", p + "crop_spatial"], "resize_sizes", axis=0),
-        _node(
-            "Resize", [cam, "", "", p + "resize_sizes"], "crop_cam",
-            mode="linear", coordinate_transformation_mode="half_pixel",
-        ),
-        _node("Unsqueeze", [MASK, p + "channel_axis"], "mask_channel"),
-        _node("Mul", [p + "crop_cam", p + "mask_channel"], "masked_cam"),
-        helper.make_node("ReduceSum", [p + "masked_cam", p + "cam_axes"], [CAM_INSIDE], name=p + CAM_INSIDE, keepdims=0),
-        helper.make_node("ReduceSum", [p + "crop_cam", p + "cam_axes"], [CAM_TOTAL], name=p + CAM_TOTAL, keepdims=0),
-    ]
-    return nodes, constants
+    return g.op("Relu", [g.op("Concat", signed, "signed_cams", axis=1)], "cams")
 
 
-def append_score_head(model, *, crop_spatial, convention="raw"):
-    """Return a copy of a gradcamo graph whose outputs are logits, cam_inside and cam_total.
+def _minmax(g, cam, axes, tag):
+    """pytorch-grad-cam's ``c = cam - min; c / (max(c) + 1e-7)`` per map."""
+    shifted = g.op("Sub", [cam, g.op("ReduceMin", [cam, axes], tag + "min", keepdims=1)], tag + "shifted")
+    top = g.op("ReduceMax", [shifted, axes], tag + "max", keepdims=1)
+    eps = g.constant(tag + "eps", MINMAX_EPS, np.float32)
+    return g.op("Div", [shifted, g.op("Add", [top, eps], tag + "range")], tag + "scaled")
+
+
+def _linear_resize(g, cam, crop_spatial):
+    shape = g.op("Shape", [cam], "cam_shape", start=0, end=2)
+    sizes = g.op("Concat", [shape, g.constant("crop_spatial", list(crop_spatial))], "resize_sizes", axis=0)
+    return g.op("Resize", [cam, "", "", sizes], "crop_cam", mode="linear", coordinate_transformation_mode="half_pixel")
+
+
+def _spline_resize_3d(g, cam, layer_spatial, crop_spatial):
+    """pytorch-grad-cam's 3D ``scipy.ndimage.zoom``: one constant matrix per axis."""
+    (d, h, w), (big_d, big_h, big_w) = layer_spatial, crop_spatial
+    depth, height, width = (m.astype(np.float32) for m in resize_matrices(layer_spatial, crop_spatial, "pytorch-grad-cam"))
+    out = g.op("MatMul", [cam, g.constant("zoom_w", width.T, np.float32)], "zoom_w_out")
+    out = g.op("MatMul", [g.constant("zoom_h", height, np.float32), out], "zoom_h_out")
+    out = g.op("Reshape", [out, g.constant("zoom_planes", [0, 0, d, big_h * big_w])], "zoom_planes_out")
+    out = g.op("MatMul", [g.constant("zoom_d", depth, np.float32), out], "zoom_d_out")
+    return g.op("Reshape", [out, g.constant("zoom_shape", [0, 0, big_d, big_h, big_w])], "crop_cam")
+
+
+def _crop_cams(g, cams, convention, layer_spatial, crop_spatial):
+    """``[batch, M, *crop]`` maps in the convention (:func:`gradcamo.cam.resize_cam`)."""
+    if convention == "raw":
+        return _linear_resize(g, cams, crop_spatial)
+    axes = g.constant("map_axes", list(range(2, 2 + len(crop_spatial))))
+    cams = _minmax(g, cams, axes, "layer_minmax/")
+    if len(crop_spatial) == 2:
+        resized = _linear_resize(g, cams, crop_spatial)
+    else:
+        resized = _spline_resize_3d(g, cams, layer_spatial, crop_spatial)
+    return _minmax(g, g.op("Relu", [resized], "crop_relu"), axes, "crop_minmax/")
+
+
+def _count(g, selected, flat_mask, tag):
+    """[rows, 2] float counts of the selected voxels inside the mask and in all."""
+    selected = g.op("Cast", [selected], tag + "float", to=TensorProto.FLOAT)
+    voxels = g.constant("voxel_axis", [1])
+    inside = g.op("ReduceSum", [g.op("Mul", [selected, flat_mask], tag + "masked"), voxels], tag + "inside", keepdims=1)
+    total = g.op("ReduceSum", [selected, voxels], tag + "total", keepdims=1)
+    return [inside, total]
+
+
+def _metric_nodes(g, rows, row_mask):
+    """Mask voxels, rank and peak counts (:mod:`gradcamo.localisation`) of each row."""
+    flatten = g.constant("flatten", [0, -1])
+    flat = g.op("Reshape", [rows, flatten], "flat_cam")
+    flat_mask = g.op("Reshape", [row_mask, flatten], "flat_mask")
+    k = g.op("ReduceSum", [flat_mask, g.constant("voxel_axis", [1])], "k", keepdims=1)
+    one = g.constant("one", 1.0, np.float32)
+    # TopK wants one k for all rows: the largest cell's (at least 1); each row reads its own K-th value.
+    k_max = g.op("Max", [g.op("ReduceMax", [k], "k_max_any", keepdims=0), one], "k_max_float")
+    k_max = g.op("Reshape", [g.op("Cast", [k_max], "k_max_int", to=TensorProto.INT64), g.constant("one_d", [1])], "k_max")
+    g.nodes.append(helper.make_node("TopK", [flat, k_max], [_PREFIX + "top", _PREFIX + "top_indices"],
+                                    name=_PREFIX + "top", axis=1, largest=1, sorted=1))
+    position = g.op("Cast", [g.op("Max", [g.op("Sub", [k, one], "k_minus_1"), g.constant("zero", 0.0, np.float32)],
+                                  "k_index_float")], "k_index", to=TensorProto.INT64)
+    threshold = g.op("GatherElements", [_PREFIX + "top", position], "threshold", axis=1)
+    ranks = (_count(g, g.op("Greater", [flat, threshold], "above"), flat_mask, "above/")
+             + _count(g, g.op("Equal", [flat, threshold], "tied"), flat_mask, "tied/"))
+    peak = g.op("ReduceMax", [flat, g.constant("voxel_axis", [1])], "peak", keepdims=1)
+    peaks = _count(g, g.op("Equal", [flat, peak], "at_peak"), flat_mask, "peak/")
+    g.op("Cast", [g.op("Concat", ranks, "rank_counts_float", axis=1)], RANK_COUNTS, final=True, to=TensorProto.INT64)
+    g.op("Cast", [g.op("Concat", peaks, "peak_counts_float", axis=1)], PEAK_COUNTS, final=True, to=TensorProto.INT64)
+    g.op("Cast", [g.op("Reshape", [k, g.constant("flat_rows", [-1])], "k_rows")], MASK_VOXELS, final=True,
+         to=TensorProto.INT64)
+
+
+def _head_nodes(layer_spatial, crop_spatial, convention, methods):
+    """Nodes and constants from (activations, gradients, mask) to the head's outputs."""
+    g = _Graph()
+    spatial_dims = len(crop_spatial)
+    layer_axes = g.constant("layer_axes", list(range(2, 2 + spatial_dims)))
+    crops = _crop_cams(g, _layer_cams(g, methods, layer_axes), convention, layer_spatial, crop_spatial)
+    row_shape = g.constant("row_shape", [-1, 1, *crop_spatial])
+    rows = g.op("Reshape", [crops, row_shape], "row_cam")
+    per_method = g.constant("per_method", [1, len(methods)] + [1] * spatial_dims)
+    mask = g.op("Expand", [g.op("Unsqueeze", [MASK, g.constant("mask_channel_axis", [1])], "mask_channel"), per_method],
+                "mask_methods")
+    row_mask = g.op("Reshape", [mask, row_shape], "row_mask")
+    row_axes = g.constant("row_axes", list(range(1, 2 + spatial_dims)))
+    masked = g.op("Mul", [rows, row_mask], "masked_cam")
+    g.op("ReduceSum", [masked, row_axes], CAM_INSIDE, final=True, keepdims=0)
+    g.op("ReduceSum", [rows, row_axes], CAM_TOTAL, final=True, keepdims=0)
+    _metric_nodes(g, rows, row_mask)
+    return g.nodes, list(g.constants.values())
+
+
+def _layer_spatial(graph, spatial_dims):
+    output = next(o for o in graph.output if o.name == contract.ACTIVATIONS)
+    dims = output.type.tensor_type.shape.dim[2:]
+    if len(dims) != spatial_dims or not all(d.HasField("dim_value") for d in dims):
+        raise ValueError(f"{contract.ACTIVATIONS}: expected {spatial_dims} static spatial sizes in the graph's output")
+    return tuple(d.dim_value for d in dims)
+
+
+def append_score_head(model, *, crop_spatial, convention="raw", methods=("gradcam",)):
+    """Return a copy of a gradcamo graph whose outputs are logits and per-row sums and counts.
 
     Parameters
     ----------
@@ -80,29 +201,49 @@ def append_score_head(model, *, crop_spatial, convention="raw"):
     crop_spatial : tuple of int
         Spatial crop shape ``(H, W)`` or ``(D, H, W)``.
     convention : {"raw", "pytorch-grad-cam"}
+    methods : sequence of str
+        CAM methods (:data:`gradcamo.cam.METHODS`), each giving one row per sample.
 
     Returns
     -------
     onnx.ModelProto
         New input ``mask`` float32 ``[batch, *crop_spatial]`` (1 on the cell, 0 elsewhere);
-        outputs ``logits`` ``[batch, K]``, ``cam_inside`` and ``cam_total`` float32 ``[batch]``.
+        outputs ``logits`` ``[batch, K]``, then per row (``batch * len(methods)``):
+        ``cam_inside`` and ``cam_total`` float32, ``mask_voxels`` int64, ``rank_counts``
+        int64 ``[rows, 4]`` and ``peak_counts`` int64 ``[rows, 2]``
+        (:mod:`gradcamo.localisation`).
+
+    Raises
+    ------
+    ValueError
+        Unknown convention or method, a repeated method, or (pytorch-grad-cam in 3D)
+        activations without static spatial sizes.
     """
-    if convention not in CONVENTIONS:
-        raise ValueError(f"convention: expected one of {CONVENTIONS}, got {convention!r}")
+    check_choice("convention", convention, CONVENTIONS)
+    methods = tuple(methods)
+    for method in methods:
+        check_choice("method", method, METHODS)
+    if not methods or len(set(methods)) != len(methods):
+        raise ValueError(f"methods: expected distinct names from {METHODS}, got {methods}")
     headed = onnx.ModelProto()
     headed.CopyFrom(model)
     graph = headed.graph
-    nodes, constants = _head_nodes(len(crop_spatial), crop_spatial, convention)
+    layer_spatial = _layer_spatial(graph, len(crop_spatial)) if convention != "raw" and len(crop_spatial) == 3 else None
+    nodes, constants = _head_nodes(layer_spatial, crop_spatial, convention, methods)
     graph.node.extend(nodes)
     graph.initializer.extend(constants)
     graph.input.append(
         helper.make_tensor_value_info(MASK, TensorProto.FLOAT, [contract.BATCH_AXIS, *crop_spatial])
     )
     logits = next(o for o in graph.output if o.name == contract.LOGITS)
+    rows = "rows"
     del graph.output[:]
     graph.output.extend([
         logits,
-        helper.make_tensor_value_info(CAM_INSIDE, TensorProto.FLOAT, [contract.BATCH_AXIS]),
-        helper.make_tensor_value_info(CAM_TOTAL, TensorProto.FLOAT, [contract.BATCH_AXIS]),
+        helper.make_tensor_value_info(CAM_INSIDE, TensorProto.FLOAT, [rows]),
+        helper.make_tensor_value_info(CAM_TOTAL, TensorProto.FLOAT, [rows]),
+        helper.make_tensor_value_info(MASK_VOXELS, TensorProto.INT64, [rows]),
+        helper.make_tensor_value_info(RANK_COUNTS, TensorProto.INT64, [rows, 4]),
+        helper.make_tensor_value_info(PEAK_COUNTS, TensorProto.INT64, [rows, 2]),
     ])
     return headed
