@@ -30,6 +30,14 @@ class ContractError(GradcamoError, ValueError):
     """A model file does not follow the gradcamo ONNX contract."""
 
 
+class Interrupted(BaseException):
+    """SIGINT (Ctrl-C) or SIGTERM stopped a command; the CLI prints the message and exits 130.
+
+    A ``BaseException`` like ``KeyboardInterrupt`` (no ``except Exception`` swallows it), but
+    not one, so that click does not turn it into its own "Aborted!" and exit code 1.
+    """
+
+
 def first_line(error):
     """The first non-empty line of an exception's message, else its type's name (for one-line reports)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
