@@ -50,11 +50,12 @@ def rank_counts(cam, mask):
     (N, 4) int64 ndarray
         Columns :data:`RANK_COUNTS`: voxels whose CAM is greater than the K-th highest
         value ``t``, inside the mask and in all; voxels whose CAM equals ``t``, inside and
-        in all. With K = 0, ``t`` is the highest value.
+        in all. With K = 0 all four are 0.
     """
     flat, inside = _flat(cam, mask)
     k = inside.sum(axis=1)
-    threshold = -np.sort(-flat, axis=1)[np.arange(len(flat)), np.maximum(k - 1, 0)][:, None]
+    kth = -np.sort(-flat, axis=1)[np.arange(len(flat)), np.maximum(k - 1, 0)]
+    threshold = np.where(k > 0, kth, np.inf)[:, None]
     counts = [_inside_and_total(flat > threshold, inside), _inside_and_total(flat == threshold, inside)]
     return np.concatenate(counts, axis=1).astype(np.int64)
 

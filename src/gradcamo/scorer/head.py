@@ -38,9 +38,10 @@ class _Graph:
 
     def constant(self, name, values, dtype=np.int64):
         """A named constant, made once however often it is asked for."""
+        full_name = _PREFIX + "constants/" + name
         if name not in self.constants:
-            self.constants[name] = numpy_helper.from_array(np.asarray(values, dtype=dtype), _PREFIX + name)
-        return _PREFIX + name
+            self.constants[name] = numpy_helper.from_array(np.asarray(values, dtype=dtype), full_name)
+        return full_name
 
     def op(self, op, inputs, output, *, final=False, **attributes):
         name = output if final else _PREFIX + output
@@ -129,37 +130,58 @@ def _crop_cams(g, cams, convention, layer_spatial, crop_spatial):
     return _minmax(g, g.op("Relu", [resized], "crop_relu"), axes, "crop_minmax/")
 
 
-def _count(g, selected, flat_mask, tag):
-    """[rows, 2] float counts of the selected voxels inside the mask and in all."""
-    selected = g.op("Cast", [selected], tag + "float", to=TensorProto.FLOAT)
-    voxels = g.constant("voxel_axis", [1])
-    inside = g.op("ReduceSum", [g.op("Mul", [selected, flat_mask], tag + "masked"), voxels], tag + "inside", keepdims=1)
-    total = g.op("ReduceSum", [selected, voxels], tag + "total", keepdims=1)
-    return [inside, total]
+def _kth_largest(g, flat, k):
+    """[batch, M, 1]: the k-th largest value of each map (+max float where k = 0).
 
-
-def _metric_nodes(g, rows, row_mask):
-    """Mask voxels, rank and peak counts (:mod:`gradcamo.localisation`) of each row."""
-    flatten = g.constant("flatten", [0, -1])
-    flat = g.op("Reshape", [rows, flatten], "flat_cam")
-    flat_mask = g.op("Reshape", [row_mask, flatten], "flat_mask")
-    k = g.op("ReduceSum", [flat_mask, g.constant("voxel_axis", [1])], "k", keepdims=1)
+    TopK takes one k for all maps; each map is padded with ``k_max - k`` values above and
+    ``k`` values below all others, so the k_max-th largest of the padded map is its own
+    k-th largest: the minimum of an unsorted TopK, no sort needed.
+    """
+    high = g.constant("high", np.finfo(np.float32).max, np.float32)
+    low = g.constant("low", -np.finfo(np.float32).max, np.float32)
     one = g.constant("one", 1.0, np.float32)
-    # TopK wants one k for all rows: the largest cell's (at least 1); each row reads its own K-th value.
-    k_max = g.op("Max", [g.op("ReduceMax", [k], "k_max_any", keepdims=0), one], "k_max_float")
-    k_max = g.op("Reshape", [g.op("Cast", [k_max], "k_max_int", to=TensorProto.INT64), g.constant("one_d", [1])], "k_max")
-    g.nodes.append(helper.make_node("TopK", [flat, k_max], [_PREFIX + "top", _PREFIX + "top_indices"],
-                                    name=_PREFIX + "top", axis=1, largest=1, sorted=1))
-    position = g.op("Cast", [g.op("Max", [g.op("Sub", [k, one], "k_minus_1"), g.constant("zero", 0.0, np.float32)],
-                                  "k_index_float")], "k_index", to=TensorProto.INT64)
-    threshold = g.op("GatherElements", [_PREFIX + "top", position], "threshold", axis=1)
-    ranks = (_count(g, g.op("Greater", [flat, threshold], "above"), flat_mask, "above/")
-             + _count(g, g.op("Equal", [flat, threshold], "tied"), flat_mask, "tied/"))
-    peak = g.op("ReduceMax", [flat, g.constant("voxel_axis", [1])], "peak", keepdims=1)
-    peaks = _count(g, g.op("Equal", [flat, peak], "at_peak"), flat_mask, "peak/")
-    g.op("Cast", [g.op("Concat", ranks, "rank_counts_float", axis=1)], RANK_COUNTS, final=True, to=TensorProto.INT64)
-    g.op("Cast", [g.op("Concat", peaks, "peak_counts_float", axis=1)], PEAK_COUNTS, final=True, to=TensorProto.INT64)
-    g.op("Cast", [g.op("Reshape", [k, g.constant("flat_rows", [-1])], "k_rows")], MASK_VOXELS, final=True,
+    k_max = g.op("Max", [g.op("ReduceMax", [k], "k_max_any", keepdims=0), one], "k_max")
+    slots = g.op("Range", [g.constant("zero", 0.0, np.float32), k_max, one], "pad_slots")
+    pad = g.op("Where", [g.op("Less", [slots, g.op("Sub", [k_max, k], "pad_high")], "pad_is_high"), high, low], "pad")
+    pad_shape = g.op("Concat", [g.op("Shape", [flat], "maps_shape", start=0, end=2), g.op("Shape", [pad], "pad_length", start=2)],
+                     "pad_shape", axis=0)
+    padded = g.op("Concat", [flat, g.op("Expand", [pad, pad_shape], "pad_maps")], "padded_cam", axis=2)
+    k_top = g.op("Reshape", [g.op("Cast", [k_max], "k_top_scalar", to=TensorProto.INT64), g.constant("one_d", [1])],
+                 "k_top")
+    g.nodes.append(helper.make_node("TopK", [padded, k_top], [_PREFIX + "top", _PREFIX + "top_indices"],
+                                    name=_PREFIX + "top", axis=2, largest=1, sorted=0))
+    return g.op("ReduceMin", [_PREFIX + "top", g.constant("voxel_axis", [2])], "threshold", keepdims=1)
+
+
+def _metric_nodes(g, crops, n_methods):
+    """Mask voxels, rank and peak counts (:mod:`gradcamo.localisation`) of each row.
+
+    The three voxel selections of every map (above the threshold, at it, at the peak) are
+    counted inside the mask and in all by one batched MatMul with the columns ``[mask, 1]``
+    (float32 sums of 0 and 1 are exact below 2**24 voxels).
+    """
+    flat = g.op("Reshape", [crops, g.constant("flatten_maps", [0, 0, -1])], "flat_cam")
+    mask_column = g.op("Reshape", [MASK, g.constant("column_shape", [0, -1, 1])], "mask_column")
+    k = g.op("ReduceSum", [g.op("Reshape", [MASK, g.constant("flatten_masks", [0, 1, -1])], "mask_row"),
+                           g.constant("voxel_axis", [2])], "k", keepdims=1)  # [batch, 1, 1]
+    threshold = _kth_largest(g, flat, k)
+    peak = g.op("ReduceMax", [flat, g.constant("voxel_axis", [2])], "peak", keepdims=1)
+    selected = [g.op("Greater", [flat, threshold], "above"), g.op("Equal", [flat, threshold], "tied"),
+                g.op("Equal", [flat, peak], "at_peak")]
+    selected = g.op("Cast", [g.op("Concat", selected, "selected", axis=1)], "selected_float", to=TensorProto.FLOAT)
+    ones = g.op("Expand", [g.constant("ones", [[[1.0]]], np.float32), g.op("Shape", [mask_column], "mask_column_shape")],
+                "ones_column")
+    counts = g.op("MatMul", [selected, g.op("Concat", [mask_column, ones], "count_columns", axis=2)], "counts")
+    # [batch, 3M, 2] -> rows [batch * M, 6]: above, tied, peak; each inside, total
+    counts = g.op("Reshape", [counts, g.constant("counts_split", [0, 3, n_methods, 2])], "counts_split")
+    counts = g.op("Transpose", [counts], "counts_by_method", perm=[0, 2, 1, 3])
+    counts = g.op("Cast", [g.op("Reshape", [counts, g.constant("counts_rows", [-1, 6])], "counts_rows")],
+                  "counts_int", to=TensorProto.INT64)
+    for output, start, stop in ((RANK_COUNTS, 0, 4), (PEAK_COUNTS, 4, 6)):
+        g.op("Slice", [counts, g.constant(output + "_start", [start]), g.constant(output + "_stop", [stop]),
+                       g.constant("count_axis", [1])], output, final=True)
+    per_row = g.op("Expand", [k, g.constant("per_method", [1, n_methods, 1])], "k_maps")
+    g.op("Cast", [g.op("Reshape", [per_row, g.constant("flat_rows", [-1])], "k_rows")], MASK_VOXELS, final=True,
          to=TensorProto.INT64)
 
 
@@ -169,17 +191,16 @@ def _head_nodes(layer_spatial, crop_spatial, convention, methods):
     spatial_dims = len(crop_spatial)
     layer_axes = g.constant("layer_axes", list(range(2, 2 + spatial_dims)))
     crops = _crop_cams(g, _layer_cams(g, methods, layer_axes), convention, layer_spatial, crop_spatial)
-    row_shape = g.constant("row_shape", [-1, 1, *crop_spatial])
-    rows = g.op("Reshape", [crops, row_shape], "row_cam")
-    per_method = g.constant("per_method", [1, len(methods)] + [1] * spatial_dims)
-    mask = g.op("Expand", [g.op("Unsqueeze", [MASK, g.constant("mask_channel_axis", [1])], "mask_channel"), per_method],
-                "mask_methods")
-    row_mask = g.op("Reshape", [mask, row_shape], "row_mask")
-    row_axes = g.constant("row_axes", list(range(1, 2 + spatial_dims)))
-    masked = g.op("Mul", [rows, row_mask], "masked_cam")
-    g.op("ReduceSum", [masked, row_axes], CAM_INSIDE, final=True, keepdims=0)
-    g.op("ReduceSum", [rows, row_axes], CAM_TOTAL, final=True, keepdims=0)
-    _metric_nodes(g, rows, row_mask)
+    map_axes = g.constant("crop_axes", list(range(2, 2 + spatial_dims)))
+    flat_rows = g.constant("flat_rows", [-1])
+    mask = g.op("Unsqueeze", [MASK, g.constant("mask_channel_axis", [1])], "mask_channel")
+    inside = g.op("ReduceSum", [g.op("Mul", [crops, mask], "masked_cam"), map_axes], "inside_maps", keepdims=0)
+    g.op("Reshape", [inside, flat_rows], CAM_INSIDE, final=True)
+    # the sum over the rows' maps [rows, 1, *crop]: gradcamo.visual exposes this input as the CAM
+    rows = g.op("Reshape", [crops, g.constant("row_shape", [-1, 1, *crop_spatial])], "row_cam")
+    g.op("ReduceSum", [rows, g.constant("row_axes", list(range(1, 2 + spatial_dims)))], CAM_TOTAL, final=True,
+         keepdims=0)
+    _metric_nodes(g, crops, len(methods))
     return g.nodes, list(g.constants.values())
 
 
