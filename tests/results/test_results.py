@@ -277,9 +277,10 @@ def test_statements_before_a_query_run_and_the_query_result_is_returned(plate_da
 def test_summary_default_groups_match_numpy(plate_dataset):
     path, table = plate_dataset
     result = summarize(path)
-    keys = ["dataset", "Metadata_Plate", "Metadata_Well", "target_name"]
+    keys = ["dataset", "Metadata_Plate", "Metadata_Well", "target_name", "method"]
     assert result.column_names == keys + list(SUMMARY_COLUMNS)
     with_name = table.append_column("dataset", pa.array(["plate's [run]"] * table.num_rows))
+    with_name = with_name.append_column("method", pa.array(["gradcam"] * table.num_rows))
     _check_summary(result, _expected_summary(with_name, keys), keys)
     assert pc.sum(result.column("cells")).as_py() == table.num_rows
     assert pc.sum(result.column("nan_scores")).as_py() == pc.sum(table.column("cam_empty")).as_py()

@@ -1,4 +1,4 @@
-"""Per-group summary of score datasets: counts, NaNs and the distribution of grad_camo."""
+"""Per-group summary of score datasets: counts, NaNs, the distribution of grad_camo and the localisation metrics."""
 
 import duckdb
 import pyarrow as pa
@@ -7,7 +7,7 @@ from gradcamo.errors import InputError
 from gradcamo.results.datasets import DATASET_COLUMN, VIEW, _first_line, _identifier, connect, resolve_datasets
 from gradcamo.results.query import _to_arrow
 
-DEFAULT_BY = ("dataset", "Metadata_Plate", "Metadata_Well", "target_name")
+DEFAULT_BY = ("dataset", "Metadata_Plate", "Metadata_Well", "target_name", "method")
 SUMMARY_COLUMNS = (
     "cells",
     "nan_scores",
@@ -15,8 +15,13 @@ SUMMARY_COLUMNS = (
     "median_grad_camo",
     "share_above_half",
     "share_edge_padded",
+    "median_enrichment",
+    "mean_rank_accuracy",
+    "pointing_hit_rate",
     "predicted_class_counts",
 )
+METRIC_COLUMNS = {"method": "VARCHAR", "enrichment": "DOUBLE", "rank_accuracy": "DOUBLE", "pointing_hit": "BOOLEAN"}
+"""Columns added by issue #16 and their type; datasets written before it have gradcam rows and no metrics."""
 
 
 def summarize(paths, by=DEFAULT_BY):
@@ -39,8 +44,11 @@ def summarize(paths, by=DEFAULT_BY):
         (grad_camo NaN or null), ``mean_grad_camo`` and ``median_grad_camo`` (over
         non-NaN scores; null when there is none), ``share_above_half`` (share of the
         non-NaN scores > 0.5; null when there is none), ``share_edge_padded`` (over all
-        rows) and ``predicted_class_counts`` (``"0:12 1:3"``, classes ascending). Sorted
-        by the ``by`` columns, nulls last. No rows for datasets without rows.
+        rows), ``median_enrichment``, ``mean_rank_accuracy`` (over non-NaN values) and
+        ``pointing_hit_rate`` (share of true among the non-null ``pointing_hit``), all null
+        for datasets written without them, and ``predicted_class_counts`` (``"0:12 1:3"``,
+        classes ascending). Sorted by the ``by`` columns, nulls last. No rows for datasets
+        without rows. ``method`` is ``gradcam`` for rows written without a method column.
 
     Notes
     -----
@@ -56,8 +64,9 @@ def summarize(paths, by=DEFAULT_BY):
     con = connect(resolve_datasets(paths))
     try:
         schema = {row[0]: row[1] for row in con.execute(f"DESCRIBE {VIEW}").fetchall()}
-        _check_by(by, schema)
-        return _to_arrow(con.sql(_summary_sql(by)))
+        missing = {name: kind for name, kind in METRIC_COLUMNS.items() if name not in schema}
+        _check_by(by, {**schema, **missing})
+        return _to_arrow(con.sql(_summary_sql(by, missing)))
     except duckdb.Error as error:
         raise InputError(f"summary: {_first_line(error)}") from None
     finally:
@@ -89,7 +98,19 @@ def _check_by(by, schema):
             raise InputError(f"--by {key}: {what}; expected some of {', '.join(valid)}")
 
 
-def _summary_sql(by):
+def _rows_sql(missing):
+    """The view with the metric columns it lacks: typed NULLs, and ``gradcam`` as the method."""
+    added = [f"NULL::{kind} AS {name}" for name, kind in missing.items() if name != "method"]
+    method = "'gradcam'" if "method" in missing else "coalesce(method::VARCHAR, 'gradcam')"
+    exclude = "" if "method" in missing else " EXCLUDE (method)"
+    return f"SELECT *{exclude}, {', '.join([f'{method} AS method', *added])} FROM {VIEW}"
+
+
+def _nan_to_null(column):
+    return f"CASE WHEN isnan({column}) THEN NULL ELSE {column} END"
+
+
+def _summary_sql(by, missing):
     keys = ", ".join(_identifier(key) for key in by)
     group = f"GROUP BY {keys}" if by else ""
     select_keys = f"{keys}, " if by else ""
@@ -101,7 +122,9 @@ def _summary_sql(by):
     # min/max statistics exist, so the sink writes none for floats (sink._statistics_columns).
     return f"""
 WITH valid AS (
-    SELECT *, CASE WHEN isnan(grad_camo) THEN NULL ELSE grad_camo END AS _score FROM {VIEW}
+    SELECT *, {_nan_to_null("grad_camo")} AS _score, {_nan_to_null("enrichment")} AS _enrichment,
+        {_nan_to_null("rank_accuracy")} AS _rank_accuracy
+    FROM ({_rows_sql(missing)})
 ),
 stats AS (
     SELECT {select_keys}
@@ -110,12 +133,15 @@ stats AS (
         avg(_score)::DOUBLE AS mean_grad_camo,
         quantile_cont(_score, 0.5)::DOUBLE AS median_grad_camo,
         avg((_score > 0.5)::DOUBLE)::DOUBLE AS share_above_half,
-        avg(edge_padded::DOUBLE)::DOUBLE AS share_edge_padded
+        avg(edge_padded::DOUBLE)::DOUBLE AS share_edge_padded,
+        quantile_cont(_enrichment, 0.5)::DOUBLE AS median_enrichment,
+        avg(_rank_accuracy)::DOUBLE AS mean_rank_accuracy,
+        avg(pointing_hit::DOUBLE)::DOUBLE AS pointing_hit_rate
     FROM valid {group}
 ),
 per_class AS (
     SELECT {select_keys} predicted_class, count(*) AS n
-    FROM {VIEW} GROUP BY {select_keys} predicted_class
+    FROM valid GROUP BY {select_keys} predicted_class
 ),
 classes AS (
     SELECT {select_keys}
@@ -125,11 +151,11 @@ classes AS (
 )
 SELECT {out_keys}{", " if by else ""}
     s.cells, s.nan_scores, s.mean_grad_camo, s.median_grad_camo, s.share_above_half,
-    s.share_edge_padded, p.predicted_class_counts
+    s.share_edge_padded, s.median_enrichment, s.mean_rank_accuracy, s.pointing_hit_rate, p.predicted_class_counts
 FROM stats s LEFT JOIN classes p ON {join}
 WHERE s.cells > 0
 {order}
 """
 
 
-__all__ = ["DEFAULT_BY", "SUMMARY_COLUMNS", "summarize"]
+__all__ = ["DEFAULT_BY", "METRIC_COLUMNS", "SUMMARY_COLUMNS", "summarize"]

@@ -1,0 +1,64 @@
+"""summary: the localisation metrics beside the score, by method; datasets written before them."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from gradcamo.results.summary import summarize
+from tests.results.test_results import random_rows, write_dataset
+
+METHODS = ["gradcam", "hirescam", "layercam"]
+
+
+def _with_metrics(table, rng, method):
+    n = table.num_rows
+    enrichment = rng.uniform(0, 3, n)
+    enrichment[rng.random(n) < 0.2] = np.nan
+    rank = rng.random(n)
+    rank[rng.random(n) < 0.2] = np.nan
+    hit = pa.array(rng.random(n) < 0.5, mask=rng.random(n) < 0.3)
+    method = pa.array([method] * n, pa.string()).dictionary_encode()
+    for name, values in [("method", method), ("enrichment", enrichment), ("rank_accuracy", rank),
+                         ("pointing_hit", hit)]:
+        table = table.append_column(name, values if isinstance(values, pa.Array) else pa.array(values))
+    return table
+
+
+def _expected(table, method):
+    chosen = [m == method for m in table.column("method").to_pylist()]
+    enrichment = table.column("enrichment").to_numpy()[chosen]
+    rank = table.column("rank_accuracy").to_numpy()[chosen]
+    hits = [h for h, c in zip(table.column("pointing_hit").to_pylist(), chosen) if c and h is not None]
+    return {
+        "cells": sum(chosen),
+        "median_enrichment": float(np.median(enrichment[~np.isnan(enrichment)])),
+        "mean_rank_accuracy": float(np.mean(rank[~np.isnan(rank)])),
+        "pointing_hit_rate": float(np.mean(hits)),
+    }
+
+
+def test_metrics_per_method_match_numpy(tmp_path):
+    rng = np.random.default_rng(3)
+    tables = [_with_metrics(random_rows(rng, 30, plate="P", well="A01", image="i"), rng, m) for m in METHODS]
+    path = write_dataset(tmp_path / "methods", tables)
+    whole = pa.concat_tables(tables)
+    rows = summarize(path, by="method").to_pylist()
+    assert [row["method"] for row in rows] == sorted(METHODS)
+    for row in rows:
+        for name, value in _expected(whole, row["method"]).items():
+            assert row[name] == pytest.approx(value, rel=1e-12), name
+
+
+def test_datasets_written_before_the_metrics_are_gradcam_rows_without_them(tmp_path):
+    rng = np.random.default_rng(4)
+    old = write_dataset(tmp_path / "old", [random_rows(rng, 12, plate="P", well="A01", image="i")])
+    new = write_dataset(tmp_path / "new", [_with_metrics(random_rows(rng, 8, plate="P", well="A01", image="i"),
+                                                         rng, "hirescam")])
+    alone = summarize(old).to_pylist()
+    assert [row["method"] for row in alone] == ["gradcam"] * len(alone)
+    assert all(row[name] is None for row in alone for name in ("median_enrichment", "mean_rank_accuracy",
+                                                                 "pointing_hit_rate"))
+    mixed = {(row["dataset"], row["method"]): row for row in summarize([old, new], by=["dataset", "method"]).to_pylist()}
+    assert set(mixed) == {("old", "gradcam"), ("new", "hirescam")}
+    assert mixed[("old", "gradcam")]["cells"] == 12 and mixed[("old", "gradcam")]["mean_rank_accuracy"] is None
+    assert mixed[("new", "hirescam")]["mean_rank_accuracy"] is not None
