@@ -10,11 +10,12 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from gradcamo.errors import InputError
 from gradcamo.models import EfficientNet3dSmall, TinyCNN2d
 from scipy import ndimage
 
 from gradcamo.cam import (
-    METHODS, compute_cam, crop_cam, gradcamo_score, linear_resize_matrix, resize_cam, spline_resize_matrix,
+    METHODS, check_methods, compute_cam, crop_cam, gradcamo_score, linear_resize_matrix, resize_cam, spline_resize_matrix,
 )
 from tests.reference import torch_cam, torch_gradcam, torch_gradcamo, torch_method_cam, torch_resize
 
@@ -104,6 +105,15 @@ def test_method_scores_match_torch_reference_on_cnns(method, model, layer, shape
     assert expected.max() > 0
     ours = crop_cam(reference.activations, reference.gradients, shape[1:], method=method)
     np.testing.assert_allclose(gradcamo_score(ours, mask)[2], gradcamo_score(expected, mask)[2], rtol=1e-10)
+
+
+def test_check_methods_splits_and_refuses():
+    assert check_methods("gradcam, hirescam") == ("gradcam", "hirescam")
+    assert check_methods(["layercam"]) == ("layercam",)
+    for bad, message in [("gradcam,gradcam", "distinct"), ("", "expected one of"), ((), "distinct"),
+                         ("gradcam,eigencam", "expected one of")]:
+        with pytest.raises(InputError, match=f"methods: .*{message}"):
+            check_methods(bad)
 
 
 def test_compute_cam_refuses_unknown_method():

@@ -26,6 +26,24 @@ def check_choice(name, value, choices):
         raise InputError(f"{name}: expected one of {choices}, got {value!r}", argument=name)
 
 
+def check_methods(methods):
+    """``methods`` as a tuple of distinct names from :data:`METHODS`; a string is split at commas.
+
+    Raises
+    ------
+    InputError
+        An unknown or repeated method, or none.
+    """
+    if isinstance(methods, str):
+        methods = methods.split(",")
+    methods = tuple(str(method).strip() for method in methods)
+    for method in methods:
+        check_choice("methods", method, METHODS)
+    if not methods or len(set(methods)) != len(methods):
+        raise InputError(f"methods: expected distinct names from {METHODS}, got {methods}", argument="methods")
+    return methods
+
+
 def cam_weights(activations, gradients, method):
     """Per-channel (or per-position) weights ``W`` of ``cam = ReLU(sum_k W_k * A_k)``.
 

@@ -88,7 +88,7 @@ def test_default_head_scores_gradcam_only(exported):
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"convention": "minmax"}, "convention: expected one of"), ({"methods": ("gradcam", "scorecam")}, "method: expected"),
+    [({"convention": "minmax"}, "convention: expected one of"), ({"methods": ("gradcam", "scorecam")}, "methods: expected"),
      ({"methods": ("gradcam", "gradcam")}, "methods: expected distinct"), ({"methods": ()}, "methods: expected distinct")],
 )
 def test_head_refuses_bad_options(exported, options, message):

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from gradcamo import contract
 from gradcamo.cam import (
-    CONVENTIONS, GRADCAM_PLUSPLUS_EPS, METHODS, MINMAX_EPS, XGRADCAM_EPS, check_choice, resize_matrices,
+    CONVENTIONS, GRADCAM_PLUSPLUS_EPS, MINMAX_EPS, XGRADCAM_EPS, check_choice, check_methods, resize_matrices,
 )
 
 MASK = "mask"
@@ -222,8 +222,8 @@ def append_score_head(model, *, crop_spatial, convention="raw", methods=("gradca
     crop_spatial : tuple of int
         Spatial crop shape ``(H, W)`` or ``(D, H, W)``.
     convention : {"raw", "pytorch-grad-cam"}
-    methods : sequence of str
-        CAM methods (:data:`gradcamo.cam.METHODS`), each giving one row per sample.
+    methods : sequence of str, or str
+        CAM methods (:func:`gradcamo.cam.check_methods`), each giving one row per sample.
 
     Returns
     -------
@@ -236,16 +236,13 @@ def append_score_head(model, *, crop_spatial, convention="raw", methods=("gradca
 
     Raises
     ------
+    InputError
+        Unknown convention or method, a repeated method.
     ValueError
-        Unknown convention or method, a repeated method, or (pytorch-grad-cam in 3D)
-        activations without static spatial sizes.
+        pytorch-grad-cam in 3D: activations without static spatial sizes.
     """
     check_choice("convention", convention, CONVENTIONS)
-    methods = tuple(methods)
-    for method in methods:
-        check_choice("method", method, METHODS)
-    if not methods or len(set(methods)) != len(methods):
-        raise ValueError(f"methods: expected distinct names from {METHODS}, got {methods}")
+    methods = check_methods(methods)
     headed = onnx.ModelProto()
     headed.CopyFrom(model)
     graph = headed.graph
