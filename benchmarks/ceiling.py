@@ -94,18 +94,26 @@ def main(argv=None):
     parser.add_argument("--chunk", type=int, default=540)
     parser.add_argument("--spacing", type=int, default=38)
     parser.add_argument("--scratch", type=pathlib.Path, default=None)
+    parser.add_argument("--model", type=pathlib.Path, default=None,
+                        help="an exported TinyCNN2d 5x32x32 graph (default: export one here; needs torch)")
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--output", type=pathlib.Path, default=None, help="write the record as JSON here too")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="gradcamo-ceiling-", dir=args.scratch) as scratch:
         scratch = pathlib.Path(scratch)
-        model_path = export_tiny(scratch / "tiny.onnx")
+        model_path = args.model or export_tiny(scratch / "tiny.onnx")
         plate = scratch / "plate.zarr"
         started = time.perf_counter()
         cells = plates.write_grid_plate(plate, wells=args.wells, fields_per_well=args.fields_per_well,
                                         field_shape=(args.field, args.field), spacing=args.spacing,
                                         chunks=(args.chunk, args.chunk))
         print(f"plate: {cells} cells in {time.perf_counter() - started:.0f} s", flush=True)
-        record = measure(plate, model_path, cells, scratch)
+        options = {key: value for key, value in (("workers", args.workers), ("threads", args.threads)) if value}
+        record = measure(plate, model_path, cells, scratch, **options)
     print(json.dumps(record, indent=2))
+    if args.output:
+        args.output.write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 

@@ -77,9 +77,10 @@ def build_scoring_session(model_path, crop_spatial, convention, device, threads)
 
 @functools.lru_cache(maxsize=4)
 def scoring_session(model_path, model_sha256, crop_spatial, convention, device, threads):
-    """The cached (per process) headed session, for use outside a scoring run's workers.
+    """The cached (per process, the 4 latest) headed session of a model file.
 
     ``model_sha256`` is part of the cache key only, so a replaced file is never confused
-    with the one cached. Dask workers keep theirs in :class:`gradcamo.scorer.worker.ScorerPlugin`.
+    with the one cached. A scoring run's workers reach it through
+    :class:`gradcamo.scorer.worker.ScorerPlugin`; repeated runs in one process reuse it.
     """
     return build_scoring_session(model_path, crop_spatial, convention, device, threads)

@@ -26,7 +26,8 @@ from gradcamo.scorer.regions import Layout, read_region
 from gradcamo.scorer.sink import make_table
 from gradcamo.scorer.worker import worker_state
 
-STAGES = ("read", "measure", "cut", "infer", "table")
+STAGES = ("read", "measure", "cut", "wait", "infer", "table")
+"""Where a unit's seconds go; ``wait`` is time queued for the session while another task's batch runs."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,8 +190,9 @@ def score_unit(spec, block, objects=None):
                 head.MASK: masks.astype(np.float32)}
         lap("cut")
         with state.inference:
+            lap("wait")
             outputs.append(session.run(list(head.HEAD_OUTPUTS), feed))
-        lap("infer")
+            lap("infer")
     logits, inside, total = (np.concatenate(column) for column in zip(*outputs))
     scored = {"object": pair_object, "target": pair_target, "logits": logits, "inside": inside, "total": total,
               "pad": cutter.pad_fractions[pair_object]}

@@ -1,7 +1,8 @@
 """Per-worker state of a scoring run, held by a ``distributed.WorkerPlugin``.
 
-A worker keeps, for the duration of a run: its onnxruntime sessions (built once, never
-pickled), a cache of decoded chunks (the halos of neighbouring blocks share chunks), a lock that lets one batch at a time into a session
+A worker keeps, for the duration of a run: its onnxruntime sessions (never pickled; taken
+from the process's session cache, :func:`gradcamo.scorer.session.scoring_session`, so
+repeated runs in one process do not build them again), a cache of decoded chunks (the halos of neighbouring blocks share chunks), a lock that lets one batch at a time into a session
 (so that a second task thread reads, decompresses and cuts the next unit while the first
 one's batches run: reading overlaps inference), and the providers its sessions got.
 ``teardown`` drops all of it.
@@ -12,7 +13,7 @@ import threading
 from distributed import WorkerPlugin, get_worker
 
 from gradcamo.scorer.regions import ChunkCache
-from gradcamo.scorer.session import build_scoring_session
+from gradcamo.scorer.session import scoring_session
 
 PLUGIN_NAME = "gradcamo-scorer"
 CHUNK_CACHE_BYTES = 1024 * 2**20
@@ -44,9 +45,7 @@ class ScorerPlugin(WorkerPlugin):
         key = (spec.model_path, spec.model_sha256, spec.crop_spatial, spec.convention, spec.device, spec.threads)
         with self._guard:
             if key not in self._sessions:
-                self._sessions[key] = build_scoring_session(
-                    spec.model_path, spec.crop_spatial, spec.convention, spec.device, spec.threads
-                )
+                self._sessions[key] = scoring_session(*key)
             return self._sessions[key]
 
 
