@@ -84,8 +84,35 @@ def _check_dataset(path):
         raise InputError(f"{manifest}: unreadable manifest ({error}); expected the JSON written by `gradcamo score`") from None
     if not isinstance(content, dict):
         raise InputError(f"{manifest}: expected a JSON object, got {type(content).__name__}")
-    if content.get("counts") is None:
-        LOGGER.warning("%s: the scoring run has not finished; its results are incomplete", path)
+    missing = incompleteness(content)
+    if missing:
+        LOGGER.warning("%s: incomplete: %s", path, missing)
+
+
+def incompleteness(manifest):
+    """Why a dataset lacks rows, in one sentence; None when its scoring run finished without failures.
+
+    Parameters
+    ----------
+    manifest : dict
+        The dataset's ``_gradcamo.json``.
+
+    Returns
+    -------
+    str or None
+        ``"the scoring run has not finished ..."`` (running, killed or interrupted), or
+        ``"2 work units failed (first: image (block): cause) ..."``.
+    """
+    if manifest.get("counts") is None:
+        return ("the scoring run has not finished (it is running, or was killed or interrupted); "
+                "run the same `gradcamo score` command again to complete it")
+    failures = manifest.get("failures") or []
+    if not failures:
+        return None
+    first = failures[0]
+    return (f"{len(failures)} of {manifest['counts'].get('units', '?')} work units failed (first: {first.get('image')} "
+            f"({first.get('block')}): {first.get('cause')}); their cells are missing; run the same "
+            "`gradcamo score` command again to retry them")
 
 
 def _unique_names(resolved):
@@ -221,4 +248,4 @@ def _identifier(text):
     return '"' + str(text).replace('"', '""') + '"'
 
 
-__all__ = ["connect", "resolve_datasets", "view_names"]
+__all__ = ["connect", "incompleteness", "resolve_datasets", "view_names"]

@@ -15,6 +15,7 @@ import time
 
 import gradcamo
 from gradcamo.errors import InputError
+from gradcamo.results.datasets import incompleteness
 from gradcamo.scorer.progress import cell_progress
 from gradcamo.visual.figures import colorbar_svg, density_svg, histogram_svg, plate_svg
 from gradcamo.visual.gallery import render_galleries, select_galleries
@@ -30,6 +31,7 @@ table { border-collapse: collapse; } td, th { padding: 3px 10px; border-bottom: 
 th { background: #f4f4f4; } td.key, th.key { text-align: left; }
 tr.all td { font-weight: 600; } .row { display: flex; flex-wrap: wrap; gap: 28px; align-items: flex-start; }
 .dataset { flex: 1 1 340px; max-width: 760px; } figure { margin: 4px 0; } figcaption, .note { color: #666; font-size: 12px; }
+.incomplete { color: #a00; font-weight: bold; }
 .strip { display: flex; flex-wrap: wrap; gap: 4px; } .strip img { display: block; }
 .provenance td { text-align: left; font-family: ui-monospace, monospace; font-size: 12px; word-break: break-all; }
 """
@@ -170,6 +172,7 @@ def _provenance(directory, manifest):
         ("inputs", ", ".join(parameters.get("inputs") or [])),
         ("gradcamo version", manifest.get("gradcamo_version")),
         ("scored", f"{manifest.get('started')} to {manifest.get('finished') or 'not finished'}"),
+        ("complete", incompleteness(manifest) or "yes"),
     ]
     body = "".join(f"<tr><th class='key'>{k}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
     return f"<table class='provenance'>{body}</table>"
@@ -229,8 +232,12 @@ def write_report(paths, output, *, gallery=16, models=(), input_map=None, progre
             name: render_galleries(sources[name], chosen, lambda n: bar.update(task, advance=n))
             for name, chosen in selections.items()
         }
+    incomplete = "".join(  # datasets lacking rows (failed work units, a run not finished), said first
+        f"<p class='incomplete'>{html.escape(name)} is incomplete: {html.escape(why)}</p>"
+        for name, why in ((n, incompleteness(m)) for n, m in manifests.items()) if why
+    )
     sections = [
-        ("Headline", _headline(stats)),
+        ("Headline", incomplete + _headline(stats)),
         ("Grad-CAMO distribution per target", _per_dataset(
             stats, lambda n: histogram_svg(stats.histograms.get(n, {}), label=f"{n}: Grad-CAMO histogram"))),
         ("Plate map: median Grad-CAMO per well", colorbar_svg() + _per_dataset(
