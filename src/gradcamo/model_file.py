@@ -63,6 +63,8 @@ def read_model_info(path):
         The file is not ONNX, lacks the gradcamo contract, or has a newer format version.
     """
     path = pathlib.Path(path)
+    if path.is_dir():
+        raise InputError(f"model file {str(path)!r} is a directory; expected an .onnx file from `gradcamo export`")
     if not path.is_file():
         raise InputError(f"model file {str(path)!r} not found")
     try:

@@ -1,7 +1,7 @@
 """Choose rows of one score dataset with SQL over the ``scores`` view (as ``gradcamo query``)."""
 
 from gradcamo.errors import InputError
-from gradcamo.results.datasets import DATASET_COLUMN, VIEW
+from gradcamo.results.datasets import DATASET_COLUMN, VIEW, resolve_datasets
 from gradcamo.results.query import run_query
 
 DEFAULT_ORDER = "Metadata_Image, Metadata_ObjectNumber, target_class"
@@ -39,6 +39,7 @@ def select_rows(directory, *, where=None, order_by=None, limit=64):
         SQL that DuckDB rejects or a bad ``limit``.
     """
     check_limit(limit)
+    resolve_datasets([directory])  # a path that is no dataset is named as such, not blamed on the SQL
     sql = (
         f"SELECT * EXCLUDE ({DATASET_COLUMN}) FROM {VIEW} WHERE ({where or 'TRUE'}) "
         f"ORDER BY {order_by or DEFAULT_ORDER} LIMIT {limit}"
