@@ -126,12 +126,16 @@ def s3_filesystem(endpoint):
                              skip_instance_cache=True)
 
 
-def upload(endpoint, local, bucket, key):
-    """Copy the store ``local`` to ``s3://bucket/key`` (the bucket is made if needed); its URL."""
+def upload(endpoint, local, bucket, key, *, public=False):
+    """Copy the store ``local`` to ``s3://bucket/key`` (the bucket is made if needed), readable
+    without credentials when ``public``; its URL."""
     filesystem = s3_filesystem(endpoint)
     if not filesystem.exists(bucket):
         filesystem.mkdir(bucket)
     filesystem.put(str(local), f"{bucket}/{key}", recursive=True)
+    if public:  # the bucket too: without listing, S3 answers 403, not 404, for keys zarr looks for and are absent
+        for path in [bucket, *filesystem.find(f"{bucket}/{key}")]:
+            filesystem.chmod(path, acl="public-read")
     return f"s3://{bucket}/{key}"
 
 

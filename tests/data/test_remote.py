@@ -84,6 +84,16 @@ def test_inspect_lists_a_plate_from_s3(s3_configured, capsys):
     assert [i["well"] for i in json.loads(out)] == ["A01", "A02", "B01", "B02"]
 
 
+def test_anonymous_access_as_to_a_public_bucket(plate, s3_endpoint, monkeypatch, capsys):
+    upload(s3_endpoint, plate, "public", "plate.zarr", public=True)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": s3_endpoint, "anon": True})
+    code, out, err = _inspect(capsys, "s3://public/plate.zarr")
+    assert code == 0, err
+    assert len(json.loads(out)) == 4
+
+
 def test_dropped_connections_are_retried_and_reads_match(plate, fast_retries):
     dropper = Dropper(remote.RETRIES)
     with http_server(plate.parent, dropper=dropper) as url:
