@@ -129,24 +129,14 @@ def session_options(*, opt_level="all", threads=None):
 
 def create_session(path, *, device="cpu", opt_level="all", threads=None):
     """An ORT session on ``device``; raises if CUDA was asked for and not obtained."""
+    from gradcamo.scorer.session import providers_for, require_device
+
     if device not in DEVICES:
         raise ValueError(f"--device: expected one of {DEVICES}, got {device!r}")
-    providers = [CPU]
-    if device == "cuda":
-        if hasattr(ort, "preload_dlls"):
-            ort.preload_dlls()
-        providers = [CUDA, CPU]
     session = ort.InferenceSession(
-        str(path), session_options(opt_level=opt_level, threads=threads), providers=providers
+        str(path), session_options(opt_level=opt_level, threads=threads), providers=providers_for(device)
     )
-    obtained = session.get_providers()
-    if device == "cuda" and CUDA not in obtained:
-        raise RuntimeError(
-            f"--device cuda: onnxruntime did not get {CUDA} (got {obtained}; available "
-            f"{ort.get_available_providers()}); install onnxruntime-gpu with matching CUDA/cuDNN "
-            "or use --device cpu"
-        )
-    return session
+    return require_device(session, device)
 
 
 def export_forward_only(model, input_shape, path, *, opset=18):
@@ -228,14 +218,13 @@ def check_device_available(device):
     probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     probe.ir_version = min(probe.ir_version, 10)
     onnx.checker.check_model(probe)
-    if hasattr(ort, "preload_dlls"):
-        ort.preload_dlls()
-    session = ort.InferenceSession(probe.SerializeToString(), providers=[CUDA, CPU])
-    if CUDA not in session.get_providers():
-        raise RuntimeError(
-            f"--device cuda: onnxruntime did not get {CUDA} (got {session.get_providers()}; "
-            f"available {ort.get_available_providers()}); install onnxruntime-gpu with matching "
-            "CUDA/cuDNN or use --device cpu"
-        )
+    from gradcamo.errors import InputError
+    from gradcamo.scorer.session import providers_for, require_device
+
+    session = ort.InferenceSession(probe.SerializeToString(), providers=providers_for("cuda"))
+    try:
+        require_device(session, "cuda")
+    except InputError as error:
+        raise RuntimeError(f"--{error}") from None
     if not torch.cuda.is_available():
         raise RuntimeError("--device cuda: torch.cuda.is_available() is False; use --device cpu")

@@ -50,17 +50,33 @@ def create_session(model_bytes, *, device="auto", threads=None):
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = int(threads)
-    providers = [CPU]
+    session = ort.InferenceSession(model_bytes, options, providers=providers_for(device))
+    return require_device(session, device)
+
+
+def providers_for(device):
+    """The execution providers to ask for: CUDA first for ``cuda`` (and ``auto`` with a GPU present)."""
     if device == "cuda" or (device == "auto" and gpu_present()):
         if hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # CUDA/cuDNN libraries from the nvidia-* wheels, when installed
-        providers = [CUDA, CPU]
-    session = ort.InferenceSession(model_bytes, options, providers=providers)
+        return [CUDA, CPU]
+    return [CPU]
+
+
+def require_device(session, device):
+    """``session`` itself, unless ``device`` is ``cuda`` and the session did not get CUDA.
+
+    Raises
+    ------
+    InputError
+        The one check that a session runs where it was asked to.
+    """
     obtained = session.get_providers()
     if device == "cuda" and CUDA not in obtained:
         raise InputError(
-            f"device cuda: onnxruntime did not get the CUDA provider (got {', '.join(obtained)}); "
-            "install onnxruntime-gpu with CUDA 12/13 and cuDNN 9 libraries, or use the cpu device",
+            f"device cuda: onnxruntime did not get the CUDA provider (got {', '.join(obtained)}; available "
+            f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu with CUDA 12/13 and cuDNN 9 "
+            "libraries, or use the cpu device",
             argument="device",
         )
     return session
