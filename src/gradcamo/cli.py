@@ -1,13 +1,10 @@
 """The ``gradcamo`` command. ``main(argv)`` returns the exit code, so tests call it in-process."""
 
-import contextlib
 import errno
 import json
 import logging
 import pathlib
-import signal
 import sys
-import threading
 import traceback
 from typing import Optional
 
@@ -17,6 +14,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from gradcamo.errors import GradcamoError, InputError, Interrupted, describe
+from gradcamo.signals import stop_on_signals
 
 app = typer.Typer(
     name="gradcamo",
@@ -370,36 +368,13 @@ def _in_flags(error):
 
 OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 """errno values of a write refused for want of space: a full disk, a quota, a file size limit."""
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def _stop(number, frame):
-    for other in STOP_SIGNALS:  # one stop is enough: cleaning up is not interrupted again
-        signal.signal(other, signal.SIG_IGN)
-    raise Interrupted(f"stopped by {signal.Signals(number).name}")
-
-
-@contextlib.contextmanager
-def _stop_on_signals():
-    """While a command runs, SIGINT and SIGTERM raise :class:`Interrupted`; the handlers before are restored."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {number: signal.signal(number, _stop) for number in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-
-
 def main(argv=None):
     """Run the command line; returns the exit code: 0 done, 2 bad input or usage (one line on
     stderr), 3 finished with failed work units, 130 interrupted by SIGINT or SIGTERM."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = typer.main.get_command(app)
     try:
-        with _stop_on_signals():
+        with stop_on_signals():
             # standalone mode: click prints usage errors itself and exits 2 through SystemExit
             command.main(args=argv, prog_name="gradcamo", standalone_mode=True)
     except SystemExit as done:

@@ -18,6 +18,14 @@ class InputError(GradcamoError, ValueError):
         self.argument = argument
 
 
+class UnreadableError(InputError):
+    """A store, or an object in it, is missing, damaged or cannot be reached.
+
+    In a plate, such a field is a failed work unit of ``score`` (the other fields are scored);
+    anywhere else it is bad input like any other.
+    """
+
+
 class ExportError(GradcamoError, RuntimeError):
     """A model could not be turned into a gradcamo ONNX graph."""
 

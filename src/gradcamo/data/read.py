@@ -14,7 +14,7 @@ import zarr
 import zarr.errors
 
 from gradcamo.data.remote import open_store, read_errors
-from gradcamo.errors import InputError, describe
+from gradcamo.errors import InputError, UnreadableError, describe
 
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
@@ -67,10 +67,10 @@ def _readable(location):
     except InputError:
         raise
     except (ValueError, TypeError, KeyError, IndexError, AssertionError) as error:  # from zarr's parsing or OME's
-        raise InputError(f"{location}: unreadable metadata ({describe(error)}); the store is damaged, "
-                         "truncated or was not written completely") from error
+        raise UnreadableError(f"{location}: unreadable metadata ({describe(error)}); the store is damaged, "
+                              "truncated or was not written completely") from error
     except read_errors() as error:
-        raise InputError(f"{location}: cannot be read ({describe(error)})") from error
+        raise UnreadableError(f"{location}: cannot be read ({describe(error)})") from error
 
 
 def _open_group(store, path, what):
@@ -82,7 +82,7 @@ def _open_group(store, path, what):
                          "'multiscales' or 'plate' metadata)") from error
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as error:
         location = f"{store}/{path}" if path else store
-        raise InputError(f"{location}: {what} not found or not a Zarr group") from error
+        raise UnreadableError(f"{location}: {what} not found or not a Zarr group") from error
 
 
 def _check_inner_path(store, path):
