@@ -7,14 +7,14 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from gradcamo.cam import gradcamo_score, score_ratio
-from gradcamo.localisation import localisation_metrics, peak_counts, rank_counts
+from gradcamo.localisation import localisation_metrics, peak_values, rank_counts
 
 
 def _metrics(cam, mask):
     inside, total, score = gradcamo_score(cam, mask)
     k = mask.reshape(len(mask), -1).sum(axis=1)
     return localisation_metrics(score, score_ratio(inside, total)[1], k, mask[0].size, rank_counts(cam, mask),
-                                peak_counts(cam, mask))
+                                peak_values(cam, mask))
 
 
 def test_cam_on_the_cell_only():
@@ -39,7 +39,7 @@ def test_ties_at_the_kth_value_count_by_their_share():
     mask = np.array([[False, True, True, False]])
     np.testing.assert_array_equal(rank_counts(cam, mask), [[0, 1, 2, 3]])
     assert _metrics(cam, mask).rank_accuracy[0] == pytest.approx((0 + 1 * 2 / 3) / 2)
-    np.testing.assert_array_equal(peak_counts(cam, mask), [[0, 1]])
+    np.testing.assert_array_equal(peak_values(cam, mask), [[1.0, 3.0]])
     assert _metrics(cam, mask).pointing_known[0] and not _metrics(cam, mask).pointing_hit[0]
 
 

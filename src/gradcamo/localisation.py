@@ -1,9 +1,9 @@
 """Localisation metrics beside Grad-CAMO, in plain numpy (the reference the scorer's head is checked against).
 
-The ONNX head (:mod:`gradcamo.scorer.head`) returns voxel counts (:func:`rank_counts`,
-:func:`peak_counts` and the mask's size); :func:`localisation_metrics` turns them into the
-per-row metrics. Counting is exact, so on the same crop-resolution CAM the head and these
-functions agree exactly.
+The ONNX head (:mod:`gradcamo.scorer.head`) returns voxel counts (:func:`rank_counts` and
+the mask's size) and maxima (:func:`peak_values`); :func:`localisation_metrics` turns them
+into the per-row metrics. Counts and maxima are exact, so on the same crop-resolution CAM
+the head and these functions agree exactly.
 """
 
 import typing
@@ -12,8 +12,8 @@ import numpy as np
 
 RANK_COUNTS = ("above_inside", "above_total", "tied_inside", "tied_total")
 """Columns of :func:`rank_counts`."""
-PEAK_COUNTS = ("peak_inside", "peak_total")
-"""Columns of :func:`peak_counts`."""
+PEAK_VALUES = ("peak_inside", "peak_outside")
+"""Columns of :func:`peak_values`."""
 
 
 class Localisation(typing.NamedTuple):
@@ -60,16 +60,23 @@ def rank_counts(cam, mask):
     return np.concatenate(counts, axis=1).astype(np.int64)
 
 
-def peak_counts(cam, mask):
-    """Voxels at the CAM's maximum, inside the mask and in the crop.
+def peak_values(cam, mask):
+    """The CAM's maximum inside the mask and outside it (0 where the region is empty).
+
+    Parameters
+    ----------
+    cam : (N, *S) float ndarray
+        Non-negative CAMs.
+    mask : (N, *S) bool ndarray
 
     Returns
     -------
-    (N, 2) int64 ndarray
-        Columns :data:`PEAK_COUNTS`.
+    (N, 2) ndarray of ``cam``'s dtype
+        Columns :data:`PEAK_VALUES`.
     """
     flat, inside = _flat(cam, mask)
-    return _inside_and_total(flat == flat.max(axis=1, keepdims=True), inside).astype(np.int64)
+    zero = np.zeros((), flat.dtype)
+    return np.stack([np.where(inside, flat, zero).max(axis=1), np.where(inside, zero, flat).max(axis=1)], axis=1)
 
 
 def localisation_metrics(grad_camo, empty, mask_voxels, crop_voxels, ranks, peaks):
@@ -85,8 +92,8 @@ def localisation_metrics(grad_camo, empty, mask_voxels, crop_voxels, ranks, peak
     crop_voxels : int
     ranks : (N, 4) int ndarray
         :func:`rank_counts`.
-    peaks : (N, 2) int ndarray
-        :func:`peak_counts`.
+    peaks : (N, 2) float ndarray
+        :func:`peak_values`.
 
     Returns
     -------
@@ -98,12 +105,13 @@ def localisation_metrics(grad_camo, empty, mask_voxels, crop_voxels, ranks, peak
     ``rank_accuracy`` is the expected share of the K highest-CAM voxels inside the mask
     when ties at the K-th value are broken at random:
     ``(above_inside + (K - above_total) * tied_inside / tied_total) / K``.
-    ``pointing_hit`` is true when every voxel at the maximum is in the mask, false when
-    none is, and unknown when the maximum is tied across the mask's border or the CAM is empty.
+    ``pointing_hit`` is true when every voxel at the maximum is in the mask (the maximum
+    inside exceeds the maximum outside), false when none is, and unknown when the maximum
+    is tied across the mask's border (equal maxima) or the CAM is empty.
 
     Examples
     --------
-    >>> ranks = np.array([[1, 1, 1, 2]]); peaks = np.array([[1, 1]])
+    >>> ranks = np.array([[1, 1, 1, 2]]); peaks = np.array([[3.0, 2.0]])
     >>> m = localisation_metrics(np.array([0.5]), np.array([False]), np.array([2]), 8, ranks, peaks)
     >>> float(m.rank_accuracy[0]), float(m.enrichment[0]), bool(m.pointing_hit[0])
     (0.75, 2.0, True)
@@ -111,11 +119,11 @@ def localisation_metrics(grad_camo, empty, mask_voxels, crop_voxels, ranks, peak
     k = np.asarray(mask_voxels, dtype=np.float64)
     empty = np.asarray(empty, dtype=bool)
     above_inside, above_total, tied_inside, tied_total = np.asarray(ranks, dtype=np.float64).T
-    peak_inside, peak_total = np.asarray(peaks).T
+    peak_inside, peak_outside = np.asarray(peaks).T
     mask_fraction = k / crop_voxels
     with np.errstate(invalid="ignore", divide="ignore"):
         enrichment = np.where(mask_fraction > 0, grad_camo / mask_fraction, np.nan)
         rank = (above_inside + (k - above_total) * tied_inside / tied_total) / k
     rank = np.where(empty | (k == 0), np.nan, rank)
-    known = ~empty & ((peak_inside == 0) | (peak_inside == peak_total))
-    return Localisation(mask_fraction, enrichment, rank, known & (peak_inside > 0), known)
+    known = ~empty & (peak_inside != peak_outside)
+    return Localisation(mask_fraction, enrichment, rank, known & (peak_inside > peak_outside), known)

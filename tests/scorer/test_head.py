@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 import gradcamo
 from gradcamo.cam import METHODS, crop_cam, gradcamo_score
-from gradcamo.localisation import peak_counts, rank_counts
+from gradcamo.localisation import peak_values, rank_counts
 from gradcamo.scorer.head import HEAD_OUTPUTS, MASK, METRIC_OUTPUTS, append_score_head
 from gradcamo.visual.recompute import CROP_CAM, expose_crop_cam
 from tests.tiny_models import tiny_classifier
@@ -73,7 +73,7 @@ def test_head_counts_equal_numpy_on_its_own_cam(exported, convention):
     cam = cam[:, 0]
     np.testing.assert_array_equal(voxels, row_masks.reshape(len(row_masks), -1).sum(axis=1))
     np.testing.assert_array_equal(ranks, rank_counts(cam, row_masks))
-    np.testing.assert_array_equal(peaks, peak_counts(cam, row_masks))
+    np.testing.assert_array_equal(peaks, peak_values(cam, row_masks))
 
 
 def test_default_head_scores_gradcam_only(exported):

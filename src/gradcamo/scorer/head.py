@@ -23,10 +23,10 @@ CAM_INSIDE = "cam_inside"
 CAM_TOTAL = "cam_total"
 MASK_VOXELS = "mask_voxels"
 RANK_COUNTS = "rank_counts"
-PEAK_COUNTS = "peak_counts"
+PEAK_VALUES = "peak_values"
 HEAD_OUTPUTS = (contract.LOGITS, CAM_INSIDE, CAM_TOTAL)
-METRIC_OUTPUTS = (MASK_VOXELS, RANK_COUNTS, PEAK_COUNTS)
-"""Voxel counts for :func:`gradcamo.localisation.localisation_metrics` (int64)."""
+METRIC_OUTPUTS = (MASK_VOXELS, RANK_COUNTS, PEAK_VALUES)
+"""Inputs of :func:`gradcamo.localisation.localisation_metrics`: voxel counts (int64), peak values (float32)."""
 _PREFIX = "gradcamo_head/"
 
 
@@ -100,49 +100,47 @@ def _minmax(g, cam, axes, tag):
     return g.op("Div", [shifted, g.op("Add", [top, eps], tag + "range")], tag + "scaled")
 
 
-def _linear_resize(g, cam, crop_spatial):
-    shape = g.op("Shape", [cam], "cam_shape", start=0, end=2)
-    sizes = g.op("Concat", [shape, g.constant("crop_spatial", list(crop_spatial))], "resize_sizes", axis=0)
-    return g.op("Resize", [cam, "", "", sizes], "crop_cam", mode="linear", coordinate_transformation_mode="half_pixel")
+def _resize(g, cams, convention, layer_spatial, crop_spatial):
+    """``[batch, M, *layer]`` -> ``[batch, M, *crop]`` by one MatMul per axis (:func:`gradcamo.cam.resize_matrices`).
 
-
-def _spline_resize_3d(g, cam, layer_spatial, crop_spatial):
-    """pytorch-grad-cam's 3D ``scipy.ndimage.zoom``: one constant matrix per axis."""
-    (d, h, w), (big_d, big_h, big_w) = layer_spatial, crop_spatial
-    depth, height, width = (m.astype(np.float32) for m in resize_matrices(layer_spatial, crop_spatial, "pytorch-grad-cam"))
-    out = g.op("MatMul", [cam, g.constant("zoom_w", width.T, np.float32)], "zoom_w_out")
-    out = g.op("MatMul", [g.constant("zoom_h", height, np.float32), out], "zoom_h_out")
-    out = g.op("Reshape", [out, g.constant("zoom_planes", [0, 0, d, big_h * big_w])], "zoom_planes_out")
-    out = g.op("MatMul", [g.constant("zoom_d", depth, np.float32), out], "zoom_d_out")
-    return g.op("Reshape", [out, g.constant("zoom_shape", [0, 0, big_d, big_h, big_w])], "crop_cam")
+    Linear (half-pixel centres) or, for pytorch-grad-cam in 3D, scipy's cubic spline: both
+    are linear maps, separable by axis; MatMul runs on every core where ``Resize`` may not.
+    """
+    matrices = [m.astype(np.float32) for m in resize_matrices(layer_spatial, crop_spatial, convention)]
+    out = g.op("MatMul", [cams, g.constant("resize_x", matrices[-1].T, np.float32)], "resized_x")
+    out = g.op("MatMul", [g.constant("resize_y", matrices[-2], np.float32), out], "resized_y")
+    if len(crop_spatial) == 2:
+        return out
+    depth, (big_d, big_h, big_w) = layer_spatial[0], crop_spatial
+    out = g.op("Reshape", [out, g.constant("resize_planes", [0, 0, depth, big_h * big_w])], "resize_planes")
+    out = g.op("MatMul", [g.constant("resize_z", matrices[0], np.float32), out], "resized_z")
+    return g.op("Reshape", [out, g.constant("crop_shape", [0, 0, big_d, big_h, big_w])], "resized")
 
 
 def _crop_cams(g, cams, convention, layer_spatial, crop_spatial):
     """``[batch, M, *crop]`` maps in the convention (:func:`gradcamo.cam.resize_cam`)."""
     if convention == "raw":
-        return _linear_resize(g, cams, crop_spatial)
+        return _resize(g, cams, convention, layer_spatial, crop_spatial)
     axes = g.constant("map_axes", list(range(2, 2 + len(crop_spatial))))
-    cams = _minmax(g, cams, axes, "layer_minmax/")
-    if len(crop_spatial) == 2:
-        resized = _linear_resize(g, cams, crop_spatial)
-    else:
-        resized = _spline_resize_3d(g, cams, layer_spatial, crop_spatial)
+    resized = _resize(g, _minmax(g, cams, axes, "layer_minmax/"), convention, layer_spatial, crop_spatial)
     return _minmax(g, g.op("Relu", [resized], "crop_relu"), axes, "crop_minmax/")
 
 
-def _kth_largest(g, flat, k):
-    """[batch, M, 1]: the k-th largest value of each map (+max float where k = 0).
+def _top_k(g, flat, k):
+    """Each map's k largest values (k = its mask's size), by one unsorted TopK for the whole batch.
 
-    TopK takes one k for all maps; each map is padded with ``k_max - k`` values above and
-    ``k`` values below all others, so the k_max-th largest of the padded map is its own
-    k-th largest: the minimum of an unsorted TopK, no sort needed.
+    TopK takes one k for all maps; each map is padded with ``k_max - k`` values above all
+    others and ``k`` below, so the k_max largest of a padded map are the pads above and the
+    map's own k largest. Returns values and indices ``[batch, M, k_max]`` and the padded
+    length (pads sit at indices >= voxels).
     """
     high = g.constant("high", np.finfo(np.float32).max, np.float32)
     low = g.constant("low", -np.finfo(np.float32).max, np.float32)
     one = g.constant("one", 1.0, np.float32)
     k_max = g.op("Max", [g.op("ReduceMax", [k], "k_max_any", keepdims=0), one], "k_max")
     slots = g.op("Range", [g.constant("zero", 0.0, np.float32), k_max, one], "pad_slots")
-    pad = g.op("Where", [g.op("Less", [slots, g.op("Sub", [k_max, k], "pad_high")], "pad_is_high"), high, low], "pad")
+    pads_above = g.op("Sub", [k_max, k], "pads_above")
+    pad = g.op("Where", [g.op("Less", [slots, pads_above], "pad_is_high"), high, low], "pad")
     pad_shape = g.op("Concat", [g.op("Shape", [flat], "maps_shape", start=0, end=2), g.op("Shape", [pad], "pad_length", start=2)],
                      "pad_shape", axis=0)
     padded = g.op("Concat", [flat, g.op("Expand", [pad, pad_shape], "pad_maps")], "padded_cam", axis=2)
@@ -150,36 +148,61 @@ def _kth_largest(g, flat, k):
                  "k_top")
     g.nodes.append(helper.make_node("TopK", [padded, k_top], [_PREFIX + "top", _PREFIX + "top_indices"],
                                     name=_PREFIX + "top", axis=2, largest=1, sorted=0))
-    return g.op("ReduceMin", [_PREFIX + "top", g.constant("voxel_axis", [2])], "threshold", keepdims=1)
+    return _PREFIX + "top", _PREFIX + "top_indices", g.op("Shape", [padded], "padded_length", start=2)
 
 
-def _metric_nodes(g, crops, n_methods):
-    """Mask voxels, rank and peak counts (:mod:`gradcamo.localisation`) of each row.
+def _inside_top(g, flat_mask, indices, padded_length, voxels):
+    """[batch, M, k_max]: 1 where a top voxel lies in its sample's mask (0 for pads)."""
+    zeros = g.op("Expand", [g.constant("zero_mask", [[[0.0]]], np.float32),
+                            g.op("Concat", [g.op("Shape", [flat_mask], "mask_rows", start=0, end=2),
+                                            g.op("Sub", [padded_length, voxels], "pad_count")], "pad_mask_shape", axis=0)],
+                 "pad_mask")
+    padded_mask = g.op("Reshape", [g.op("Concat", [flat_mask, zeros], "padded_mask", axis=2), g.constant("flat", [-1])],
+                       "padded_mask_flat")
+    batch = g.op("Shape", [flat_mask], "batch", start=0, end=1)
+    samples = g.op("Range", [g.constant("zero_i", 0), g.op("Squeeze", [batch], "batch_scalar"), g.constant("one_i", 1)],
+                   "samples")
+    offsets = g.op("Mul", [g.op("Reshape", [samples, g.constant("sample_column", [-1, 1, 1])], "sample_column"),
+                           padded_length], "sample_offsets")
+    return g.op("Gather", [padded_mask, g.op("Add", [indices, offsets], "top_flat_indices")], "top_in_mask", axis=0)
 
-    The three voxel selections of every map (above the threshold, at it, at the peak) are
-    counted inside the mask and in all by one batched MatMul with the columns ``[mask, 1]``
-    (float32 sums of 0 and 1 are exact below 2**24 voxels).
+
+def _metric_nodes(g, crops, masked, n_methods):
+    """Mask voxels, rank counts and peak values (:mod:`gradcamo.localisation`) of each row.
+
+    With t each map's K-th largest value: voxels above t are the top-K voxels greater than t
+    (their mask bits gathered by index, so only ``[batch, M, K]`` is touched); voxels equal
+    to t are counted over the whole map. Float32 sums of 0 and 1 are exact below 2**24 voxels.
     """
+    voxel_axis = g.constant("voxel_axis", [2])
     flat = g.op("Reshape", [crops, g.constant("flatten_maps", [0, 0, -1])], "flat_cam")
-    mask_column = g.op("Reshape", [MASK, g.constant("column_shape", [0, -1, 1])], "mask_column")
-    k = g.op("ReduceSum", [g.op("Reshape", [MASK, g.constant("flatten_masks", [0, 1, -1])], "mask_row"),
-                           g.constant("voxel_axis", [2])], "k", keepdims=1)  # [batch, 1, 1]
-    threshold = _kth_largest(g, flat, k)
-    peak = g.op("ReduceMax", [flat, g.constant("voxel_axis", [2])], "peak", keepdims=1)
-    selected = [g.op("Greater", [flat, threshold], "above"), g.op("Equal", [flat, threshold], "tied"),
-                g.op("Equal", [flat, peak], "at_peak")]
-    selected = g.op("Cast", [g.op("Concat", selected, "selected", axis=1)], "selected_float", to=TensorProto.FLOAT)
-    ones = g.op("Expand", [g.constant("ones", [[[1.0]]], np.float32), g.op("Shape", [mask_column], "mask_column_shape")],
-                "ones_column")
-    counts = g.op("MatMul", [selected, g.op("Concat", [mask_column, ones], "count_columns", axis=2)], "counts")
-    # [batch, 3M, 2] -> rows [batch * M, 6]: above, tied, peak; each inside, total
-    counts = g.op("Reshape", [counts, g.constant("counts_split", [0, 3, n_methods, 2])], "counts_split")
-    counts = g.op("Transpose", [counts], "counts_by_method", perm=[0, 2, 1, 3])
-    counts = g.op("Cast", [g.op("Reshape", [counts, g.constant("counts_rows", [-1, 6])], "counts_rows")],
-                  "counts_int", to=TensorProto.INT64)
-    for output, start, stop in ((RANK_COUNTS, 0, 4), (PEAK_COUNTS, 4, 6)):
-        g.op("Slice", [counts, g.constant(output + "_start", [start]), g.constant(output + "_stop", [stop]),
-                       g.constant("count_axis", [1])], output, final=True)
+    flat_mask = g.op("Reshape", [MASK, g.constant("flatten_masks", [0, 1, -1])], "flat_mask")  # [batch, 1, V]
+    k = g.op("ReduceSum", [flat_mask, voxel_axis], "k", keepdims=1)  # [batch, 1, 1]
+    top, indices, padded_length = _top_k(g, flat, k)
+    threshold = g.op("ReduceMin", [top, voxel_axis], "threshold", keepdims=1)
+    voxels = g.op("Shape", [flat_mask], "voxels", start=2)
+    is_voxel = g.op("Less", [indices, voxels], "top_is_voxel")  # not a pad
+    above = g.op("Cast", [g.op("And", [g.op("Greater", [top, threshold], "top_greater"), is_voxel], "top_above")],
+                 "top_above_float", to=TensorProto.FLOAT)
+    above_inside = g.op("Mul", [above, _inside_top(g, flat_mask, indices, padded_length, voxels)], "top_above_inside")
+    tied = g.op("Cast", [g.op("Equal", [flat, threshold], "tied")], "tied_float", to=TensorProto.FLOAT)
+    counts = [
+        g.op("ReduceSum", [above_inside, voxel_axis], "above_inside", keepdims=1),
+        g.op("ReduceSum", [above, voxel_axis], "above_total", keepdims=1),
+        g.op("ReduceSum", [g.op("Mul", [tied, flat_mask], "tied_masked"), voxel_axis], "tied_inside", keepdims=1),
+        g.op("ReduceSum", [tied, voxel_axis], "tied_total", keepdims=1),
+    ]
+    rows = g.op("Reshape", [g.op("Concat", counts, "rank_maps", axis=2), g.constant("rank_rows", [-1, 4])], "rank_rows")
+    g.op("Cast", [rows], RANK_COUNTS, final=True, to=TensorProto.INT64)
+    # CAMs are >= 0, so a product with the mask (or its complement) keeps the maximum inside (outside)
+    outside = g.op("Sub", [g.constant("one_mask", 1.0, np.float32), flat_mask], "outside_mask")
+    peaks = [
+        g.op("ReduceMax", [g.op("Reshape", [masked, g.constant("flatten_maps", [0, 0, -1])], "flat_masked"), voxel_axis],
+             "peak_inside", keepdims=1),
+        g.op("ReduceMax", [g.op("Mul", [flat, outside], "outside_cam"), voxel_axis], "peak_outside", keepdims=1),
+    ]
+    g.op("Reshape", [g.op("Concat", peaks, "peak_maps", axis=2), g.constant("peak_rows", [-1, 2])], PEAK_VALUES,
+         final=True)
     per_row = g.op("Expand", [k, g.constant("per_method", [1, n_methods, 1])], "k_maps")
     g.op("Cast", [g.op("Reshape", [per_row, g.constant("flat_rows", [-1])], "k_rows")], MASK_VOXELS, final=True,
          to=TensorProto.INT64)
@@ -194,21 +217,26 @@ def _head_nodes(layer_spatial, crop_spatial, convention, methods):
     map_axes = g.constant("crop_axes", list(range(2, 2 + spatial_dims)))
     flat_rows = g.constant("flat_rows", [-1])
     mask = g.op("Unsqueeze", [MASK, g.constant("mask_channel_axis", [1])], "mask_channel")
-    inside = g.op("ReduceSum", [g.op("Mul", [crops, mask], "masked_cam"), map_axes], "inside_maps", keepdims=0)
+    masked = g.op("Mul", [crops, mask], "masked_cam")
+    inside = g.op("ReduceSum", [masked, map_axes], "inside_maps", keepdims=0)
     g.op("Reshape", [inside, flat_rows], CAM_INSIDE, final=True)
     # the sum over the rows' maps [rows, 1, *crop]: gradcamo.visual exposes this input as the CAM
     rows = g.op("Reshape", [crops, g.constant("row_shape", [-1, 1, *crop_spatial])], "row_cam")
     g.op("ReduceSum", [rows, g.constant("row_axes", list(range(1, 2 + spatial_dims)))], CAM_TOTAL, final=True,
          keepdims=0)
-    _metric_nodes(g, crops, len(methods))
+    _metric_nodes(g, crops, masked, len(methods))
     return g.nodes, list(g.constants.values())
 
 
 def _layer_spatial(graph, spatial_dims):
+    """The target layer's spatial shape, as the graph's ``activations`` output declares it."""
     output = next(o for o in graph.output if o.name == contract.ACTIVATIONS)
     dims = output.type.tensor_type.shape.dim[2:]
     if len(dims) != spatial_dims or not all(d.HasField("dim_value") for d in dims):
-        raise ValueError(f"{contract.ACTIVATIONS}: expected {spatial_dims} static spatial sizes in the graph's output")
+        raise ValueError(
+            f"{contract.ACTIVATIONS}: the graph's output declares no static {spatial_dims}-D spatial shape "
+            f"({[d.dim_value or d.dim_param for d in dims]}); export the model again with gradcamo export"
+        )
     return tuple(d.dim_value for d in dims)
 
 
@@ -231,7 +259,7 @@ def append_score_head(model, *, crop_spatial, convention="raw", methods=("gradca
         New input ``mask`` float32 ``[batch, *crop_spatial]`` (1 on the cell, 0 elsewhere);
         outputs ``logits`` ``[batch, K]``, then per row (``batch * len(methods)``):
         ``cam_inside`` and ``cam_total`` float32, ``mask_voxels`` int64, ``rank_counts``
-        int64 ``[rows, 4]`` and ``peak_counts`` int64 ``[rows, 2]``
+        int64 ``[rows, 4]`` and ``peak_values`` float32 ``[rows, 2]``
         (:mod:`gradcamo.localisation`).
 
     Raises
@@ -239,14 +267,14 @@ def append_score_head(model, *, crop_spatial, convention="raw", methods=("gradca
     InputError
         Unknown convention or method, a repeated method.
     ValueError
-        pytorch-grad-cam in 3D: activations without static spatial sizes.
+        The graph's activations have no static spatial shape.
     """
     check_choice("convention", convention, CONVENTIONS)
     methods = check_methods(methods)
     headed = onnx.ModelProto()
     headed.CopyFrom(model)
     graph = headed.graph
-    layer_spatial = _layer_spatial(graph, len(crop_spatial)) if convention != "raw" and len(crop_spatial) == 3 else None
+    layer_spatial = _layer_spatial(graph, len(crop_spatial))
     nodes, constants = _head_nodes(layer_spatial, crop_spatial, convention, methods)
     graph.node.extend(nodes)
     graph.initializer.extend(constants)
@@ -262,6 +290,6 @@ def append_score_head(model, *, crop_spatial, convention="raw", methods=("gradca
         helper.make_tensor_value_info(CAM_TOTAL, TensorProto.FLOAT, [rows]),
         helper.make_tensor_value_info(MASK_VOXELS, TensorProto.INT64, [rows]),
         helper.make_tensor_value_info(RANK_COUNTS, TensorProto.INT64, [rows, 4]),
-        helper.make_tensor_value_info(PEAK_COUNTS, TensorProto.INT64, [rows, 2]),
+        helper.make_tensor_value_info(PEAK_VALUES, TensorProto.FLOAT, [rows, 2]),
     ])
     return headed
