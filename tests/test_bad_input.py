@@ -129,3 +129,20 @@ def test_score_options_and_paths_out_of_range(tmp_path, capsys, scored, model_2d
     make, expected = SCORE_OPTIONS[case]
     _one_line_exit_2(capsys, ["score", *make(scored, model_2d), "-o", str(tmp_path / "out")], expected)
     assert not (tmp_path / "out").exists()
+
+
+EXPORT_VALUES = {
+    "NaN mean": (["--mean", "nan,1"], "--mean: every value must be a finite number, got [nan, 1.0]"),
+    "infinite std": (["--std", "inf,1"], "--std: every value must be a finite number, got [inf, 1.0]"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXPORT_VALUES))
+def test_export_preprocessing_values_that_are_not_numbers(tmp_path, capsys, case):
+    factory = tmp_path / "nets.py"
+    factory.write_text("from torch import nn\n\ndef small():\n    return nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), "
+                       "nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))\n")
+    extra, expected = EXPORT_VALUES[case]
+    argv = ["export", f"{factory}:small", "-l", "1", "-s", "2,16,16", "-o", str(tmp_path / "m.onnx"), *extra]
+    _one_line_exit_2(capsys, argv, expected)
+    assert not (tmp_path / "m.onnx").exists()

@@ -4,6 +4,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import os
 import pathlib
 
@@ -48,6 +49,8 @@ def _check_channel_values(values, n_channels, option):
     values = [float(v) for v in values]
     if len(values) != n_channels:
         raise InputError(f"{option}: expected {n_channels} values (one per channel), got {len(values)}")
+    if not all(math.isfinite(v) for v in values):
+        raise InputError(f"{option}: every value must be a finite number, got {values}")
     if option == "--std" and not all(v > 0 for v in values):
         raise InputError(f"--std: every value must be > 0, got {values}")
     return values
