@@ -9,12 +9,12 @@ import dataclasses
 import datetime
 import html
 import math
-import os
 import pathlib
 import time
 
 import gradcamo
 from gradcamo.errors import InputError
+from gradcamo.files import atomic_path
 from gradcamo.results.datasets import incompleteness
 from gradcamo.scorer.progress import cell_progress
 from gradcamo.visual.figures import colorbar_svg, density_svg, histogram_svg, plate_svg
@@ -260,10 +260,6 @@ def write_report(paths, output, *, gallery=16, models=(), input_map=None, progre
         f"<body><h1>Is the model looking at the cells?</h1><p class='note'>gradcamo {gradcamo.__version__} report "
         f"of {html.escape(', '.join(stats.datasets))}, made {now}.</p>{body}</body></html>"
     )
-    temporary = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(output) as temporary:
         temporary.write_text(page, encoding="utf-8")
-        os.replace(temporary, output)
-    finally:
-        temporary.unlink(missing_ok=True)
     return ReportSummary(output, len(stats.datasets), total, len(page.encode()), time.time() - started)
