@@ -5,6 +5,8 @@ graph (no head) one cell at a time and applies the numpy Grad-CAMO arithmetic; t
 pipeline reads blocks with halos, batches, uses the in-graph head and runs on Dask.
 """
 
+import json
+
 import duckdb
 import numpy as np
 import pytest
@@ -43,6 +45,16 @@ def test_3d_image(tmp_path, model_3d):
     frame = read_rows(tmp_path / "scores")
     assert frame.centroid_z.notna().all()
     assert_matches(frame, reference_rows(model_3d, image, labels, CROP_3D, [-1]))
+
+
+def test_the_manifest_records_the_model_and_absolute_inputs(tmp_path, model_2d, monkeypatch):
+    image, labels = make_cells((32, 32), 2, n_channels=3, radius=5, seed=3)
+    write_image_store(tmp_path / "cells.zarr", image, labels)
+    monkeypatch.chdir(tmp_path)
+    score(["cells.zarr"], model_2d, "scores", workers=1, threads=1)
+    manifest = json.loads((tmp_path / "scores" / "_gradcamo.json").read_text())
+    assert manifest["model"] == str(model_2d.resolve())
+    assert manifest["parameters"]["inputs"] == [str(tmp_path / "cells.zarr")]
 
 
 def test_plate_keys_and_resume(tmp_path, model_2d):

@@ -42,7 +42,7 @@ def test_without_galleries_no_model_is_needed(tmp_path, datasets):
     [
         (["--gallery", "-1"], "--gallery: expected a whole number >= 0"),
         (["-o", "/nonexistent/dir/report.html"], "does not exist"),
-        ([], "pass --model"),
+        (["-m", "/nonexistent/m.onnx"], "/nonexistent/m.onnx"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, datasets, args, message):

@@ -79,6 +79,17 @@ def _run_bounded(client, function, items, window, on_result):
             pending.add(new)
 
 
+LOCAL_HTTP_ADDRESS = "127.0.0.1:0"
+"""Where a local cluster's HTTP endpoints listen: loopback, any free port. (``None`` means the
+default 8787 to distributed, which warns when another Dask already holds it.)"""
+
+
+def _recorded_input(path):
+    """An input as the manifest records it: URLs as given, local paths absolute, so that a run
+    from another directory neither resumes the wrong store nor loses the way to it."""
+    return path if "://" in path else os.path.abspath(path)
+
+
 def _open_client(scheduler, workers, threads):
     """A client of ``scheduler``; else a local cluster: one in-process worker by default (starts in
     about a second), ``workers`` worker processes when more than one is asked for; each local
@@ -87,11 +98,11 @@ def _open_client(scheduler, workers, threads):
         return Client(scheduler), None
     if (workers or 1) == 1:
         cluster = LocalCluster(n_workers=1, threads_per_worker=TASK_THREADS_PER_LOCAL_WORKER, processes=False,
-                               dashboard_address=None, silence_logs=logging.CRITICAL)
+                               dashboard_address=LOCAL_HTTP_ADDRESS, silence_logs=logging.CRITICAL)
         return Client(cluster), cluster
     cluster = LocalCluster(
         n_workers=workers, threads_per_worker=TASK_THREADS_PER_LOCAL_WORKER, processes=True,
-        dashboard_address=None, silence_logs=logging.CRITICAL,  # task errors reach the client anyway
+        dashboard_address=LOCAL_HTTP_ADDRESS, silence_logs=logging.CRITICAL,  # task errors reach the client anyway
         env={"OMP_NUM_THREADS": str(threads or max(1, (os.cpu_count() or 1) // workers))},
     )
     return Client(cluster), cluster
@@ -167,10 +178,12 @@ def score(
         "model_sha256": info.sha256, "target_layer": info.target_layer, "convention": convention,
         "targets": list(targets), "labels": labels, "channels": None if channels is None else list(channels),
         "timepoint": timepoint, "crop_shape": list(info.input_shape),
-        "inputs": [str(i) for i in inputs], "block_shape": None if block_shape is None else list(block_shape),
+        "inputs": [_recorded_input(str(i)) for i in inputs],
+        "block_shape": None if block_shape is None else list(block_shape),
         "unit_max_bytes": unit_max_bytes,
     }
     with ScoreDataset.open(output, parameters, overwrite=overwrite) as dataset:
+        dataset.record(model=spec.model_path)  # where `cams` and `report` find it; not a parameter: may move
         done = dataset.completed_units()
         counts = {"images": len(images), "units": sum(len(i.blocks) for i in images), "cells": 0, "rows": 0}
         providers, stages = set(), dict.fromkeys(STAGES, 0.0)

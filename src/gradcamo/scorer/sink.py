@@ -248,6 +248,11 @@ class ScoreDataset:
         with atomic_path(final, temporary=self.directory / f"{TEMP_PREFIX}{final.name}") as temporary:
             pq.write_table(table, temporary, write_statistics=_statistics_columns(table.schema))
 
+    def record(self, **entries):
+        """Write top-level manifest entries that are not parameters (they may change on resume)."""
+        self._manifest.update(entries)
+        _write_json_atomically(self.directory / MANIFEST, self._manifest)
+
     def finish(self, counts):
         """Record the counts and end time: the dataset is complete."""
         self._manifest.update(counts=counts, finished=_now())
