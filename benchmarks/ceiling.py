@@ -1,6 +1,6 @@
 """Pipeline ceiling: gradcamo end to end with a tiny model vs what bounds it, in one run.
 
-    python benchmarks/ceiling.py [--fields 96] [--field 1080] [--chunk 540] [--spacing 38]
+    python benchmarks/ceiling.py [--wells 48] [--field 1080] [--chunk 540] [--spacing 38] [--device cuda]
 
 The tiny model (``TinyCNN2d`` 5x32x32) costs little per cell, so the end-to-end rate shows
 what the scorer itself costs. Its bounds, measured in the same run on the same plate:
@@ -43,7 +43,9 @@ def bare_ort_rate(model_path, crops, batch_size, repeats=3, device="cpu"):
     """Cells/s of the bare gradient graph, the faster of spinning and sleeping idle ORT threads."""
     import onnxruntime as ort
 
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    from gradcamo.scorer.session import providers_for
+
+    providers = providers_for(device)  # the scorer's own provider options
     best = np.inf
     for spinning in ("1", "0"):
         options = ort.SessionOptions()
@@ -98,6 +100,8 @@ def main(argv=None):
                         help="an exported TinyCNN2d 5x32x32 graph (default: export one here; needs torch)")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--output", type=pathlib.Path, default=None, help="write the record as JSON here too")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="gradcamo-ceiling-", dir=args.scratch) as scratch:
@@ -110,7 +114,7 @@ def main(argv=None):
                                         chunks=(args.chunk, args.chunk))
         print(f"plate: {cells} cells in {time.perf_counter() - started:.0f} s", flush=True)
         options = {key: value for key, value in (("workers", args.workers), ("threads", args.threads)) if value}
-        record = measure(plate, model_path, cells, scratch, **options)
+        record = measure(plate, model_path, cells, scratch, batch_size=args.batch_size, device=args.device, **options)
     print(json.dumps(record, indent=2))
     if args.output:
         args.output.write_text(json.dumps(record, indent=2) + "\n")

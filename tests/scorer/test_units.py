@@ -1,6 +1,8 @@
 """Work units: vectorised cutting, the chunk cache, and whole-image vs blocked scoring."""
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 import zarr
 from hypothesis import given, settings
@@ -8,10 +10,13 @@ from hypothesis import strategies as st
 
 from gradcamo.data.synthetic import make_cells
 from gradcamo.data.write import write_image_store
+from gradcamo.scorer import head
 from gradcamo.scorer.crops import crop_starts, cut_cells, cut_window
 from gradcamo.scorer.pipeline import score
 from gradcamo.scorer.regions import ChunkCache
 from gradcamo.scorer.sink import read_scores
+from gradcamo.scorer.units import _padded_to
+from tests.tiny_models import CROP_2D
 
 
 @settings(max_examples=40, deadline=None)
@@ -57,3 +62,19 @@ def test_whole_image_and_blocked_units_give_the_same_rows(tmp_path, model_2d, bl
     frame = read_scores(tmp_path / "scores").to_pandas().sort_values(key).reset_index(drop=True)
     assert frame.equals(expected)
     assert set(summary.stage_seconds) == {"read", "measure", "cut", "wait", "infer", "table"}
+
+
+def test_a_batch_padded_to_one_shape_gives_each_sample_its_own_outputs(model_2d):
+    """On CUDA a unit's short last batch is padded with repeats of its last crop (one input
+    shape per session); the rows kept must be exactly those of the unpadded batch."""
+    graph = head.append_score_head(onnx.load(str(model_2d)), crop_spatial=CROP_2D[1:])
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(4)
+    feed = {"image": rng.uniform(0, 500, (3, *CROP_2D)).astype(np.float32), "target": np.array([-1, 0, 2]),
+            head.MASK: (rng.random((3, *CROP_2D[1:])) < 0.3).astype(np.float32)}
+    padded = _padded_to(feed, 8)
+    assert {name: len(value) for name, value in padded.items()} == dict.fromkeys(feed, 8)
+    alone = session.run(list(head.HEAD_OUTPUTS), feed)
+    kept = [output[:3] for output in session.run(list(head.HEAD_OUTPUTS), padded)]
+    for got, expected in zip(kept, alone):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)

@@ -13,6 +13,9 @@ from gradcamo.scorer.head import append_score_head
 LOGGER = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 CUDA = "CUDAExecutionProvider"
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
+"""The default, EXHAUSTIVE, benchmarks every convolution of every new input shape: on an H100
+the tiny model's first batches ran 10x slower with it (benchmarks/README.md, GPU)."""
 CPU = "CPUExecutionProvider"
 
 
@@ -59,7 +62,7 @@ def providers_for(device):
     if device == "cuda" or (device == "auto" and gpu_present()):
         if hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # CUDA/cuDNN libraries from the nvidia-* wheels, when installed
-        return [CUDA, CPU]
+        return [(CUDA, CUDA_OPTIONS), CPU]
     return [CPU]
 
 

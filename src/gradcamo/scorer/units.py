@@ -23,6 +23,7 @@ from gradcamo.errors import InputError
 from gradcamo.scorer import head
 from gradcamo.scorer.crops import CropCutter, Measurements, crop_starts, measure_objects
 from gradcamo.scorer.regions import Layout, read_region
+from gradcamo.scorer.session import CUDA
 from gradcamo.scorer.sink import make_table
 from gradcamo.scorer.worker import worker_state
 
@@ -182,16 +183,19 @@ def score_unit(spec, block, objects=None):
     targets = np.asarray(spec.targets, dtype=np.int64)
     pair_object = np.repeat(np.arange(len(objects)), len(targets))
     pair_target = np.tile(targets, len(objects))
+    one_shape = session.get_providers()[0] == CUDA
     outputs = []
     for begin in range(0, len(pair_object), spec.batch_size):
         chosen = pair_object[begin:begin + spec.batch_size]
         crops, masks = cutter.cut(chosen, objects.ids[chosen])
         feed = {"image": crops, "target": pair_target[begin:begin + spec.batch_size],
                 head.MASK: masks.astype(np.float32)}
+        if one_shape:
+            feed = _padded_to(feed, spec.batch_size)
         lap("cut")
         with state.inference:
             lap("wait")
-            outputs.append(session.run(list(head.HEAD_OUTPUTS), feed))
+            outputs.append([output[:len(chosen)] for output in session.run(list(head.HEAD_OUTPUTS), feed)])
             lap("infer")
     logits, inside, total = (np.concatenate(column) for column in zip(*outputs))
     scored = {"object": pair_object, "target": pair_target, "logits": logits, "inside": inside, "total": total,
@@ -199,6 +203,18 @@ def score_unit(spec, block, objects=None):
     table = unit_table(spec, block, objects, scored)
     lap("table")
     return UnitResult(table, len(objects), session.get_providers()[0], seconds)
+
+
+def _padded_to(feed, batch_size):
+    """``feed`` with its last sample repeated up to ``batch_size`` rows.
+
+    On CUDA every new batch shape costs onnxruntime a new plan (a short last batch per unit
+    made the tiny model 10-50x slower on an H100); each sample's outputs depend on that
+    sample alone, so the repeats are computed and dropped.
+    """
+    missing = batch_size - len(feed["image"])
+    return {name: np.concatenate([value, np.repeat(value[-1:], missing, axis=0)]) if missing else value
+            for name, value in feed.items()}
 
 
 def _softmax_at(logits, columns):
