@@ -6,8 +6,8 @@ benchmark suite can check that they agree and time them:
 - ``score_pytorch_grad_cam``: ``pytorch_grad_cam.GradCAM`` in its usual per-batch loop,
   then the mask share. NB: that library min-max normalises each CAM (twice: per layer,
   then after aggregation) and resizes with ``cv2.resize`` (2D) or ``scipy.ndimage.zoom``
-  (3D, cubic spline, corner-aligned grid), so its scores follow the
-  ``pytorch-grad-cam`` convention only approximately.
+  (3D, cubic spline, corner-aligned grid); gradcamo's ``pytorch-grad-cam`` convention does
+  the same (issue #16), so the two agree to float32 precision.
 - ``score_captum``: ``captum.attr.LayerGradCam`` (``relu_attributions=True``) +
   ``F.interpolate`` (bi-/tri-linear, ``align_corners=False``), then the mask share (raw
   convention of DESIGN.md).
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from gradcamo.cam import compute_cam, gradcamo_score, resize_cam  # noqa: E402
+from gradcamo.cam import crop_cam, gradcamo_score  # noqa: E402
 
 
 def batches(n, batch_size):
@@ -141,7 +141,7 @@ def score_gradcamo_onnx(session, crops, masks, targets=None, batch_size=16, conv
         n = sl.stop - sl.start
         target = np.full((n,), -1, np.int64) if targets is None else np.asarray(targets[sl], np.int64)
         act, grad = session.run(["activations", "gradients"], {"image": crops[sl], "target": target})
-        cam = resize_cam(compute_cam(act, grad, convention=convention), spatial)
+        cam = crop_cam(act, grad, spatial, convention=convention)
         scores.append(gradcamo_score(cam, masks[sl])[2])
     return np.concatenate(scores)
 
@@ -219,7 +219,7 @@ def main(argv=None):
         grad.append(g.numpy())
     act, grad = np.concatenate(act), np.concatenate(grad)
     for convention in ("raw", "pytorch-grad-cam"):
-        cam = resize_cam(compute_cam(act, grad, convention=convention), shape[1:])
+        cam = crop_cam(act, grad, shape[1:], convention=convention)
         results[f"numpy_{convention}"] = gradcamo_score(cam, masks)[2]
 
     if not args.no_onnx:

@@ -220,7 +220,7 @@ def signed_cam_scale(reference):
     return np.abs(signed).reshape(len(signed), -1).max(axis=1)
 
 
-def reference_rows(model_path, image, labels, crop_shape, targets, convention="raw"):
+def reference_rows(model_path, image, labels, crop_shape, targets, convention="raw", method="gradcam"):
     """{(object, target): (grad_camo, cam_inside, cam_total, predicted, pad)}, cell by cell."""
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     crop = np.asarray(crop_shape[1:])
@@ -237,7 +237,7 @@ def reference_rows(model_path, image, labels, crop_shape, targets, convention="r
         outside = np.pad(np.ones(labels.shape, bool), pad[1:])[window]
         for target in targets:
             logits, activations, gradients = session.run(None, {"image": x, "target": np.array([target])})
-            cam = crop_cam(activations, gradients, tuple(crop), convention=convention)
+            cam = crop_cam(activations, gradients, tuple(crop), convention=convention, method=method)
             inside, total, value = gradcamo_score(cam, mask[None])
             predicted = int(logits.argmax())
             key = (int(cell), predicted if target < 0 else target)

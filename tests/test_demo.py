@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
+from gradcamo.cam import METHODS
 from gradcamo.cli import main
 from gradcamo.data.read import discover_images
 from gradcamo.demo.plate import make_demo_fields
@@ -45,6 +46,19 @@ def test_every_cell_is_scored_once_and_the_honest_model_wins(demo_dir):
         evaluation[name] = (np.mean(rows["predicted_class"].to_numpy() == truth), np.nanmedian(scores))
     assert evaluation["honest"][1] - evaluation["shortcut"][1] >= 0.1
     assert evaluation["honest"][0] > evaluation["shortcut"][0]
+
+
+def test_the_verdict_holds_under_every_cam_method(demo_dir):
+    """Issue #16: every method, scored in one run, ranks the honest model's attention above the shortcut's."""
+    n_cells = read_scores(demo_dir / "scores" / "honest").num_rows
+    medians = {}
+    for name in ("honest", "shortcut"):
+        table = read_scores(demo_dir / "scores" / f"{name}-methods")
+        assert table.num_rows == len(METHODS) * n_cells
+        rows = table.filter(pc.starts_with(table["Metadata_Well"], "C")).to_pandas()
+        medians[name] = rows.groupby("method", observed=True).grad_camo.median()
+    assert sorted(medians["honest"].index) == sorted(METHODS)
+    assert (medians["honest"] - medians["shortcut"] >= 0.1).all(), medians
 
 
 def test_rerun_reuses_and_other_settings_need_overwrite(demo_dir, capsys):

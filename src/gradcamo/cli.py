@@ -209,7 +209,9 @@ def score_command(
                                           "(default: cores / workers)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a running dask.distributed "
                                             "scheduler, e.g. tcp://10.0.0.5:8786."),
-    convention: str = typer.Option("raw", "--convention", help="raw, or pytorch-grad-cam (min-max scaled CAMs)."),
+    convention: str = typer.Option("raw", "--convention", help="raw, or pytorch-grad-cam (reproduces that library)."),
+    method: str = typer.Option("gradcam", "--method", help="CAM methods, comma-separated: gradcam, hirescam, "
+                               "gradcam++, xgradcam, layercam (one row per cell, target and method)."),
     timepoint: int = typer.Option(0, "--timepoint", help="Index on the t axis, if the images have one."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset written with other parameters."),
     quiet: bool = QUIET_OPTION,
@@ -226,7 +228,7 @@ def score_command(
     summary = score(
         inputs, model, output, labels=labels, channels=_parse_numbers(channels, "--channels", int),
         target=target, batch_size=batch_size, device=device, workers=workers, threads=threads,
-        scheduler=scheduler, convention=convention, overwrite=overwrite, timepoint=timepoint,
+        scheduler=scheduler, convention=convention, methods=method, overwrite=overwrite, timepoint=timepoint,
         progress=_show_progress(),
     )
     typer.echo(
@@ -352,7 +354,7 @@ def demo_command(
     print_report(result)
 
 
-ARGUMENT_FLAGS = {"inputs": "INPUT"}
+ARGUMENT_FLAGS = {"inputs": "INPUT", "methods": "--method"}
 """Python arguments whose command-line name is not ``--`` + the name with dashes."""
 
 

@@ -4,24 +4,21 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from gradcamo.results.summary import summarize
+from gradcamo.results.summary import METRIC_COLUMNS, summarize
 from tests.results.test_results import random_rows, write_dataset
 
 METHODS = ["gradcam", "hirescam", "layercam"]
 
 
-def _with_metrics(table, rng, method):
-    n = table.num_rows
-    enrichment = rng.uniform(0, 3, n)
-    enrichment[rng.random(n) < 0.2] = np.nan
-    rank = rng.random(n)
-    rank[rng.random(n) < 0.2] = np.nan
-    hit = pa.array(rng.random(n) < 0.5, mask=rng.random(n) < 0.3)
-    method = pa.array([method] * n, pa.string()).dictionary_encode()
-    for name, values in [("method", method), ("enrichment", enrichment), ("rank_accuracy", rank),
-                         ("pointing_hit", hit)]:
-        table = table.append_column(name, values if isinstance(values, pa.Array) else pa.array(values))
-    return table
+def _rows(rng, n, method):
+    table = random_rows(rng, n, plate="P", well="A01", image="i")
+    index = table.schema.get_field_index("method")
+    return table.set_column(index, "method", pa.array([method] * n, table.schema.field("method").type))
+
+
+def _without_metrics(table):
+    """Rows as written before issue #16."""
+    return table.drop_columns(["method", "mask_fraction", *METRIC_COLUMNS.keys() - {"method"}])
 
 
 def _expected(table, method):
@@ -39,7 +36,7 @@ def _expected(table, method):
 
 def test_metrics_per_method_match_numpy(tmp_path):
     rng = np.random.default_rng(3)
-    tables = [_with_metrics(random_rows(rng, 30, plate="P", well="A01", image="i"), rng, m) for m in METHODS]
+    tables = [_rows(rng, 30, method) for method in METHODS]
     path = write_dataset(tmp_path / "methods", tables)
     whole = pa.concat_tables(tables)
     rows = summarize(path, by="method").to_pylist()
@@ -51,9 +48,8 @@ def test_metrics_per_method_match_numpy(tmp_path):
 
 def test_datasets_written_before_the_metrics_are_gradcam_rows_without_them(tmp_path):
     rng = np.random.default_rng(4)
-    old = write_dataset(tmp_path / "old", [random_rows(rng, 12, plate="P", well="A01", image="i")])
-    new = write_dataset(tmp_path / "new", [_with_metrics(random_rows(rng, 8, plate="P", well="A01", image="i"),
-                                                         rng, "hirescam")])
+    old = write_dataset(tmp_path / "old", [_without_metrics(_rows(rng, 12, "gradcam"))])
+    new = write_dataset(tmp_path / "new", [_rows(rng, 8, "hirescam")])
     alone = summarize(old).to_pylist()
     assert [row["method"] for row in alone] == ["gradcam"] * len(alone)
     assert all(row[name] is None for row in alone for name in ("median_enrichment", "mean_rank_accuracy",

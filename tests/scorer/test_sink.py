@@ -32,6 +32,8 @@ def rows(n, first_object=1):
         "logit_target": generator.random(n), "prob_target": generator.random(n),
         "cam_inside": inside, "cam_total": inside * 2, "grad_camo": np.full(n, 0.5),
         "cam_empty": np.zeros(n, bool), "edge_padded": np.zeros(n, bool), "pad_fraction": np.zeros(n),
+        "method": ["gradcam"] * n, "mask_fraction": np.full(n, 0.25), "enrichment": np.full(n, 2.0),
+        "rank_accuracy": generator.random(n), "pointing_hit": [True, None, False][:1] * n,
     }
 
 

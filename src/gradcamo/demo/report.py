@@ -6,8 +6,22 @@ from rich.table import Table
 from gradcamo.demo.run import EVALUATION_ROW, MIN_GAP
 
 
+def _print_methods(result, console):
+    """Median Grad-CAMO of both models under every CAM method, and whether the verdict holds under each."""
+    table = Table(title="The same wells under every CAM method (median Grad-CAMO)")
+    for column in ("method", "honest", "shortcut", f"gap >= {MIN_GAP}"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for method, (honest, shortcut) in result.method_medians.items():
+        table.add_row(method, f"{honest:.2f}", f"{shortcut:.2f}", "yes" if result.gap_holds(method) else "[bold red]no[/]")
+    console.print(table)
+    holding = [method for method in result.method_medians if result.gap_holds(method)]
+    verdict = ("holds under every method" if len(holding) == len(result.method_medians)
+               else f"holds under {', '.join(holding) or 'no method'} only")
+    console.print(f"The shortcut model's verdict {verdict}.")
+
+
 def print_report(result, console=None):
-    """The per-model table on the evaluation wells, the verdict and the next commands."""
+    """The per-model table on the evaluation wells, the verdict, the verdict per CAM method and the next commands."""
     console = console or Console()
     table = Table(title=f"Evaluation wells (row {EVALUATION_ROW}): debris next to random cells")
     for column in ("model", "cells", "accuracy", "median Grad-CAMO", "share > 0.5"):
@@ -28,6 +42,7 @@ def print_report(result, console=None):
             f"does not beat the shortcut model's ({shortcut.median_grad_camo:.2f}) by {MIN_GAP}; "
             "try another --seed.[/]"
         )
+    _print_methods(result, console)
     console.print(f"\nThe report, with plate maps and the CAMs of the cells: {result.report}", highlight=False,
                   soft_wrap=True)
     scores = result.out / "scores"

@@ -11,7 +11,7 @@ from distributed import Client, LocalCluster, as_completed
 
 from gradcamo.errors import InputError
 from gradcamo.model_file import read_model_info
-from gradcamo.cam import CONVENTIONS, check_choice
+from gradcamo.cam import CONVENTIONS, check_choice, check_methods
 from gradcamo.scorer.crops import merge_measurements
 from gradcamo.scorer.plan import UNIT_MAX_BYTES, parse_targets, plan_inputs
 from gradcamo.scorer.progress import cell_progress
@@ -110,7 +110,7 @@ def _open_client(scheduler, workers, threads):
 
 def score(
     inputs, model, output, *, labels=None, channels=None, target="predicted", batch_size=64,
-    device="auto", workers=None, threads=None, scheduler=None, convention="raw",
+    device="auto", workers=None, threads=None, scheduler=None, convention="raw", methods=("gradcam",),
     overwrite=False, timepoint=0, block_shape=None, progress=False, unit_max_bytes=UNIT_MAX_BYTES,
 ):
     """Score every cell of the given OME-Zarr images; write Grad-CAMO rows to ``output``.
@@ -135,6 +135,9 @@ def score(
     scheduler : str, optional
         Address of a running dask.distributed scheduler; default: a local cluster.
     convention : {"raw", "pytorch-grad-cam"}
+    methods : sequence of str, or str
+        CAM methods (``gradcam``, ``hirescam``, ``gradcam++``, ``xgradcam``, ``layercam``;
+        a string is split at commas), each one row per cell and target, from one pass.
     overwrite : bool
         Replace a dataset written with other parameters.
     timepoint : int
@@ -159,6 +162,7 @@ def score(
     _check_whole(timepoint, "timepoint", minimum=0, allow_none=False)
     check_device(device)
     check_choice("convention", convention, CONVENTIONS)
+    methods = check_methods(methods)
     if not inputs:
         raise InputError("inputs: give at least one OME-Zarr image or plate", argument="inputs")
     info = read_model_info(model)
@@ -172,10 +176,11 @@ def score(
     spec = ScoreSpec(
         model_path=str(os.path.abspath(model)), model_sha256=info.sha256, crop_shape=tuple(info.input_shape),
         convention=convention, device=device, threads=threads, batch_size=batch_size, targets=targets,
-        label_name=labels, class_names=tuple(info.class_names), provenance=provenance,
+        label_name=labels, class_names=tuple(info.class_names), provenance=provenance, methods=methods,
     )
     parameters = {
         "model_sha256": info.sha256, "target_layer": info.target_layer, "convention": convention,
+        "methods": list(methods),
         "targets": list(targets), "labels": labels, "channels": None if channels is None else list(channels),
         "timepoint": timepoint, "crop_shape": list(info.input_shape),
         "inputs": [_recorded_input(str(i)) for i in inputs],

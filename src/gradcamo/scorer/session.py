@@ -85,21 +85,21 @@ def require_device(session, device):
     return session
 
 
-def build_scoring_session(model_path, crop_spatial, convention, device, threads):
+def build_scoring_session(model_path, crop_spatial, convention, device, threads, methods=("gradcam",)):
     """A new session of a model file with the Grad-CAMO head appended (:mod:`gradcamo.scorer.head`)."""
     model = onnx.load(model_path)
-    headed = append_score_head(model, crop_spatial=tuple(crop_spatial), convention=convention)
+    headed = append_score_head(model, crop_spatial=tuple(crop_spatial), convention=convention, methods=methods)
     session = create_session(headed.SerializeToString(), device=device, threads=threads)
     LOGGER.info("onnxruntime session on %s (pid %d)", session.get_providers()[0], os.getpid())
     return session
 
 
 @functools.lru_cache(maxsize=4)
-def scoring_session(model_path, model_sha256, crop_spatial, convention, device, threads):
+def scoring_session(model_path, model_sha256, crop_spatial, convention, device, threads, methods=("gradcam",)):
     """The cached (per process, the 4 latest) headed session of a model file.
 
     ``model_sha256`` is part of the cache key only, so a replaced file is never confused
     with the one cached. A scoring run's workers reach it through
     :class:`gradcamo.scorer.worker.ScorerPlugin`; repeated runs in one process reuse it.
     """
-    return build_scoring_session(model_path, crop_spatial, convention, device, threads)
+    return build_scoring_session(model_path, crop_spatial, convention, device, threads, methods)

@@ -20,6 +20,7 @@ import numpy as np
 from gradcamo.cam import score_ratio
 from gradcamo.data.read import ImageSource
 from gradcamo.errors import InputError
+from gradcamo.localisation import localisation_metrics
 from gradcamo.scorer import head
 from gradcamo.scorer.crops import CropCutter, Measurements, crop_starts, measure_objects
 from gradcamo.scorer.regions import Layout, read_region
@@ -46,6 +47,7 @@ class ScoreSpec:
     label_name: object
     class_names: tuple
     provenance: dict
+    methods: tuple = ("gradcam",)
 
     @property
     def crop_spatial(self):
@@ -184,6 +186,7 @@ def score_unit(spec, block, objects=None):
     pair_object = np.repeat(np.arange(len(objects)), len(targets))
     pair_target = np.tile(targets, len(objects))
     one_shape = session.get_providers()[0] == CUDA
+    per_method = len(spec.methods)  # the head's rows: (pair, method), pair-major
     outputs = []
     for begin in range(0, len(pair_object), spec.batch_size):
         chosen = pair_object[begin:begin + spec.batch_size]
@@ -195,11 +198,15 @@ def score_unit(spec, block, objects=None):
         lap("cut")
         with state.inference:
             lap("wait")
-            outputs.append([output[:len(chosen)] for output in session.run(list(head.HEAD_OUTPUTS), feed)])
+            logits, *rows = session.run(list(head.HEAD_OUTPUTS + head.METRIC_OUTPUTS), feed)
+            outputs.append([logits[:len(chosen)], *(row[:len(chosen) * per_method] for row in rows)])
             lap("infer")
-    logits, inside, total = (np.concatenate(column) for column in zip(*outputs))
-    scored = {"object": pair_object, "target": pair_target, "logits": logits, "inside": inside, "total": total,
-              "pad": cutter.pad_fractions[pair_object]}
+    logits, inside, total, voxels, ranks, peaks = (np.concatenate(column) for column in zip(*outputs))
+    row_pair = np.repeat(np.arange(len(pair_object)), per_method)
+    scored = {"object": pair_object[row_pair], "target": pair_target[row_pair], "logits": logits[row_pair],
+              "method": np.tile(np.arange(per_method), len(pair_object)), "inside": inside, "total": total,
+              "mask_voxels": voxels, "rank_counts": ranks, "peak_values": peaks,
+              "pad": cutter.pad_fractions[pair_object[row_pair]]}
     table = unit_table(spec, block, objects, scored)
     lap("table")
     return UnitResult(table, len(objects), session.get_providers()[0], seconds)
@@ -226,9 +233,10 @@ def _softmax_at(logits, columns):
 def unit_table(spec, block, objects, scored):
     """The rows of one unit as an Arrow table with the score schema (0 rows when ``scored`` is None).
 
-    ``scored`` holds, per (object, target) pair: ``object`` (index into ``objects``),
+    ``scored`` holds, per (object, target, method) row: ``object`` (index into ``objects``),
     ``target`` (requested class, -1 = predicted), ``logits``, ``inside``, ``total`` (the
-    head's outputs) and ``pad`` (pad fraction of the crop).
+    head's outputs: ``method`` indexes ``spec.methods``; ``mask_voxels``, ``rank_counts``,
+    ``peak_values`` feed the localisation metrics) and ``pad`` (pad fraction of the crop).
     """
     if scored is None:
         return make_table({}, provenance=spec.provenance)
@@ -240,6 +248,8 @@ def unit_table(spec, block, objects, scored):
     inside = scored["inside"].astype(np.float64)
     total = scored["total"].astype(np.float64)
     value, empty = score_ratio(inside, total)
+    metrics = localisation_metrics(value, empty, scored["mask_voxels"], int(np.prod(spec.crop_spatial)),
+                                   scored["rank_counts"], scored["peak_values"])
     pad = scored["pad"].astype(np.float32)
     centroids = objects.centroids[index]
     spatial = block.layout.spatial_axes
@@ -257,6 +267,7 @@ def unit_table(spec, block, objects, scored):
         "target_class": target.astype(np.int32),
         "predicted_class": predicted.astype(np.int32),
         "target_name": [spec.class_names[t] for t in target],
+        "method": [spec.methods[m] for m in scored["method"]],
         "logit_target": logits[np.arange(n), target].astype(np.float32),
         "prob_target": _softmax_at(logits.astype(np.float64), target).astype(np.float32),
         "cam_inside": inside,
@@ -265,6 +276,10 @@ def unit_table(spec, block, objects, scored):
         "cam_empty": empty,
         "edge_padded": pad > 0,
         "pad_fraction": pad,
+        "mask_fraction": metrics.mask_fraction,
+        "enrichment": metrics.enrichment,
+        "rank_accuracy": metrics.rank_accuracy,
+        "pointing_hit": np.ma.MaskedArray(metrics.pointing_hit, mask=~metrics.pointing_known),
     }, provenance=spec.provenance)
 
 

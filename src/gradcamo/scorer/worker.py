@@ -42,7 +42,8 @@ class ScorerPlugin(WorkerPlugin):
 
     def session(self, spec):
         """The headed session of ``spec``'s model on this worker, built on first use."""
-        key = (spec.model_path, spec.model_sha256, spec.crop_spatial, spec.convention, spec.device, spec.threads)
+        key = (spec.model_path, spec.model_sha256, spec.crop_spatial, spec.convention, spec.device, spec.threads,
+               spec.methods)
         with self._guard:
             if key not in self._sessions:
                 self._sessions[key] = scoring_session(*key)

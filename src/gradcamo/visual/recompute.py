@@ -64,12 +64,13 @@ def expose_crop_cam(model):
 
 
 @functools.lru_cache(maxsize=4)
-def cam_session(model_path, model_sha256, crop_spatial, convention):
-    """A CPU session of the scorer's graph for this model and convention, with ``crop_cam`` exposed.
+def cam_session(model_path, model_sha256, crop_spatial, convention, method="gradcam"):
+    """A CPU session of the scorer's graph for this model, convention and CAM method, with ``crop_cam`` exposed.
 
     ``model_sha256`` is part of the cache key only.
     """
-    headed = append_score_head(onnx.load(str(model_path)), crop_spatial=tuple(crop_spatial), convention=convention)
+    headed = append_score_head(onnx.load(str(model_path)), crop_spatial=tuple(crop_spatial), convention=convention,
+                               methods=(method,))
     return create_session(expose_crop_cam(headed).SerializeToString(), device="cpu")
 
 
@@ -113,7 +114,8 @@ def iter_cams(source, rows, *, batch_size=BATCH_SIZE):
     source : DatasetSource
         The dataset the rows come from (:func:`gradcamo.visual.source.open_source`).
     rows : dict of str to sequence
-        Score columns (at least keys, centroids, ``target_class`` and ``grad_camo``).
+        Score columns (at least keys, centroids, ``target_class`` and ``grad_camo``; ``method``
+        where the dataset has it, else every row is ``gradcam``).
     batch_size : int
 
     Yields
@@ -130,10 +132,11 @@ def iter_cams(source, rows, *, batch_size=BATCH_SIZE):
     info = source.model
     crop = np.asarray(info.input_shape[1:], dtype=np.int64)
     channels = parameters.get("channels")
-    session = cam_session(str(info.path), info.sha256, tuple(int(c) for c in crop), parameters["convention"])
     starts = crop_starts(_centroids(rows, info.spatial_dims), crop)
     names = list(rows["Metadata_Image"])
-    for name in dict.fromkeys(names):
+    methods = list(rows.get("method") or ["gradcam"] * len(names))
+    for name, method in dict.fromkeys(zip(names, methods)):
+        session = cam_session(str(info.path), info.sha256, tuple(int(c) for c in crop), parameters["convention"], method)
         if name not in source.images:
             raise InputError(f"{source.directory}: image {name} is not among the recorded inputs")
         image_source = open_image(source.images[name], parameters.get("labels"))
@@ -141,7 +144,7 @@ def iter_cams(source, rows, *, batch_size=BATCH_SIZE):
             image_source, spatial_dims=info.spatial_dims, n_channels=info.input_shape[0],
             channels=None if channels is None else tuple(channels), timepoint=parameters.get("timepoint", 0),
         )
-        indices = np.asarray([i for i, n in enumerate(names) if n == name], dtype=np.int64)
+        indices = np.asarray([i for i, key in enumerate(zip(names, methods)) if key == (name, method)], dtype=np.int64)
         for begin in range(0, len(indices), batch_size):
             chosen = indices[begin:begin + batch_size]
             cut = [_cut(image_source, layout, starts[i], crop) for i in chosen]
