@@ -14,6 +14,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from gradcamo.errors import GradcamoError, InputError, Interrupted, describe
+from gradcamo.scorer.failures import DEFAULT_MAX_FAILURES
 from gradcamo.signals import stop_on_signals
 
 app = typer.Typer(
@@ -214,12 +215,16 @@ def score_command(
                                "gradcam++, xgradcam, layercam (one row per cell, target and method)."),
     timepoint: int = typer.Option(0, "--timepoint", help="Index on the t axis, if the images have one."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset written with other parameters."),
+    max_failures: int = typer.Option(DEFAULT_MAX_FAILURES, "--max-failures", help="Failed work units "
+                                     "(unreadable chunks, ...) tolerated before the run stops early."),
     quiet: bool = QUIET_OPTION,
 ):
     """Score every segmented cell: the share of the model's Grad-CAM attention inside the cell.
 
     Writes one row per cell and target to a Parquet dataset (part files + _gradcamo.json).
-    Re-running the same command resumes where a killed run stopped.
+    Re-running the same command resumes where a killed or interrupted run stopped, and retries
+    the work units that failed. Exit codes: 0 done, 2 bad input, 3 some work units failed
+    (listed), 130 interrupted.
     """
     from gradcamo.scorer.pipeline import score
 
@@ -229,12 +234,33 @@ def score_command(
         inputs, model, output, labels=labels, channels=_parse_numbers(channels, "--channels", int),
         target=target, batch_size=batch_size, device=device, workers=workers, threads=threads,
         scheduler=scheduler, convention=convention, methods=method, overwrite=overwrite, timepoint=timepoint,
-        progress=_show_progress(),
+        progress=_show_progress(), max_failures=max_failures,
     )
+    if summary.units_resumed == summary.units:
+        typer.echo(f"nothing to do: {summary.output} already holds the scores of all {summary.units} work units "
+                   f"of {summary.images} images")
+        return
     typer.echo(
         f"wrote {summary.rows} rows for {summary.cells} cells of {summary.images} images to {summary.output} "
         f"({summary.units_resumed} of {summary.units} work units resumed, {summary.seconds:.1f} s)"
     )
+    if summary.failures:
+        _report_failures(summary, max_failures)
+
+
+def _report_failures(summary, max_failures):
+    """One line per failed unit, then what it means; exit code 3."""
+    for failure in summary.failures:
+        typer.echo(f"failed: {failure}", err=True)
+    count = len(summary.failures)
+    listed = f"listed under \"failures\" in {pathlib.Path(summary.output) / '_gradcamo.json'}"
+    if summary.stopped_early:
+        typer.echo(f"error: stopped after {count} failed work unit{'s' if count > 1 else ''} (--max-failures "
+                   f"{max_failures}), {listed}; run the same command again to retry them and go on", err=True)
+    else:
+        typer.echo(f"error: {count} of {summary.units} work units failed ({listed}); their cells are not in "
+                   "the dataset; run the same command again to retry them", err=True)
+    raise typer.Exit(3)
 
 
 @app.command("query")

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import fsspec.config
+import pandas as pd
 import pytest
 
 from gradcamo.cli import main
@@ -58,6 +59,12 @@ def _inspect(capsys, url):
 
 def _rows(output):
     return read_scores(output).to_pandas().sort_values(KEY).reset_index(drop=True)
+
+
+def _assert_rows(output, expected):
+    """``output`` holds ``expected``'s rows; floats to 1e-6 (float32 sums made in another process
+    may differ in the last bit)."""
+    pd.testing.assert_frame_equal(_rows(output), expected.reset_index(drop=True), check_exact=False, rtol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +146,7 @@ def test_score_over_http_with_dropped_chunk_reads_gives_the_local_rows(plate, mo
                      "--target", "all", "-q"])
     assert code == 0, capsys.readouterr().err
     assert len(dropper.dropped) == 2 * remote.RETRIES
-    assert _rows(tmp_path / "scores").equals(local_rows)
+    _assert_rows(tmp_path / "scores", local_rows)
 
 
 def test_score_from_s3_as_a_user_runs_it_through_a_dropping_proxy(plate, model_2d, local_rows, s3_endpoint, tmp_path):
@@ -154,11 +161,39 @@ def test_score_from_s3_as_a_user_runs_it_through_a_dropping_proxy(plate, model_2
         )
     assert result.returncode == 0, result.stderr
     assert len(dropper.dropped) == 3
-    assert _rows(tmp_path / "scores").equals(local_rows)
+    _assert_rows(tmp_path / "scores", local_rows)
 
 
-def test_a_plate_field_missing_from_the_bucket_is_named(s3_configured, plate, capsys):
+def test_a_plate_field_missing_from_the_bucket_fails_its_unit_and_is_retried(s3_configured, plate, model_2d,
+                                                                             local_rows, tmp_path, capsys):
+    """``inspect`` names it (exit 2); ``score`` scores the other fields (exit 3) and, once the
+    field is there, a re-run scores it alone."""
     upload(s3_configured, plate, "gaps", "plate.zarr")
-    s3_filesystem(s3_configured).rm("gaps/plate.zarr/B/1/0", recursive=True)
+    filesystem = s3_filesystem(s3_configured)
+    filesystem.rm("gaps/plate.zarr/B/1/0", recursive=True)
     code, _, err = _inspect(capsys, "s3://gaps/plate.zarr")
     assert code == 2 and "plate.zarr/B/1/0" in err and err.count("\n") == 1
+    argv = ["score", "s3://gaps/plate.zarr", "-m", str(model_2d), "-o", str(tmp_path / "scores"), "--target", "all",
+            "-q"]
+    assert main(argv) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("failed: plate.zarr/B/1/0 (opening): s3://gaps/plate.zarr/B/1/0: image group not found")
+    assert "error: 1 of 4 work units failed" in err
+    _assert_rows(tmp_path / "scores", local_rows[local_rows.Metadata_Well != "B01"])
+    filesystem.put(str(plate / "B/1/0"), "gaps/plate.zarr/B/1/0", recursive=True)
+    assert main(argv) == 0
+    assert "(3 of 4 work units resumed" in capsys.readouterr().out
+    _assert_rows(tmp_path / "scores", local_rows)
+
+
+def test_a_damaged_chunk_object_on_s3_fails_its_unit_only(s3_configured, plate, model_2d, local_rows, tmp_path,
+                                                          capsys):
+    upload(s3_configured, plate, "damaged", "plate.zarr")
+    s3_filesystem(s3_configured).pipe("damaged/plate.zarr/A/2/0/s0/c/1/0/1", b"\x00no zstd frame\xff" * 8)
+    code = main(["score", "s3://damaged/plate.zarr", "-m", str(model_2d), "-o", str(tmp_path / "scores"),
+                 "--target", "all", "-q"])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert err.startswith("failed: plate.zarr/A/2/0 (whole image): RuntimeError: Zstd decompression error")
+    assert "(unreadable chunk: plate.zarr/A/2/0/s0/c/1/0/1)" in err.splitlines()[0]
+    _assert_rows(tmp_path / "scores", local_rows[local_rows.Metadata_Well != "A02"])

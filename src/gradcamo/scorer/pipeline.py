@@ -9,22 +9,27 @@ import time
 
 from distributed import Client, LocalCluster, as_completed
 
-from gradcamo.errors import InputError
+from gradcamo.errors import GradcamoError, InputError, Interrupted
 from gradcamo.model_file import read_model_info
 from gradcamo.cam import CONVENTIONS, check_choice, check_methods
 from gradcamo.scorer.crops import merge_measurements
+from gradcamo.scorer.failures import DEFAULT_MAX_FAILURES, FailureLog, UnitFailure
 from gradcamo.scorer.plan import UNIT_MAX_BYTES, parse_targets, plan_inputs
 from gradcamo.scorer.progress import cell_progress
 from gradcamo.scorer.session import check_device
-from gradcamo.scorer.sink import ScoreDataset
+from gradcamo.scorer.sink import ScoreDataset, part_files
 from gradcamo.scorer.units import STAGES, ScoreSpec, assign_objects, measure_block, score_unit
 from gradcamo.scorer.worker import PLUGIN_NAME, ScorerPlugin
+from gradcamo.signals import children_ignore_sigint
 
 LOGGER = logging.getLogger(__name__)
 TASK_THREADS_PER_LOCAL_WORKER = min(4, max(2, (os.cpu_count() or 1) // 4))
 """Tasks a local worker runs at once: while one task's batches run (the session takes one batch at a
 time), the others read, decompress and cut. 2 on up to 11 cores, 4 from 16 (TinyCNN2d on a
 16-core machine: 1 thread 6.4k cells/s, 2 threads 9.1k, 4 threads 10.9k)."""
+LOCAL_ALLOWED_FAILURES = 1
+"""Worker deaths a task may take part in on a local cluster before it fails (Dask's default: 3):
+a unit that kills its worker twice is recorded as failed and the run goes on."""
 WRITES_IN_FLIGHT = 4
 """Part files queued for the client's writer thread before the result loop waits for it."""
 
@@ -35,7 +40,9 @@ class ScoreSummary:
 
     ``stage_seconds`` sums, over all units, the seconds workers spent reading, measuring,
     cutting, inferring and building tables; with task threads overlapping, their sum can
-    exceed the wall time.
+    exceed the wall time. ``failures`` lists the units that failed (their rows are missing;
+    re-running the same call retries them); ``stopped_early`` is true when more than
+    ``max_failures`` failed and the run stopped.
     """
 
     output: str
@@ -47,6 +54,8 @@ class ScoreSummary:
     seconds: float
     providers: tuple
     stage_seconds: dict = dataclasses.field(default_factory=dict)
+    failures: tuple = ()
+    stopped_early: bool = False
 
 
 def _check_whole(value, argument, *, minimum=1, allow_none=True):
@@ -57,8 +66,15 @@ def _check_whole(value, argument, *, minimum=1, allow_none=True):
     return value
 
 
-def _run_bounded(client, function, items, window, on_result):
-    """Submit ``function(*item)`` for each item with at most ``window`` tasks in flight."""
+def _run_bounded(client, function, items, window, on_result, failures):
+    """Submit ``function(*item)`` for each item with at most ``window`` tasks in flight.
+
+    A task that raises is recorded in ``failures`` (item[1] is its block) and the others go
+    on, except for a :class:`GradcamoError` (bad input found late), which stops the run.
+    Once ``failures`` is exceeded, the tasks in flight are cancelled and no more submitted.
+    """
+    if failures.exceeded:  # already (plate fields that could not be opened): submit nothing
+        return
     items = iter(items)
     pending = as_completed()
     keys = {}
@@ -70,8 +86,20 @@ def _run_bounded(client, function, items, window, on_result):
             break
     for future in pending:
         item = keys.pop(future.key)
-        on_result(item, future.result())
+        try:
+            result = future.result()
+        except GradcamoError:
+            raise
+        except Exception as error:
+            failures.record(UnitFailure.of(item[1], error))
+        else:
+            on_result(item, result)
         future.release()
+        if failures.exceeded:
+            in_flight = list(pending.futures)
+            pending.clear()
+            client.cancel(in_flight)
+            return
         next_item = next(items, None)
         if next_item is not None:
             new = client.submit(function, *next_item, pure=False)
@@ -98,13 +126,16 @@ def _open_client(scheduler, workers, threads):
         return Client(scheduler), None
     if (workers or 1) == 1:
         cluster = LocalCluster(n_workers=1, threads_per_worker=TASK_THREADS_PER_LOCAL_WORKER, processes=False,
-                               dashboard_address=LOCAL_HTTP_ADDRESS, silence_logs=logging.CRITICAL)
+                               dashboard_address=LOCAL_HTTP_ADDRESS, silence_logs=logging.CRITICAL,
+                               scheduler_kwargs={"allowed_failures": LOCAL_ALLOWED_FAILURES})
         return Client(cluster), cluster
-    cluster = LocalCluster(
-        n_workers=workers, threads_per_worker=TASK_THREADS_PER_LOCAL_WORKER, processes=True,
-        dashboard_address=LOCAL_HTTP_ADDRESS, silence_logs=logging.CRITICAL,  # task errors reach the client anyway
-        env={"OMP_NUM_THREADS": str(threads or max(1, (os.cpu_count() or 1) // workers))},
-    )
+    with children_ignore_sigint():
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=TASK_THREADS_PER_LOCAL_WORKER, processes=True,
+            dashboard_address=LOCAL_HTTP_ADDRESS, silence_logs=logging.CRITICAL,  # task errors reach the client
+            scheduler_kwargs={"allowed_failures": LOCAL_ALLOWED_FAILURES},
+            env={"OMP_NUM_THREADS": str(threads or max(1, (os.cpu_count() or 1) // workers))},
+        )
     return Client(cluster), cluster
 
 
@@ -112,6 +143,7 @@ def score(
     inputs, model, output, *, labels=None, channels=None, target="predicted", batch_size=64,
     device="auto", workers=None, threads=None, scheduler=None, convention="raw", methods=("gradcam",),
     overwrite=False, timepoint=0, block_shape=None, progress=False, unit_max_bytes=UNIT_MAX_BYTES,
+    max_failures=DEFAULT_MAX_FAILURES,
 ):
     """Score every cell of the given OME-Zarr images; write Grad-CAMO rows to ``output``.
 
@@ -149,10 +181,20 @@ def score(
         most this many bytes; else blocks of whole label chunks spanning >= 8 crops.
     progress : bool
         Show cells, cells/s and ETA on stderr.
+    max_failures : int
+        Failed work units tolerated: one more stops the run early (cancelling the rest).
 
     Returns
     -------
     ScoreSummary
+
+    Raises
+    ------
+    InputError
+        Bad input or options, found before any work or in a unit (the run stops).
+    Interrupted
+        SIGINT/SIGTERM (or KeyboardInterrupt): finished parts are kept, the lock released;
+        the message says how many units are done.
     """
     started = time.time()
     _check_whole(batch_size, "batch_size", allow_none=False)
@@ -160,6 +202,7 @@ def score(
     _check_whole(threads, "threads")
     _check_whole(unit_max_bytes, "unit_max_bytes", allow_none=False)
     _check_whole(timepoint, "timepoint", minimum=0, allow_none=False)
+    _check_whole(max_failures, "max_failures", minimum=0, allow_none=False)
     check_device(device)
     check_choice("convention", convention, CONVENTIONS)
     methods = check_methods(methods)
@@ -190,8 +233,12 @@ def score(
     with ScoreDataset.open(output, parameters, overwrite=overwrite) as dataset:
         dataset.record(model=spec.model_path)  # where `cams` and `report` find it; not a parameter: may move
         done = dataset.completed_units()
-        counts = {"images": len(images), "units": sum(len(i.blocks) for i in images), "cells": 0, "rows": 0}
+        counts = {"images": len(images), "units": sum(len(i.blocks) or 1 for i in images), "cells": 0, "rows": 0}
         providers, stages = set(), dict.fromkeys(STAGES, 0.0)
+        failures = FailureLog(max_failures)
+        for image in images:
+            if not image.blocks:  # a plate field that could not be opened
+                failures.record(UnitFailure.unopened(image))
         client, cluster = _open_client(scheduler, workers, threads)
         try:
             client.register_plugin(ScorerPlugin(), name=PLUGIN_NAME)
@@ -214,10 +261,13 @@ def score(
                     estimate = counts["cells"] / len(finished_images) * len(todo) if finished_images else None
                     bar.update(task, advance=result.cells, total=max(estimate or 0, counts["cells"]) or None)
 
-                _run_bounded(client, score_unit, _work_items(client, todo, spec, done, info.spatial_dims),
-                             window, on_scored)
+                items = _work_items(client, todo, spec, done, info.spatial_dims, failures)
+                _run_bounded(client, score_unit, items, window, on_scored, failures)
             counts["providers"] = sorted(providers)
             with_stages = {stage: round(seconds, 3) for stage, seconds in stages.items()}
+        except (KeyboardInterrupt, Interrupted) as stop:  # parts written so far are whole: say so
+            raise Interrupted(f"{len(part_files(dataset.directory))} of {counts['units']} work units done, kept "
+                              f"in {output}; run the same command again to resume") from stop
         finally:
             try:
                 client.unregister_worker_plugin(PLUGIN_NAME)
@@ -226,11 +276,12 @@ def score(
             client.close()
             if cluster is not None:
                 cluster.close()
-        dataset.finish(counts)
+        dataset.finish(counts, failures=failures.to_json(), stopped_early=failures.exceeded)
     summary = ScoreSummary(
         output=str(output), images=len(images), units=counts["units"],
         units_resumed=len(done), cells=counts["cells"], rows=counts["rows"], seconds=time.time() - started,
         providers=tuple(counts["providers"]), stage_seconds=with_stages,
+        failures=tuple(failures.failures), stopped_early=failures.exceeded,
     )
     LOGGER.info(
         "scored %d cells (%d rows) in %.1f s on %s", summary.cells, summary.rows, summary.seconds,
@@ -239,12 +290,14 @@ def score(
     return summary
 
 
-def _work_items(client, images, spec, done, ndim):
+def _work_items(client, images, spec, done, ndim, failures):
     """Arguments of :func:`score_unit`, image by image, for the units not yet done.
 
     A whole image is one item (measured inside its task); a blocked image is measured
     first (pass 1, its blocks in parallel) and then yields one item per block with its
-    objects, so the client holds one image's centroids at a time.
+    objects, so the client holds one image's centroids at a time. When measuring fails,
+    the image's blocks are left unscored and one failure, naming the block that failed,
+    is recorded in ``failures``.
     """
     for image in images:
         if image.whole:
@@ -253,7 +306,16 @@ def _work_items(client, images, spec, done, ndim):
                 yield (spec, block)
             continue
         futures = client.map(measure_block, image.blocks, pure=False)
-        measured = merge_measurements(client.gather(futures), ndim)
+        try:
+            measured = merge_measurements(client.gather(futures), ndim)
+        except GradcamoError:
+            raise
+        except Exception as error:
+            failed = [b for b, f in zip(image.blocks, futures) if f.status == "error"] or image.blocks
+            failures.record(UnitFailure.of(failed[0], error, stage="measuring"))
+            if failures.exceeded:
+                return
+            continue
         for block, objects in assign_objects([b for b in image.blocks if b.unit_id not in done], measured):
             yield (spec, block, objects)
 

@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 
 from gradcamo.data.read import discover_images, open_image
-from gradcamo.errors import InputError
+from gradcamo.errors import InputError, UnreadableError
 from gradcamo.scorer.regions import block_grid, label_chunks, plan_layout
 from gradcamo.scorer.units import Block
 
@@ -27,6 +27,17 @@ class PlannedImage:
     def whole(self):
         """Scored in one task (measure and score from one read), not in two passes."""
         return len(self.blocks) == 1 and self.blocks[0].whole
+
+
+@dataclasses.dataclass(frozen=True)
+class UnreadableImage:
+    """A plate field that could not be opened (missing, damaged or unreachable): a failed work
+    unit of its own, without blocks, so that the plate's other fields are scored."""
+
+    ref: object
+    error: UnreadableError
+    blocks: tuple = ()
+    whole: bool = False
 
 
 def parse_targets(spec, class_names):
@@ -92,7 +103,8 @@ def plan_inputs(inputs, info, **options):
     """Every image of every input, planned; duplicates (the same image twice) refused.
 
     Images are opened and checked on a few threads (each costs a handful of small metadata
-    reads, which add up over a plate of thousands of fields on a network store).
+    reads, which add up over a plate of thousands of fields on a network store). A plate
+    field that cannot be read is an :class:`UnreadableImage`, unless no image can be read.
     """
     refs, seen = [], set()
     for store in inputs:
@@ -102,5 +114,18 @@ def plan_inputs(inputs, info, **options):
                 raise InputError(f"{ref.name}: given twice")
             seen.add(key)
             refs.append(ref)
+
+    def plan(ref):
+        try:
+            return plan_image(ref, info, **options)
+        except UnreadableError as error:
+            if ref.plate is None:
+                raise
+            return UnreadableImage(ref, error)
+
     with concurrent.futures.ThreadPoolExecutor(PLANNING_THREADS) as pool:
-        return list(pool.map(lambda ref: plan_image(ref, info, **options), refs))
+        planned = list(pool.map(plan, refs))
+    unreadable = [image for image in planned if isinstance(image, UnreadableImage)]
+    if unreadable and len(unreadable) == len(planned):
+        raise unreadable[0].error
+    return planned

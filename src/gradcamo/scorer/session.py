@@ -25,15 +25,19 @@ def gpu_present():
 
 
 def check_device(device):
-    """``device`` itself when it is one of :data:`DEVICES`.
+    """``device`` itself when it is one of :data:`DEVICES` and usable here.
 
     Raises
     ------
     InputError
-        Any other value.
+        Any other value; ``cuda`` on a machine without an NVIDIA driver (refused before
+        onnxruntime tries, which would print its C++ errors about missing CUDA libraries).
     """
     if device not in DEVICES:
         raise InputError(f"device: expected one of {', '.join(DEVICES)}, got {device!r}", argument="device")
+    if device == "cuda" and not gpu_present():
+        raise InputError("device cuda: onnxruntime did not get the CUDA provider: no NVIDIA driver is loaded "
+                         "on this machine; use the cpu device", argument="device")
     return device
 
 

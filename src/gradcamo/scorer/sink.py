@@ -258,9 +258,10 @@ class ScoreDataset:
         self._manifest.update(entries)
         _write_json_atomically(self.directory / MANIFEST, self._manifest)
 
-    def finish(self, counts):
-        """Record the counts and end time: the dataset is complete."""
-        self._manifest.update(counts=counts, finished=_now())
+    def finish(self, counts, *, failures=(), stopped_early=False):
+        """Record the counts, failed units and end time: the run is over (complete when
+        ``failures`` is empty)."""
+        self._manifest.update(counts=counts, failures=list(failures), stopped_early=stopped_early, finished=_now())
         _write_json_atomically(self.directory / MANIFEST, self._manifest)
 
 
