@@ -313,6 +313,8 @@ def cams_command(
                                         "e.g. \"grad_camo < 0.2 and prob_target > 0.9\"."),
     order_by: Optional[str] = typer.Option(None, "--order-by", help="SQL ordering, e.g. grad_camo."),
     limit: int = typer.Option(64, "--limit", help="Rows at most."),
+    method: Optional[str] = typer.Option(None, "--method", help="Only rows of this CAM method (gradcam, "
+                                         "hirescam, ...); default: every method scored."),
     models: Optional[list[str]] = MODEL_FILES_OPTION,
     inputs: Optional[list[str]] = INPUT_MAP_OPTION,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace cams written earlier to --output."),
@@ -328,7 +330,7 @@ def cams_command(
     if quiet:
         _configure_logging(quiet)
     summary = write_cams(
-        dataset, output, where=where, order_by=order_by, limit=limit, models=models or (),
+        dataset, output, where=where, order_by=order_by, limit=limit, method=method, models=models or (),
         input_map=parse_input_map(inputs), overwrite=overwrite, progress=_show_progress(),
     )
     typer.echo(f"wrote the CAMs of {summary.rows} rows to {summary.output} ({summary.seconds:.1f} s)")
@@ -340,6 +342,8 @@ def report_command(
     output: str = typer.Option(..., "--output", "-o", help="HTML file to write, e.g. report.html."),
     gallery: int = typer.Option(16, "--gallery", help="Cells per gallery (lowest, highest, random) per "
                                 "dataset; 0: no galleries (no model file or input needed)."),
+    method: Optional[str] = typer.Option(None, "--method", help="CAM method the figures and galleries show "
+                                         "(default: gradcam, or the first one scored); a table compares all."),
     models: Optional[list[str]] = MODEL_FILES_OPTION,
     inputs: Optional[list[str]] = INPUT_MAP_OPTION,
     quiet: bool = QUIET_OPTION,
@@ -351,7 +355,7 @@ def report_command(
 
     if quiet:
         _configure_logging(quiet)
-    summary = write_report(datasets, output, gallery=gallery, models=models or (),
+    summary = write_report(datasets, output, gallery=gallery, models=models or (), method=method,
                            input_map=parse_input_map(inputs), progress=_show_progress())
     typer.echo(f"wrote {summary.output} ({summary.bytes / 1e6:.1f} MB, {summary.datasets} datasets, "
                f"{summary.gallery_cells} gallery cells, {summary.seconds:.1f} s)")

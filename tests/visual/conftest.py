@@ -71,3 +71,15 @@ def datasets(tmp_path_factory, models, inputs):
 def plate_scores(tmp_path_factory, models, inputs):
     root = tmp_path_factory.mktemp("visual-plate")
     return Scored(_score(root, "plates", inputs["plates"], models[2]), models[2], inputs["plates"], 2, "raw")
+
+
+SCORED_METHODS = ("gradcam", "hirescam", "layercam")
+
+
+@pytest.fixture(scope="session")
+def method_scores(tmp_path_factory, models, inputs):
+    """The 2D image scored with three CAM methods in one run."""
+    root = tmp_path_factory.mktemp("visual-methods")
+    image, labels, store = inputs[2]
+    output = _score(root, "methods", [store], models[2], methods=SCORED_METHODS)
+    return Scored(output, models[2], store, 2, "raw", image, labels)

@@ -27,6 +27,7 @@ MANIFEST = "_gradcamo.json"
 PART_GLOB = "part-*.parquet"
 VIEW = "scores"
 DATASET_COLUMN = "dataset"
+DEFAULT_METHODS = ("gradcam",)
 
 
 def resolve_datasets(paths):
@@ -172,13 +173,38 @@ def view_names(datasets):
     return views
 
 
-def connect(datasets):
+def recorded_methods(path):
+    """The CAM methods a score dataset's manifest says were scored (``parameters.methods``), in
+    that order; None when it records none (datasets written before methods existed)."""
+    methods = (json.loads((pathlib.Path(path) / MANIFEST).read_text()).get("parameters") or {}).get("methods")
+    return tuple(methods) if methods else None
+
+
+def _method_condition(con, name, path, source, method):
+    """SQL condition keeping one dataset's rows of ``method``; InputError when it holds none.
+
+    Without a ``method`` column every row is a Grad-CAM row (written before methods existed).
+    """
+    has_column = "method" in [c[0] for c in con.execute(f"SELECT * FROM {source} LIMIT 0").description]
+    held = f"SELECT DISTINCT coalesce(method::VARCHAR, 'gradcam') FROM {source} ORDER BY 1"
+    methods = recorded_methods(path) or (
+        tuple(m for (m,) in con.execute(held).fetchall()) if has_column else DEFAULT_METHODS
+    )
+    if method not in methods:
+        raise InputError(f"method: {name} holds no {method!r} rows (scored with {', '.join(methods) or 'none'})",
+                         argument="method")
+    return f"coalesce(method::VARCHAR, 'gradcam') = {_literal(method)}" if has_column else "TRUE"
+
+
+def connect(datasets, *, method=None):
     """An in-memory DuckDB connection with the views ``scores`` (and one per dataset).
 
     Parameters
     ----------
     datasets : dict of str to path-like
         Name -> dataset directory, as returned by :func:`resolve_datasets`.
+    method : str, optional
+        Keep only the rows of this CAM method (``gradcam``, ``hirescam``, ...) in every view.
 
     Returns
     -------
@@ -191,7 +217,7 @@ def connect(datasets):
     Raises
     ------
     InputError
-        A part file cannot be read as Parquet.
+        A part file cannot be read as Parquet, or a dataset holds no rows of ``method``.
     """
     if not datasets:
         raise InputError("SCORES: no score dataset given; pass the directory written by `gradcamo score`")
@@ -203,6 +229,11 @@ def connect(datasets):
         # writing float statistics have them, so do not let statistics rewrite expressions.
         con.execute("SET disabled_optimizers = 'statistics_propagation'")
         sources = {name: _source(con, i, pathlib.Path(path)) for i, (name, path) in enumerate(datasets.items())}
+        if method is not None:
+            sources = {
+                name: f"(SELECT * FROM {source} WHERE {_method_condition(con, name, datasets[name], source, method)})"
+                for name, source in sources.items()
+            }
         selects = [f"SELECT {_literal(name)} AS {DATASET_COLUMN}, * FROM {source}" for name, source in sources.items()]
         con.execute(f"CREATE VIEW {VIEW} AS " + " UNION ALL BY NAME ".join(selects))
         if len(datasets) > 1:
@@ -248,4 +279,4 @@ def _identifier(text):
     return '"' + str(text).replace('"', '""') + '"'
 
 
-__all__ = ["connect", "incompleteness", "resolve_datasets", "view_names"]
+__all__ = ["connect", "incompleteness", "recorded_methods", "resolve_datasets", "view_names"]

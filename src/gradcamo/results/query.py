@@ -23,7 +23,7 @@ _ROW_STATEMENTS = ("SELECT", "EXPLAIN", "PRAGMA", "CALL")
 """Statement types that return rows; DuckDB 2 also returns a row count for CREATE, INSERT, ..."""
 
 
-def run_query(paths, sql):
+def run_query(paths, sql, *, method=None):
     """Run one SQL query over the view ``scores`` of the given datasets.
 
     Parameters
@@ -34,6 +34,8 @@ def run_query(paths, sql):
         when there are several).
     sql : str
         DuckDB SQL. With several statements, the result of the last one is returned.
+    method : str, optional
+        Let the views hold only this CAM method's rows.
 
     Returns
     -------
@@ -49,7 +51,7 @@ def run_query(paths, sql):
     """
     if not isinstance(sql, str) or not sql.strip():
         raise InputError("SQL: empty query; expected e.g. \"SELECT * FROM scores LIMIT 10\"")
-    con = connect(resolve_datasets(paths))
+    con = connect(resolve_datasets(paths), method=method)
     try:
         statements = con.extract_statements(sql)
         relation = con.sql(sql)

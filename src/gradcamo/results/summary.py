@@ -24,7 +24,7 @@ METRIC_COLUMNS = {"method": "VARCHAR", "enrichment": "DOUBLE", "rank_accuracy": 
 """Columns added by issue #16 and their type; datasets written before it have gradcam rows and no metrics."""
 
 
-def summarize(paths, by=DEFAULT_BY):
+def summarize(paths, by=DEFAULT_BY, *, method=None):
     """One row per group: how many cells, how many NaN scores, and how the scores spread.
 
     Parameters
@@ -36,6 +36,8 @@ def summarize(paths, by=DEFAULT_BY):
         that is not floating point (``Metadata_*``, ``target_class``, ``target_name``,
         ``predicted_class``, ``cam_empty``, ...). A string is split at commas. Empty:
         one row for everything.
+    method : str, optional
+        Summarise only this CAM method's rows.
 
     Returns
     -------
@@ -57,11 +59,11 @@ def summarize(paths, by=DEFAULT_BY):
     Raises
     ------
     InputError
-        A path is not a score dataset, or ``by`` names an unknown, floating-point or
-        repeated column.
+        A path is not a score dataset, ``by`` names an unknown, floating-point or
+        repeated column, or a dataset holds no rows of ``method``.
     """
     by = _split_by(by)
-    con = connect(resolve_datasets(paths))
+    con = connect(resolve_datasets(paths), method=method)
     try:
         schema = {row[0]: row[1] for row in con.execute(f"DESCRIBE {VIEW}").fetchall()}
         missing = {name: kind for name, kind in METRIC_COLUMNS.items() if name not in schema}

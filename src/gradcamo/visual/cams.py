@@ -79,8 +79,8 @@ def _create_arrays(directory, n, info):
 
 
 def write_cams(
-    scores, output, *, where=None, order_by=None, limit=64, models=(), input_map=None, overwrite=False,
-    progress=False,
+    scores, output, *, where=None, order_by=None, limit=64, method=None, models=(), input_map=None,
+    overwrite=False, progress=False,
 ):
     """Recompute and write the CAMs of the rows of ``scores`` that the SQL selects.
 
@@ -94,6 +94,9 @@ def write_cams(
     where, order_by : str, optional
         SQL over the ``scores`` view; see :func:`gradcamo.visual.select.select_rows`.
     limit : int
+    method : str, optional
+        Only rows of this CAM method (default: rows of every method scored, each
+        recomputed with its own method).
     models : sequence of path-like
         Model files to choose from (by sha256) when the manifest names none or it moved.
     input_map : dict of str to str, optional
@@ -109,13 +112,13 @@ def write_cams(
     Raises
     ------
     InputError
-        Bad SQL or no row selected, model file not found or changed, input not found or
+        Bad SQL or no row selected, a ``method`` the dataset does not hold, model file not found or changed, input not found or
         changed, or an ``output`` that may not be written. Nothing is written then.
     """
     started = time.time()
     output = pathlib.Path(output)
     _check_output(output, overwrite)
-    table = select_rows(scores, where=where, order_by=order_by, limit=limit)
+    table = select_rows(scores, where=where, order_by=order_by, limit=limit, method=method)
     if table.num_rows == 0:
         raise InputError(f"--where {where!r}: selects no rows of {scores}; nothing written")
     source = open_source(scores, models=models, input_map=input_map)

@@ -27,9 +27,10 @@ class Gallery:
     images: list
 
 
-def select_galleries(directory, size):
-    """{kind: pyarrow.Table} of the rows each gallery shows (at most ``size`` each)."""
-    return {kind: select_rows(directory, where=where, order_by=order, limit=size) for kind, (where, order) in KINDS.items()}
+def select_galleries(directory, size, method):
+    """{kind: pyarrow.Table} of the rows of ``method`` each gallery shows (at most ``size`` each)."""
+    return {kind: select_rows(directory, where=where, order_by=order, limit=size, method=method)
+            for kind, (where, order) in KINDS.items()}
 
 
 def render_galleries(source, selections, advance):

@@ -42,6 +42,14 @@ HEADLINE_FIELDS = (
     ("share_above_half", "share > 0.5", "{:.1%}"),
     ("mean_grad_camo", "mean Grad-CAMO", "{:.3f}"),
     ("share_edge_padded", "edge-padded", "{:.1%}"),
+    ("median_enrichment", "median enrichment", "{:.2f}"),
+    ("mean_rank_accuracy", "rank accuracy", "{:.3f}"),
+    ("pointing_hit_rate", "pointing hits", "{:.1%}"),
+)
+METRICS_NOTE = (
+    "Enrichment: Grad-CAMO over the share of the crop the cell covers (1 = no better than uniform attention). "
+    "Rank accuracy: share of the mask-sized set of highest-attention voxels inside the mask. Pointing hits: "
+    "share of CAMs whose maximum lies in the mask. See docs/score.md."
 )
 
 
@@ -68,8 +76,18 @@ def _cell(field, value, pattern):
     return f'<td data-field="{field}" data-value="{data}">{format_value(value, pattern)}</td>'
 
 
-def _headline(stats):
+def _headline_head(first, second):
     head = "".join(f"<th>{label}</th>" for _, label, _ in HEADLINE_FIELDS)
+    return f'<tr><th class="key">{first}</th><th class="key">{second}</th>{head}</tr>'
+
+
+def _headline_row(kind, name, key_attribute, key, row):
+    cells = "".join(_cell(field, row[field], pattern) for field, _, pattern in HEADLINE_FIELDS)
+    return (f'<tr class="{kind}" data-dataset="{html.escape(name)}" {key_attribute}="{html.escape(str(key))}">'
+            f'<td class="key">{html.escape(name)}</td><td class="key">{html.escape(str(key))}</td>{cells}</tr>')
+
+
+def _headline(stats):
     body = []
     overall_rows = {row["dataset"]: row for row in stats.headline}
     for name in (n for n in stats.datasets if n in overall_rows):  # in the order given
@@ -77,18 +95,24 @@ def _headline(stats):
         rows = [("all", "all", overall)] + [
             ("target", r["target_name"], r) for r in stats.per_target if r["dataset"] == name
         ]
-        for kind, target, row in rows:
-            cells = "".join(_cell(field, row[field], pattern) for field, _, pattern in HEADLINE_FIELDS)
-            body.append(
-                f'<tr class="{kind}" data-dataset="{html.escape(name)}" data-target="{html.escape(str(target))}">'
-                f'<td class="key">{html.escape(name)}</td><td class="key">{html.escape(str(target))}</td>{cells}</tr>'
-            )
+        body.extend(_headline_row(kind, name, "data-target", target, row) for kind, target, row in rows)
     return (
-        f'<table class="headline"><tr><th class="key">dataset</th><th class="key">target</th>{head}</tr>'
-        f'{"".join(body)}</table><p class="note">Grad-CAMO: share of the Grad-CAM attention inside the cell\'s '
+        f'<p>CAM method: <b class="method">{html.escape(stats.method)}</b></p>'
+        f'<table class="headline">{_headline_head("dataset", "target")}{"".join(body)}</table>'
+        f'<p class="note">Grad-CAMO: share of the CAM\'s attention inside the cell\'s '
         "mask (1 = all on the cell). The Grad-CAMO paper found about 30% of single-cell profiles above 0.5. "
-        "Medians and shares are over non-NaN scores (an empty CAM gives NaN).</p>"
+        f"Medians and shares are over non-NaN scores (an empty CAM gives NaN). {METRICS_NOTE}</p>{_methods(stats)}"
     )
+
+
+def _methods(stats):
+    """Every method scored, side by side (only when a dataset holds several): does the verdict hold?"""
+    if len({row["method"] for row in stats.per_method}) < 2:
+        return ""
+    rows = "".join(_headline_row("method", row["dataset"], "data-method", row["method"], row) for row in stats.per_method)
+    return (f'<h3>Every CAM method scored</h3><table class="methods">{_headline_head("dataset", "method")}{rows}'
+            f'</table><p class="note">All targets together. The rest of the report shows {html.escape(stats.method)} '
+            "(choose another with --method).</p>")
 
 
 def _per_dataset(stats, render):
@@ -102,9 +126,9 @@ def _hover(name, row):
     return f"{name}: " + ", ".join(parts)
 
 
-def _plate_maps(name, directory, manifest):
+def _plate_maps(name, directory, manifest, method):
     targets = manifest["parameters"].get("targets") or [-1]
-    wells, images = well_stats(directory, targets)
+    wells, images = well_stats(directory, targets, method)
     groups = {}
     for row in wells:
         groups.setdefault((row.get("target_name"), row["Metadata_Plate"]), []).append(row)
@@ -164,6 +188,7 @@ def _provenance(directory, manifest):
         ("model file", manifest.get("model", "not recorded")),
         ("target layer", parameters.get("target_layer")),
         ("convention", parameters.get("convention")),
+        ("methods scored", ", ".join(parameters.get("methods") or ["gradcam"])),
         ("targets", parameters.get("targets")),
         ("channels", parameters.get("channels") or "all"),
         ("labels", parameters.get("labels") or "the only label image"),
@@ -187,7 +212,7 @@ def _check_report_options(output, gallery):
         raise InputError(f"-o {output}: the directory {output.parent} does not exist")
 
 
-def write_report(paths, output, *, gallery=16, models=(), input_map=None, progress=False):
+def write_report(paths, output, *, gallery=16, models=(), input_map=None, progress=False, method=None):
     """Write one self-contained HTML report about one or several score datasets.
 
     Parameters
@@ -205,6 +230,9 @@ def write_report(paths, output, *, gallery=16, models=(), input_map=None, progre
         ``{OLD: NEW}`` for inputs that moved since scoring.
     progress : bool
         Show the gallery cells recomputed, cells/s and ETA on stderr.
+    method : str, optional
+        The CAM method the figures and galleries show; default the first method the first
+        dataset scored that every dataset holds. A table compares all scored methods.
 
     Returns
     -------
@@ -213,18 +241,19 @@ def write_report(paths, output, *, gallery=16, models=(), input_map=None, progre
     Raises
     ------
     InputError
-        A path is not a score dataset, a bad option, or (with galleries) a model file or an
+        A path is not a score dataset, a bad option, a ``method`` a dataset does not hold,
+        or (with galleries) a model file or an
         input that is not found or changed. Nothing is written then.
     """
     started = time.time()
     output = pathlib.Path(output)
     _check_report_options(output, gallery)
-    stats = report_stats(paths)
+    stats = report_stats(paths, method)
     manifests = {name: read_manifest(path) for name, path in stats.datasets.items()}
     sources = {
         name: open_source(path, models=models, input_map=input_map) for name, path in stats.datasets.items()
     } if gallery else {}
-    selections = {name: select_galleries(path, gallery) for name, path in stats.datasets.items()} if gallery else {}
+    selections = {name: select_galleries(path, gallery, stats.method) for name, path in stats.datasets.items()} if gallery else {}
     total = sum(t.num_rows for s in selections.values() for t in s.values())
     with cell_progress(progress) as bar:
         task = bar.add_task("galleries", total=total)
@@ -241,10 +270,10 @@ def write_report(paths, output, *, gallery=16, models=(), input_map=None, progre
         ("Grad-CAMO distribution per target", _per_dataset(
             stats, lambda n: histogram_svg(stats.histograms.get(n, {}), label=f"{n}: Grad-CAMO histogram"))),
         ("Plate map: median Grad-CAMO per well", colorbar_svg() + _per_dataset(
-            stats, lambda n: _plate_maps(n, stats.datasets[n], manifests[n]))),
+            stats, lambda n: _plate_maps(n, stats.datasets[n], manifests[n], stats.method))),
         ("Grad-CAMO against the probability of the target class", _per_dataset(
             stats, lambda n: _confidence(stats, n))),
-        ("Galleries (mask outlined in white, CAM as heat map)", _per_dataset(
+        (f"Galleries of {stats.method} CAMs (mask outlined in white, CAM as heat map)", _per_dataset(
             stats, lambda n: _galleries(galleries.get(n, [])) or "<p class='note'>--gallery 0</p>")),
         ("Provenance", _per_dataset(stats, lambda n: _provenance(stats.datasets[n], manifests[n]))),
     ]

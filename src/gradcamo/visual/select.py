@@ -15,7 +15,7 @@ def check_limit(limit, option="--limit"):
     return limit
 
 
-def select_rows(directory, *, where=None, order_by=None, limit=64):
+def select_rows(directory, *, where=None, order_by=None, limit=64, method=None):
     """The rows of a score dataset that ``where`` keeps, in ``order_by`` order, at most ``limit``.
 
     Parameters
@@ -27,6 +27,8 @@ def select_rows(directory, *, where=None, order_by=None, limit=64):
     order_by : str, optional
         SQL ordering; default image, object number, target class.
     limit : int
+    method : str, optional
+        Only rows of this CAM method.
 
     Returns
     -------
@@ -36,7 +38,7 @@ def select_rows(directory, *, where=None, order_by=None, limit=64):
     Raises
     ------
     InputError
-        SQL that DuckDB rejects or a bad ``limit``.
+        SQL that DuckDB rejects, a bad ``limit``, or a ``method`` the dataset does not hold.
     """
     check_limit(limit)
     resolve_datasets([directory])  # a path that is no dataset is named as such, not blamed on the SQL
@@ -45,6 +47,8 @@ def select_rows(directory, *, where=None, order_by=None, limit=64):
         f"ORDER BY {order_by or DEFAULT_ORDER} LIMIT {limit}"
     )
     try:
-        return run_query(directory, sql)
+        return run_query(directory, sql, method=method)
     except InputError as error:
+        if error.argument == "method":
+            raise
         raise InputError(f"--where {where!r} / --order-by {order_by!r}: {error}") from None

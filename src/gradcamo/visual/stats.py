@@ -4,7 +4,8 @@ import dataclasses
 
 import numpy as np
 
-from gradcamo.results.datasets import connect, resolve_datasets
+from gradcamo.errors import InputError
+from gradcamo.results.datasets import DEFAULT_METHODS, connect, recorded_methods, resolve_datasets
 from gradcamo.results.summary import summarize
 from gradcamo.visual.select import VALID_SCORE
 
@@ -18,15 +19,19 @@ CONFIDENT = 0.9
 class ReportStats:
     """Everything but the galleries and the provenance, for all datasets of a report.
 
+    ``method``: the CAM method all of it is about (the other figures are of its rows alone);
     ``headline`` and ``per_target``: rows of :func:`summarize` by dataset (and target_name);
+    ``per_method``: rows of :func:`summarize` by dataset and method, over every method scored;
     ``histograms``: {dataset: {target_name: (HISTOGRAM_BINS,) counts}};
     ``density``: {dataset: (DENSITY_BINS, DENSITY_BINS) counts of grad_camo x prob_target};
     ``confident_elsewhere``: {dataset: share of scored rows with prob_target > 0.9 and grad_camo < 0.5}.
     """
 
     datasets: dict
+    method: str
     headline: list
     per_target: list
+    per_method: list
     histograms: dict
     density: dict
     confident_elsewhere: dict
@@ -64,35 +69,52 @@ def _confident_elsewhere(con):
     ).fetchall())
 
 
-def report_stats(paths):
+def common_method(datasets):
+    """The method a report shows by default: the first the first dataset scored that every
+    dataset holds (``gradcam`` unless asked otherwise); InputError when they share none."""
+    held = {name: recorded_methods(path) or DEFAULT_METHODS for name, path in datasets.items()}
+    shared = [m for m in next(iter(held.values())) if all(m in methods for methods in held.values())]
+    if not shared:
+        scored = "; ".join(f"{name}: {', '.join(methods)}" for name, methods in held.items())
+        raise InputError(f"method: the datasets share no CAM method ({scored}); report them separately",
+                         argument="method")
+    return shared[0]
+
+
+def report_stats(paths, method=None):
     """Headline figures, histograms and the score-confidence density of the given score datasets.
 
     Parameters
     ----------
     paths : sequence of path-like
         Score dataset directories.
+    method : str, optional
+        The CAM method to show; default :func:`common_method`.
 
     Returns
     -------
     ReportStats
     """
     datasets = resolve_datasets(paths)
-    con = connect(datasets)
+    method = method or common_method(datasets)
+    con = connect(datasets, method=method)
     try:
         histograms, density, confident = _histograms(con), _density(con), _confident_elsewhere(con)
     finally:
         con.close()
     return ReportStats(
         datasets=datasets,
-        headline=summarize(paths, by=["dataset"]).to_pylist(),
-        per_target=summarize(paths, by=["dataset", "target_name"]).to_pylist(),
+        method=method,
+        headline=summarize(paths, by=["dataset"], method=method).to_pylist(),
+        per_target=summarize(paths, by=["dataset", "target_name"], method=method).to_pylist(),
+        per_method=summarize(paths, by=["dataset", "method"]).to_pylist(),
         histograms=histograms,
         density=density,
         confident_elsewhere=confident,
     )
 
 
-def well_stats(directory, targets):
+def well_stats(directory, targets, method):
     """Per well (and target, for datasets that score several per cell): :func:`summarize` rows.
 
     Returns
@@ -102,6 +124,6 @@ def well_stats(directory, targets):
         ``summarize`` columns.
     """
     by_target = ["target_name"] if len(targets) > 1 else []
-    wells = summarize([directory], by=by_target + ["Metadata_Plate", "Metadata_Well"]).to_pylist()
-    images = summarize([directory], by=by_target + ["Metadata_Plate", "Metadata_Image"]).to_pylist()
+    wells = summarize([directory], by=by_target + ["Metadata_Plate", "Metadata_Well"], method=method).to_pylist()
+    images = summarize([directory], by=by_target + ["Metadata_Plate", "Metadata_Image"], method=method).to_pylist()
     return [w for w in wells if w["Metadata_Plate"] is not None], [i for i in images if i["Metadata_Plate"] is None]
