@@ -1,12 +1,19 @@
 """Pipeline ceiling: gradcamo end to end with a tiny model vs what bounds it, in one run.
 
     python benchmarks/ceiling.py [--wells 48] [--field 1080] [--chunk 540] [--spacing 38] [--device cuda]
+    python benchmarks/ceiling.py --3d [--depth 32] [--field 512] [--chunk 256] [--spacing 16]
 
-The tiny model (``TinyCNN2d`` 5x32x32) costs little per cell, so the end-to-end rate shows
+The tiny model (``TinyCNN2d`` 5x32x32; with ``--3d`` ``TinyCNN3d`` 5x8x32x32) costs little per cell, so the end-to-end rate shows
 what the scorer itself costs. Its bounds, measured in the same run on the same plate:
 ``ort_graph`` (bare onnxruntime run of the gradient graph over crops in memory) and
 ``read`` (every field's image and labels read once as whole arrays with zarr-python).
 Prints cells/s and the ratio end to end / min(bare ORT, read) (goal >= 0.5).
+
+Also what the gap is made of: the scorer once more with one task thread (``serial``), so its
+stages do not overlap or compete; ``serial_ms_per_1000_cells`` is each stage's cost and
+``additive_bound`` the cells/s if every stage ran, one after the other, at that cost. Where
+reading and inference share the same cores (CPU), min(bare ORT, read) is out of reach: the
+stages' costs add up.
 """
 
 import argparse
@@ -25,17 +32,19 @@ from gradcamo.scorer.crops import cut_object_crops  # noqa: E402
 from gradcamo.scorer.pipeline import score  # noqa: E402
 
 CROP = (5, 32, 32)
+CROP_3D = (5, 8, 32, 32)
 
 
-def export_tiny(path):
+def export_tiny(path, crop=CROP):
+    """The tiny model of ``crop``'s dimensionality (random weights), exported to ``path``."""
     import torch
 
     import gradcamo
-    from gradcamo.models import TinyCNN2d
+    from gradcamo.models import TinyCNN2d, TinyCNN3d
 
     torch.manual_seed(0)
-    gradcamo.export_model(TinyCNN2d(in_channels=5, num_classes=2).eval(), "features.block3", CROP, path,
-                          validate=False)
+    model = (TinyCNN2d if len(crop) == 3 else TinyCNN3d)(in_channels=crop[0], num_classes=2).eval()
+    gradcamo.export_model(model, "features.block3", crop, path, validate=False)
     return path
 
 
@@ -60,12 +69,23 @@ def bare_ort_rate(model_path, crops, batch_size, repeats=3, device="cpu"):
     return len(crops) / best
 
 
-def measure(plate, model_path, cells, scratch, *, batch_size=64, repeats=2, **options):
+def serial_stages(plate, model_path, scratch, *, batch_size, **options):
+    """ms per 1000 cells of each stage of the scorer, with one task thread (stages in sequence)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster:
+        output = tempfile.mkdtemp(prefix="ceiling-serial-", dir=scratch)
+        summary = score([str(plate)], str(model_path), output, batch_size=batch_size, scheduler=cluster.scheduler_address,
+                        **{k: v for k, v in options.items() if k != "workers"})
+    return {stage: 1e6 * seconds / summary.cells for stage, seconds in summary.stage_seconds.items()}
+
+
+def measure(plate, model_path, cells, scratch, *, batch_size=64, repeats=2, crop=CROP, **options):
     """One record: cells/s of end to end, bare ORT and whole-array read, and the ceiling ratio."""
     from gradcamo.data.read import discover_images, open_image
 
     first = open_image(discover_images(str(plate))[0])
-    crops = cut_object_crops(first.image[...], first.labels[...], CROP[1:])[1]
+    crops = cut_object_crops(first.image[...], first.labels[...], crop[1:])[1]
     fields = None
     read_times, e2e_times = [], []
     for repeat in range(repeats):
@@ -83,18 +103,23 @@ def measure(plate, model_path, cells, scratch, *, batch_size=64, repeats=2, **op
         "ort_graph": bare_ort_rate(model_path, crops, batch_size, device=options.get("device", "cpu")),
         "read": cells / min(read_times),
     }
-    return {"cells": cells, "fields": fields, "batch_size": batch_size, "options": options,
+    serial = serial_stages(plate, model_path, scratch, batch_size=batch_size, **options)
+    return {"cells": cells, "fields": fields, "crop": list(crop), "batch_size": batch_size, "options": options,
             "cells_per_s": rates, "ceiling_ratio": rates["end_to_end"] / min(rates["ort_graph"], rates["read"]),
-            "stages": getattr(summary, "stage_seconds", None)}
+            "stages": getattr(summary, "stage_seconds", None),
+            "serial_ms_per_1000_cells": serial, "additive_bound": 1e6 / sum(serial.values())}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--3d", dest="three_d", action="store_true",
+                        help="3D fields (depth x field x field) and TinyCNN3d 5x8x32x32")
     parser.add_argument("--wells", type=int, default=48)
     parser.add_argument("--fields-per-well", type=int, default=2)
-    parser.add_argument("--field", type=int, default=1080)
-    parser.add_argument("--chunk", type=int, default=540)
-    parser.add_argument("--spacing", type=int, default=38)
+    parser.add_argument("--field", type=int, default=None, help="field height = width (default 1080; 3D 512)")
+    parser.add_argument("--depth", type=int, default=32, help="3D field depth (z chunk: the whole depth)")
+    parser.add_argument("--chunk", type=int, default=None, help="y/x chunk size (default 540; 3D 256)")
+    parser.add_argument("--spacing", type=int, default=None, help="grid pitch of the cells (default 38; 3D 16)")
     parser.add_argument("--scratch", type=pathlib.Path, default=None)
     parser.add_argument("--model", type=pathlib.Path, default=None,
                         help="an exported TinyCNN2d 5x32x32 graph (default: export one here; needs torch)")
@@ -106,15 +131,20 @@ def main(argv=None):
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="gradcamo-ceiling-", dir=args.scratch) as scratch:
         scratch = pathlib.Path(scratch)
-        model_path = args.model or export_tiny(scratch / "tiny.onnx")
+        crop = CROP_3D if args.three_d else CROP
+        field, chunk = args.field or (512 if args.three_d else 1080), args.chunk or (256 if args.three_d else 540)
+        depth = (args.depth,) if args.three_d else ()
+        model_path = args.model or export_tiny(scratch / "tiny.onnx", crop)
         plate = scratch / "plate.zarr"
         started = time.perf_counter()
         cells = plates.write_grid_plate(plate, wells=args.wells, fields_per_well=args.fields_per_well,
-                                        field_shape=(args.field, args.field), spacing=args.spacing,
-                                        chunks=(args.chunk, args.chunk))
+                                        field_shape=(*depth, field, field),
+                                        spacing=args.spacing or (16 if args.three_d else 38),
+                                        chunks=(*depth, chunk, chunk))
         print(f"plate: {cells} cells in {time.perf_counter() - started:.0f} s", flush=True)
         options = {key: value for key, value in (("workers", args.workers), ("threads", args.threads)) if value}
-        record = measure(plate, model_path, cells, scratch, batch_size=args.batch_size, device=args.device, **options)
+        record = measure(plate, model_path, cells, scratch, batch_size=args.batch_size, crop=crop, device=args.device,
+                         **options)
     print(json.dumps(record, indent=2))
     if args.output:
         args.output.write_text(json.dumps(record, indent=2) + "\n")

@@ -12,44 +12,43 @@ from gradcamo.data.write import write_plate
 
 
 def grid_cells(spatial_shape, spacing, *, n_channels=5, radius=None, seed=0):
-    """One 2D field of roundish cells on a jittered grid.
+    """One 2D or 3D field of roundish cells on a jittered grid.
 
     Parameters
     ----------
-    spatial_shape : (Y, X)
+    spatial_shape : (Y, X) or (Z, Y, X)
     spacing : int
-        Grid pitch in pixels; about ``(Y // spacing) * (X // spacing)`` cells.
+        Grid pitch in pixels along every axis; about ``prod(shape // spacing)`` cells.
     radius : float, optional
         Mean cell radius; default 0.4 x spacing (cells never touch).
 
     Returns
     -------
-    image : (n_channels, Y, X) uint16 ndarray
-    labels : (Y, X) uint32 ndarray, ids 1..n in grid order
+    image : (n_channels, *spatial_shape) uint16 ndarray
+    labels : spatial_shape uint32 ndarray, ids 1..n in grid order
     """
     rng = np.random.default_rng(seed)
-    height, width = spatial_shape
-    rows, cols = height // spacing, width // spacing
+    grid = tuple(max(1, size // spacing) for size in spatial_shape)
     radius = 0.4 * spacing if radius is None else radius
     jitter = max(0.0, spacing / 2 - radius - 1)
-    centres = (np.stack(np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij"), -1) + 0.5) * spacing
+    centres = (np.stack(np.meshgrid(*map(np.arange, grid), indexing="ij"), -1) + 0.5) * spacing
     centres = centres + rng.uniform(-jitter, jitter, centres.shape)
-    radii = radius * rng.uniform(0.8, 1.0, (rows, cols))
-    y = np.arange(height)
-    x = np.arange(width)
-    cell_row = np.minimum(y // spacing, rows - 1)
-    cell_col = np.minimum(x // spacing, cols - 1)
-    dy = y[:, None] - centres[cell_row[:, None], cell_col[None, :], 0]
-    dx = x[None, :] - centres[cell_row[:, None], cell_col[None, :], 1]
-    distance = np.hypot(dy, dx) / radii[cell_row[:, None], cell_col[None, :]]
-    ids = (cell_row[:, None] * cols + cell_col[None, :] + 1).astype(np.uint32)
+    radii = radius * rng.uniform(0.8, 1.0, grid)
+    # per axis: the grid cell each coordinate falls in, shaped to broadcast over the field
+    owner = [np.minimum(np.arange(size) // spacing, count - 1).reshape([-1 if a == axis else 1
+                                                                        for a in range(len(grid))])
+             for axis, (size, count) in enumerate(zip(spatial_shape, grid))]
+    squared = sum((np.arange(size).reshape(index.shape) - centres[(*owner, axis)]) ** 2
+                  for axis, (size, index) in enumerate(zip(spatial_shape, owner)))
+    distance = np.sqrt(squared) / radii[tuple(owner)]
+    ids = (np.ravel_multi_index(np.broadcast_arrays(*owner), grid) + 1).astype(np.uint32)
     labels = np.where(distance < 1.0, ids, 0).astype(np.uint32)
     inside = np.clip(1.2 - distance, 0, 1)
-    brightness = rng.uniform(0.5, 1.5, (n_channels, rows * cols + 1))
-    image = np.empty((n_channels, height, width), np.uint16)
+    brightness = rng.uniform(0.5, 1.5, (n_channels, int(np.prod(grid)) + 1))
+    image = np.empty((n_channels, *spatial_shape), np.uint16)
     for channel in range(n_channels):
-        level = brightness[channel][np.where(distance < 1.0, ids, 0)]
-        image[channel] = (200 + 3000 * inside * level + rng.integers(0, 64, (height, width))).astype(np.uint16)
+        level = brightness[channel][labels]
+        image[channel] = (200 + 3000 * inside * level + rng.integers(0, 64, spatial_shape)).astype(np.uint16)
     return image, labels
 
 

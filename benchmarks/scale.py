@@ -3,7 +3,9 @@
 Prints and records: cells/s end to end, the pipeline-ceiling ratio (end to end with the tiny
 model / min(bare ORT, whole-array read), all measured here), peak RSS of every process of
 the scoring run (the scorer and any worker processes, polled with psutil), part files, and
-the time of a DuckDB query over the result. Not run by CI: generating the plate takes
+the time of a DuckDB query over the result. Memory in the number of cells: the tiny model with
+2 worker processes on a tenth of the plate and on all of it, peak RSS of the client process
+(client, scheduler and nannies) and of the largest worker process, 10x / 1x. Not run by CI: generating the plate takes
 minutes and a few GB of disk.
 """
 
@@ -30,8 +32,16 @@ QUERY = ("select Metadata_Well, count(*) as cells, median(grad_camo) as median_g
          "avg((grad_camo > 0.5)::int) as share_above_half from read_parquet('{}/*.parquet') group by 1 order by 1")
 
 
+def _role(member, root):
+    """``client`` (the scoring process: client, scheduler, nannies), ``worker`` (a Dask worker
+    process, started by multiprocessing's spawn) or ``other`` (e.g. its resource tracker)."""
+    if member.pid == root.pid:
+        return "client"
+    return "worker" if any("spawn_main" in part for part in member.cmdline()) else "other"
+
+
 def _watch_tree(process, peaks, stop):
-    """Peak RSS (MB) of ``process`` and its descendants, per pid, until ``stop`` is set."""
+    """Peak RSS (MB) of ``process`` and its descendants, per pid and role, until ``stop`` is set."""
     root = psutil.Process(process.pid)
     while not stop.is_set():
         try:
@@ -41,10 +51,9 @@ def _watch_tree(process, peaks, stop):
         for member in members:
             try:
                 rss = member.memory_info().rss / 2**20
-                name = " ".join(member.cmdline()[1:3])[-60:]
+                key = f"{member.pid} {_role(member, root)}"
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-            key = f"{member.pid} {name}"
             peaks[key] = max(peaks.get(key, 0.0), rss)
         time.sleep(0.2)
 
@@ -80,6 +89,25 @@ def _bare_rates(plate, model_path, batch_size):
     first = open_image(discover_images(str(plate))[0])
     crops = cut_object_crops(first.image[...], first.labels[...], ceiling.CROP[1:])[1]
     return ceiling.bare_ort_rate(model_path, crops, batch_size)
+
+
+def _peak_by_role(run, role):
+    return max((peak for key, peak in run["peak_rss_mb_per_process"].items() if key.endswith(role)), default=None)
+
+
+def memory_in_cells(plate, cells, fields, model, scratch, log, workers=2):
+    """Peak RSS of the client and of the largest worker process, scoring a tenth of ``plate``'s
+    fields (a plate written here, same generator and seeds) and all of it, ``workers`` workers."""
+    small = scratch / "scale-tenth.zarr"
+    small_cells = plates.write_grid_plate(small, wells=max(1, fields // 10), fields_per_well=1,
+                                          field_shape=(FIELD, FIELD), spacing=SPACING, chunks=(CHUNK, CHUNK))
+    runs = {}
+    for name, (source, n) in {"1x": (small, small_cells), "10x": (plate, cells)}.items():
+        log(f"scale: memory, tiny model, {workers} workers, {n} cells")
+        runs[name] = score_watched(source, model, scratch / f"scores-memory-{name}", batch_size=64, workers=workers)
+    ratios = {role: _peak_by_role(runs["10x"], role) / _peak_by_role(runs["1x"], role) for role in ("client", "worker")}
+    return {"workers": workers, "runs": runs, "peak_rss_ratio_10x_1x": ratios,
+            "cells": {"1x": small_cells, "10x": cells}}
 
 
 def run_scale(args, scratch, log):
@@ -121,6 +149,7 @@ def run_scale(args, scratch, log):
     run["crop_shape"] = list(shape)
     run["fields"] = fields
     report["runs"]["resnet18"] = run
+    report["memory"] = memory_in_cells(plate, cells, args.scale_wells, tiny, scratch, log)
     return report
 
 
@@ -136,6 +165,11 @@ def print_scale(report):
                   f"ceiling ratio {run['ceiling_ratio']:.2f} (goal >= 0.5)")
         for process, peak in run["peak_rss_mb_per_process"].items():
             print(f"    peak RSS {peak:8.0f} MB  {process}")
+    memory = report["memory"]
+    print(f"  memory, {memory['workers']} workers, {memory['cells']['1x']} vs {memory['cells']['10x']} cells:")
+    for role, ratio in memory["peak_rss_ratio_10x_1x"].items():
+        peaks = [_peak_by_role(memory["runs"][name], role) for name in ("1x", "10x")]
+        print(f"    {role}: peak RSS {peaks[0]:.0f} -> {peaks[1]:.0f} MB, 10x / 1x = {ratio:.2f} (goal <= 1.1)")
 
 
 __all__ = ["print_scale", "run_scale", "score_watched"]
