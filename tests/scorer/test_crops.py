@@ -60,8 +60,9 @@ def test_crop_start_rounds_half_up_and_centres():
 def test_cut_window_matches_padding_then_slicing(start, size):
     array = np.arange(3 * 9 * 11, dtype=np.int32).reshape(3, 9, 11) + 1
     window, pad_fraction = cut_window(array, start, size)
-    padded = np.pad(array, ((0, 0), (20, 20), (20, 20)))
-    expected = padded[:, start[0] + 20 : start[0] + 20 + size[0], start[1] + 20 : start[1] + 20 + size[1]]
+    margin = 30  # >= the largest start + size (20 + 10): every window lies inside the padded array
+    padded = np.pad(array, ((0, 0), (margin, margin), (margin, margin)))
+    expected = padded[:, start[0] + margin : start[0] + margin + size[0], start[1] + margin : start[1] + margin + size[1]]
     np.testing.assert_array_equal(window, expected)
     assert pad_fraction == pytest.approx(np.count_nonzero(expected[0] == 0) / expected[0].size)
 
