@@ -160,10 +160,10 @@ def export_graphs(model, input_shape, *, mean=None, std=None, opset):
                                         output_names=(IMAGE,)).SerializeToString()
         images = make_validation_images(input_shape, mean=mean, std=std)
         codes = encoder(torch.from_numpy(images)).numpy()
-        (onnx_codes,), = run_onnx(encoder_bytes, (LATENT_CODE,), [{IMAGE: images}])
+        [(onnx_codes,)] = run_onnx(encoder_bytes, (LATENT_CODE,), [{IMAGE: images}])
         decoder_codes = _validation_codes(codes)
         decoded = decoder(torch.from_numpy(decoder_codes)).numpy()
-        (onnx_decoded,), = run_onnx(decoder_bytes, (IMAGE,), [{LATENT_CODE: decoder_codes}])
+        [(onnx_decoded,)] = run_onnx(decoder_bytes, (IMAGE,), [{LATENT_CODE: decoder_codes}])
     graphs = AutoencoderGraphs(
         encoder_bytes, decoder_bytes, latent_size, max_relative_error(onnx_codes, codes),
         max_relative_error(_normalised(onnx_decoded, decoder), _normalised(decoded, decoder)), n_samples=N_SAMPLES,
