@@ -1,8 +1,9 @@
-"""Writing files so that a reader (or a resumed run) never sees half of one."""
+"""Writing files and directories so that a reader (or a resumed run) never sees half of one."""
 
 import contextlib
 import os
 import pathlib
+import shutil
 
 
 @contextlib.contextmanager
@@ -37,3 +38,24 @@ def atomic_path(path, *, temporary=None):
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def staged_directory(output):
+    """Yield a hidden sibling directory to write; rename it to ``output`` only when all is written.
+
+    An existing ``output`` is replaced (check first that it may be); on an error the staging
+    directory is removed and ``output`` is left as it was.
+    """
+    output = pathlib.Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.parent / f".{output.name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        if output.exists():
+            shutil.rmtree(output)
+        staging.rename(output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
