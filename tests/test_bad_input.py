@@ -146,3 +146,27 @@ def test_export_preprocessing_values_that_are_not_numbers(tmp_path, capsys, case
     argv = ["export", f"{factory}:small", "-l", "1", "-s", "2,16,16", "-o", str(tmp_path / "m.onnx"), *extra]
     _one_line_exit_2(capsys, argv, expected)
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["score", "in.zarr", "-m", "m.onnx", "-o", "out", "--batch-size", "abc"],
+         "error: Invalid value for '--batch-size': "),
+        (["report", "scores", "-o", "r.html", "--gallery", "1.5"], "error: Invalid value for '--gallery': "),
+        (["score"], "error: Missing argument 'inputs'. (see gradcamo score --help)"),
+        (["scor"], "error: No such command 'scor'. Did you mean 'score'? (see gradcamo --help)"),
+        (["cams", "scores", "-o", "out", "--bogus"], "error: No such option: --bogus (see gradcamo cams --help)"),
+    ],
+)
+def test_usage_errors_are_one_line(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(message) and captured.err.count("\n") == 1 and captured.out == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_command_shows_the_help(capsys):
+    assert main([]) == 2
+    assert "Usage: gradcamo [OPTIONS] COMMAND" in capsys.readouterr().out

@@ -484,6 +484,10 @@ def _in_flags(error):
 
 OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 """errno values of a write refused for want of space: a full disk, a quota, a file size limit."""
+USAGE_ERROR = next(kind for kind in typer.BadParameter.__mro__ if kind.__name__ == "UsageError")
+"""click's UsageError as the installed typer raises it (typer 0.2x vendors click as typer._click)."""
+
+
 def main(argv=None):
     """Run the command line; returns the exit code: 0 done, 2 bad input or usage (one line on
     stderr), 3 finished with failed work units, 130 interrupted by SIGINT or SIGTERM."""
@@ -491,8 +495,19 @@ def main(argv=None):
     command = typer.main.get_command(app)
     try:
         with stop_on_signals():
-            # standalone mode: click prints usage errors itself and exits 2 through SystemExit
-            command.main(args=argv, prog_name="gradcamo", standalone_mode=True)
+            # Not standalone: usage errors reach us (one line below, not click's box), and an
+            # exit code (typer.Exit, --help) comes back as the return value.
+            code = command.main(args=argv, prog_name="gradcamo", standalone_mode=False)
+        return code if isinstance(code, int) else 0
+    except USAGE_ERROR as error:  # a bad option value, a missing argument, an unknown command
+        if type(error).__name__ == "NoArgsIsHelpError":  # `gradcamo` alone: the help, as click shows it
+            error.show()
+            return 2
+        where = f" (see {error.ctx.command_path} --help)" if error.ctx else ""
+        print(f"error: {' '.join(error.format_message().split())}{where}", file=sys.stderr)
+        return 2
+    except typer.Abort:  # end of input at a prompt
+        return 1
     except SystemExit as done:
         return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     except Interrupted as stop:
