@@ -58,10 +58,6 @@ class RunSummary:
     stopped_early: bool = False
 
 
-ScoreSummary = RunSummary
-"""The name :func:`score`'s summary had before ``encode`` shared it."""
-
-
 def _check_whole(value, argument, *, minimum=1, allow_none=True):
     if value is None and allow_none:
         return None
@@ -414,4 +410,4 @@ class _PartWriter:
             self._pool.shutdown(wait=True)
 
 
-__all__ = ["RunSummary", "ScoreSummary", "check_run_options", "plan_run", "run_units", "score"]
+__all__ = ["RunSummary", "check_run_options", "plan_run", "run_units", "score"]
