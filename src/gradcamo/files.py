@@ -3,6 +3,7 @@
 import contextlib
 import os
 import pathlib
+import shutil
 
 
 @contextlib.contextmanager
@@ -37,3 +38,31 @@ def atomic_path(path, *, temporary=None):
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def staged_directory(output):
+    """Yield a hidden sibling directory to fill; it is renamed onto ``output`` only when the block succeeds.
+
+    Parameters
+    ----------
+    output : pathlib.Path
+        The final directory; an existing one is replaced (callers decide beforehand whether
+        that is allowed).
+
+    On an error, or a kill before the rename, ``output`` keeps its old content (or stays
+    absent) and the staging directory is removed (a killed process leaves a
+    ``.<name>.tmp-<pid>`` directory that the next run's staging of the same name clears).
+    """
+    output = pathlib.Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.parent / f".{output.name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        if output.exists():
+            shutil.rmtree(output)
+        staging.rename(output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

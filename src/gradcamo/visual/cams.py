@@ -8,11 +8,8 @@ Layout of the output directory::
     png/<index>.png  one overlay per row
 """
 
-import contextlib
 import dataclasses
-import os
 import pathlib
-import shutil
 import time
 
 import numpy as np
@@ -21,6 +18,7 @@ import pyarrow.parquet as pq
 import zarr
 
 from gradcamo.errors import InputError
+from gradcamo.files import staged_directory
 from gradcamo.scorer.progress import cell_progress
 from gradcamo.visual.overlay import batch_overlays
 from gradcamo.visual.recompute import iter_cams
@@ -49,22 +47,6 @@ def _check_output(output, overwrite):
             raise InputError(f"-o {output}: holds files `gradcamo cams` did not write; choose a new or empty directory")
         if not overwrite:
             raise InputError(f"-o {output}: holds earlier cams; pass --overwrite to replace them")
-
-
-@contextlib.contextmanager
-def _staged(output):
-    """Write into a hidden sibling directory; rename it to ``output`` only when all is written."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = output.parent / f".{output.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        yield staging
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _create_arrays(directory, n, info):
@@ -121,7 +103,7 @@ def write_cams(
     source = open_source(scores, models=models, input_map=input_map)
     rows = table.to_pydict()
     n = table.num_rows
-    with _staged(output) as staging, cell_progress(progress) as bar:
+    with staged_directory(output) as staging, cell_progress(progress) as bar:
         arrays = _create_arrays(staging, n, source.model)
         (staging / PNG_DIR).mkdir()
         task = bar.add_task("cams", total=n)
