@@ -1,4 +1,4 @@
-"""Writing files so that a reader (or a resumed run) never sees half of one."""
+"""Writing files and directories so that a reader (or a resumed run) never sees half of one."""
 
 import contextlib
 import os
@@ -42,17 +42,10 @@ def atomic_path(path, *, temporary=None):
 
 @contextlib.contextmanager
 def staged_directory(output):
-    """Yield a hidden sibling directory to fill; it is renamed onto ``output`` only when the block succeeds.
+    """Yield a hidden sibling directory to write; rename it to ``output`` only when all is written.
 
-    Parameters
-    ----------
-    output : pathlib.Path
-        The final directory; an existing one is replaced (callers decide beforehand whether
-        that is allowed).
-
-    On an error, or a kill before the rename, ``output`` keeps its old content (or stays
-    absent) and the staging directory is removed (a killed process leaves a
-    ``.<name>.tmp-<pid>`` directory that the next run's staging of the same name clears).
+    An existing ``output`` is replaced (check first that it may be); on an error the staging
+    directory is removed and ``output`` is left as it was.
     """
     output = pathlib.Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ Layout of the output directory::
 """
 
 import dataclasses
+import os
 import pathlib
 import time
 
