@@ -63,7 +63,8 @@ def format_value(value, pattern):
     return pattern.format(value)
 
 
-def _cell(field, value, pattern):
+def value_cell(field, value, pattern):
+    """A ``<td>`` showing ``value`` formatted, with the exact value in ``data-value`` (for browser tests)."""
     data = "" if value is None else repr(value)
     return f'<td data-field="{field}" data-value="{data}">{format_value(value, pattern)}</td>'
 
@@ -78,7 +79,7 @@ def _headline(stats):
             ("target", r["target_name"], r) for r in stats.per_target if r["dataset"] == name
         ]
         for kind, target, row in rows:
-            cells = "".join(_cell(field, row[field], pattern) for field, _, pattern in HEADLINE_FIELDS)
+            cells = "".join(value_cell(field, row[field], pattern) for field, _, pattern in HEADLINE_FIELDS)
             body.append(
                 f'<tr class="{kind}" data-dataset="{html.escape(name)}" data-target="{html.escape(str(target))}">'
                 f'<td class="key">{html.escape(name)}</td><td class="key">{html.escape(str(target))}</td>{cells}</tr>'
