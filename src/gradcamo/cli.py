@@ -357,6 +357,36 @@ def report_command(
                f"{summary.gallery_cells} gallery cells, {summary.seconds:.1f} s)")
 
 
+@app.command("export-autoencoder")
+def export_autoencoder_command(
+    model: str = typer.Argument(..., help="MODEL as package.module:factory or path/to/file.py:factory; the "
+                                "module has encode(x) -> (N, L) and decode(z) -> (N, C, [D,] H, W)."),
+    input_shape: str = typer.Option(..., "--input-shape", "-s", help="Crop shape C,H,W (2D) or C,D,H,W (3D)."),
+    output: str = typer.Option(..., "--output", "-o", help="AE_DIR to write: encoder.onnx, decoder.onnx, "
+                               "autoencoder.json."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="state_dict file (.pt), loaded "
+                                          "with torch.load(weights_only=True)."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean subtracted from raw intensities."),
+    std: Optional[str] = typer.Option(None, "--std", help="Per-channel std dividing raw intensities."),
+    quiet: bool = QUIET_OPTION,
+):
+    """Turn a PyTorch autoencoder into an encoder and a decoder ONNX graph on raw crops (AE_DIR).
+
+    Both graphs are checked against torch before they are written; nothing is written when
+    they disagree.
+    """
+    from gradcamo.exaggerate.autoencoder import export_autoencoder
+
+    if quiet:
+        _configure_logging(quiet)
+    info = export_autoencoder(
+        model, _parse_numbers(input_shape, "--input-shape", int), output, weights=weights,
+        mean=_parse_numbers(mean, "--mean"), std=_parse_numbers(std, "--std"), quiet=quiet,
+    )
+    typer.echo(f"wrote {info.directory} (latent size {info.latent_size}, crop "
+               f"{','.join(map(str, info.input_shape))})")
+
+
 @app.command("demo")
 def demo_command(
     out: str = typer.Option("gradcamo-demo", "--out", help="Directory for the plate, models and scores."),

@@ -13,6 +13,8 @@ GRADIENTS = "gradients"
 INPUT_NAMES = (IMAGE, TARGET)
 OUTPUT_NAMES = (LOGITS, ACTIVATIONS, GRADIENTS)
 BATCH_AXIS = "batch"
+LATENT_CODE = "z"
+"""Output of an autoencoder's encoder graph and input of its decoder graph (their image is :data:`IMAGE`)."""
 
 PREDICTED_CLASS = -1
 """Value of ``target`` that selects the argmax class of each sample."""

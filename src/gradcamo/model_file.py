@@ -31,7 +31,8 @@ class ModelInfo:
     outputs: dict
 
 
-def _file_sha256(path):
+def file_sha256(path):
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
@@ -99,7 +100,7 @@ def read_model_info(path):
     opset = next((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), 0)
     return ModelInfo(
         path=path,
-        sha256=_file_sha256(path),
+        sha256=file_sha256(path),
         format_version=int(version),
         target_layer=metadata[contract.META_TARGET_LAYER],
         spatial_dims=int(metadata[contract.META_SPATIAL_DIMS]),

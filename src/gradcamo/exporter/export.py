@@ -34,7 +34,7 @@ class ExportResult:
     validation: object  # ValidationReport, or None when validation was skipped
 
 
-def _check_input_shape(input_shape):
+def check_input_shape(input_shape):
     shape = tuple(input_shape)
     if len(shape) not in (3, 4) or not all(isinstance(n, int) and n > 0 for n in shape):
         raise InputError(
@@ -43,7 +43,7 @@ def _check_input_shape(input_shape):
     return shape
 
 
-def _check_channel_values(values, n_channels, option):
+def check_channel_values(values, n_channels, option):
     if values is None:
         return None
     values = [float(v) for v in values]
@@ -177,10 +177,10 @@ def export_model(
     ValidationError
         The exported graph disagrees with torch beyond tolerance.
     """
-    input_shape = _check_input_shape(input_shape)
+    input_shape = check_input_shape(input_shape)
     path = _check_output_path(path)
-    mean = _check_channel_values(mean, input_shape[0], "--mean")
-    std = _check_channel_values(std, input_shape[0], "--std")
+    mean = check_channel_values(mean, input_shape[0], "--mean")
+    std = check_channel_values(std, input_shape[0], "--std")
     model = copy.deepcopy(model).float().eval()
     n_classes = _probe(model, target_layer, input_shape)
     if class_names is None:
@@ -198,7 +198,7 @@ def export_model(
     LOGGER.info("tracing the gradient graph of %r", target_layer)
     graph_module = trace_gradient_graph(wrapper, example_image, example_target)
     LOGGER.info("converting to ONNX (opset %d)", opset)
-    model_proto = convert_to_onnx(graph_module, example_image, example_target, opset=opset)
+    model_proto = convert_to_onnx(graph_module, (example_image, example_target), opset=opset)
 
     report = None
     if validate:

@@ -66,28 +66,32 @@ def _exporter_logs_kept_back():
         logger.setLevel(level)
 
 
-def convert_to_onnx(graph_module, example_image, example_target, *, opset):
-    """Convert a traced gradient graph to an ONNX ``ModelProto`` with a dynamic batch axis."""
+def convert_to_onnx(module, example_inputs, *, opset, input_names=contract.INPUT_NAMES,
+                    output_names=contract.OUTPUT_NAMES):
+    """Convert a module (a traced gradient graph, or a plain forward graph) to an ONNX ``ModelProto``.
+
+    Every input gets one dynamic batch axis (axis 0), named :data:`gradcamo.contract.BATCH_AXIS`.
+    """
     batch = Dim(contract.BATCH_AXIS, min=1, max=MAX_BATCH)
     exporter_log = io.StringIO()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(exporter_log), _exporter_logs_kept_back():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                graph_module,
-                (example_image, example_target),
+                module,
+                tuple(example_inputs),
                 dynamo=True,
                 opset_version=opset,
-                input_names=list(contract.INPUT_NAMES),
-                output_names=list(contract.OUTPUT_NAMES),
-                dynamic_shapes=({0: batch}, {0: batch}),
+                input_names=list(input_names),
+                output_names=list(output_names),
+                dynamic_shapes=tuple({0: batch} for _ in example_inputs),
                 verbose=False,
             )
     except Exception as error:  # the exporter raises many unrelated types; report them as one
         unsupported = _unsupported_ops(str(error))
         if unsupported:
             raise ExportError(
-                "the gradient graph uses ops the ONNX exporter cannot lower: "
+                "the graph uses ops the ONNX exporter cannot lower: "
                 f"{', '.join(unsupported)}; choose another target layer or report this model"
             ) from error
         raise ExportError(f"torch.onnx.export failed: {first_line(error)}") from error

@@ -49,8 +49,8 @@ class ValidationReport:
         return json.dumps(dataclasses.asdict(self))
 
 
-def make_validation_inputs(input_shape, n_classes, *, mean=None, std=None):
-    """Seeded raw-intensity images (normalised inputs ~ N(0, 1)) and two target passes."""
+def make_validation_images(input_shape, *, mean=None, std=None):
+    """:data:`N_SAMPLES` seeded raw-intensity images whose normalised values are ~ N(0, 1)."""
     generator = np.random.default_rng(SEED)
     image = generator.standard_normal((N_SAMPLES, *input_shape)).astype(np.float32)
     view = (1, -1) + (1,) * (len(input_shape) - 1)
@@ -58,6 +58,12 @@ def make_validation_inputs(input_shape, n_classes, *, mean=None, std=None):
         image = image * np.asarray(std, dtype=np.float32).reshape(view)
     if mean is not None:
         image = image + np.asarray(mean, dtype=np.float32).reshape(view)
+    return image
+
+
+def make_validation_inputs(input_shape, n_classes, *, mean=None, std=None):
+    """Seeded raw-intensity images (:func:`make_validation_images`) and two target passes."""
+    image = make_validation_images(input_shape, mean=mean, std=std)
     predicted = np.full(N_SAMPLES, contract.PREDICTED_CLASS, dtype=np.int64)
     mixed = (np.arange(N_SAMPLES, dtype=np.int64) * 3 + 1) % n_classes
     return image, (predicted, mixed)
@@ -83,6 +89,27 @@ def _relative(error, scale):
     return float(np.max(error / np.maximum(scale, np.finfo(np.float32).tiny)))
 
 
+def max_relative_error(ours, reference):
+    """The worst, over samples (axis 0), of max |ours - reference| / max |reference| within the sample."""
+    error = np.abs(ours.astype(np.float64) - reference).reshape(len(reference), -1).max(axis=1)
+    return _relative(error, np.abs(reference).reshape(len(reference), -1).max(axis=1))
+
+
+def run_onnx(model_bytes, output_names, feeds):
+    """Run a serialised graph on CPU once per feed; the outputs of each run.
+
+    Raises
+    ------
+    ExportError
+        onnxruntime cannot load or run the graph.
+    """
+    try:
+        session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+        return [session.run(list(output_names), feed) for feed in feeds]
+    except Exception as error:  # onnxruntime's error classes share no useful base
+        raise ExportError(f"onnxruntime cannot run the exported graph: {first_line(error)}") from error
+
+
 def validate_onnx(model_bytes, wrapper, input_shape, n_classes, *, mean=None, std=None):
     """Compare ORT's batched CAMs and logits with eager torch autograd, sample by sample.
 
@@ -92,14 +119,9 @@ def validate_onnx(model_bytes, wrapper, input_shape, n_classes, *, mean=None, st
         Listing every quantity whose error exceeds its tolerance.
     """
     image, target_passes = make_validation_inputs(input_shape, n_classes, mean=mean, std=std)
-    try:
-        session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-        ort_outputs = [
-            session.run(list(contract.OUTPUT_NAMES), {contract.IMAGE: image, contract.TARGET: target})
-            for target in target_passes
-        ]
-    except Exception as error:  # onnxruntime's error classes share no useful base
-        raise ExportError(f"onnxruntime cannot run the exported graph: {first_line(error)}") from error
+    ort_outputs = run_onnx(
+        model_bytes, contract.OUTPUT_NAMES, [{contract.IMAGE: image, contract.TARGET: target} for target in target_passes]
+    )
     cam_abs, cam_rel, logits_rel = 0.0, 0.0, 0.0
     for target, (logits, activations, gradients) in zip(target_passes, ort_outputs):
         ref_logits, ref_activations, ref_gradients = _torch_one_by_one(wrapper, image, target)
@@ -107,8 +129,7 @@ def validate_onnx(model_bytes, wrapper, input_shape, n_classes, *, mean=None, st
         cam_error = cam_error.reshape(len(image), -1).max(axis=1)
         cam_abs = max(cam_abs, float(cam_error.max()))
         cam_rel = max(cam_rel, _relative(cam_error, _signed_cam_scale(ref_activations, ref_gradients)))
-        logits_error = np.abs(logits - ref_logits).max(axis=1)
-        logits_rel = max(logits_rel, _relative(logits_error, np.abs(ref_logits).max(axis=1)))
+        logits_rel = max(logits_rel, max_relative_error(logits, ref_logits))
     report = ValidationReport(len(image) * len(target_passes), cam_abs, cam_rel, logits_rel)
     if report.failures:
         raise ValidationError(

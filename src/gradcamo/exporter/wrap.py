@@ -63,6 +63,29 @@ def capture_layer_output(layer):
         handle.remove()
 
 
+class ChannelNormalisation(nn.Module):
+    """Per-channel ``(x - mean) / std`` (:meth:`forward`) and its inverse (:meth:`undo`), baked into a graph.
+
+    Without ``mean`` and ``std`` both are the identity and add no op to the graph.
+    """
+
+    def __init__(self, input_shape, mean=None, std=None):
+        super().__init__()
+        self.active = mean is not None or std is not None
+        n_channels, spatial_dims = input_shape[0], len(input_shape) - 1
+        view = (1, n_channels) + (1,) * spatial_dims
+        mean = [0.0] * n_channels if mean is None else mean
+        std = [1.0] * n_channels if std is None else std
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(view), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(view), persistent=False)
+
+    def forward(self, image):
+        return (image - self.mean) / self.std if self.active else image
+
+    def undo(self, image):
+        return image * self.std + self.mean if self.active else image
+
+
 class GradCamWrapper(nn.Module):
     """forward(image, target) -> (logits, activations, gradients) of one target layer.
 
@@ -77,16 +100,10 @@ class GradCamWrapper(nn.Module):
         self.model = model
         self.layer_name = target_layer
         self.layer = resolve_layer(model, target_layer)
-        self.normalise = mean is not None or std is not None
-        n_channels, spatial_dims = input_shape[0], len(input_shape) - 1
-        view = (1, n_channels) + (1,) * spatial_dims
-        mean = [0.0] * n_channels if mean is None else mean
-        std = [1.0] * n_channels if std is None else std
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(view), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(view), persistent=False)
+        self.normalise = ChannelNormalisation(input_shape, mean, std)
 
     def forward(self, image, target):
-        x = (image - self.mean) / self.std if self.normalise else image
+        x = self.normalise(image)
         with torch.enable_grad():
             with capture_layer_output(self.layer) as leaves:
                 logits = self.model(x)
