@@ -387,6 +387,43 @@ def export_autoencoder_command(
                f"{','.join(map(str, info.input_shape))})")
 
 
+@app.command("exaggerate")
+def exaggerate_command(
+    latents: str = typer.Argument(..., help="Latents dataset directory (from `gradcamo encode`)."),
+    ae_dir: str = typer.Option(..., "--ae-dir", "-a", help="The autoencoder that encoded it "
+                               "(from `gradcamo export-autoencoder`)."),
+    high: str = typer.Option(..., "--high", help="SQL condition choosing the 'high' cells, e.g. "
+                             "\"Metadata_Well in ('B03', 'B04')\"."),
+    low: str = typer.Option(..., "--low", help="SQL condition choosing the 'low' cells."),
+    output: str = typer.Option(..., "--output", "-o", help="Directory to write: direction.json, "
+                               "trajectories.parquet, images.zarr, report.html."),
+    direction: str = typer.Option("lda", "--direction", help="lda (shrinkage LDA on z-scored codes) or "
+                                  "feature:K (latent feature K)."),
+    steps: str = typer.Option("-4:4:1", "--steps", help="START:STOP:STEP in standard deviations of the "
+                              "direction; must include 0."),
+    cells: int = typer.Option(32, "--cells", help="Cells per group to decode (drawn with --seed)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="A gradcamo classifier of the same crop "
+                                        "shape: class probabilities and Grad-CAMO of every decoded image."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the choice of cells."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (onnxruntime)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier exaggeration in --output."),
+    quiet: bool = QUIET_OPTION,
+):
+    """Decode cells moved along the direction that separates two groups, measure what changes, report it.
+
+    The latent-space exaggeration of Zaritsky et al. (Cell Systems 2021), measured: see docs/exaggerate.md.
+    """
+    from gradcamo.exaggerate.run import exaggerate
+
+    if quiet:
+        _configure_logging(quiet)
+    summary = exaggerate(latents, ae_dir, output, high=high, low=low, direction=direction, steps=steps, cells=cells,
+                         model=model, seed=seed, overwrite=overwrite, device=device, progress=_show_progress())
+    auroc = summary.direction.get("auroc")
+    typer.echo(f"wrote {summary.cells} cells x {summary.steps} steps to {summary.output} (AUROC "
+               f"{'n/a' if auroc is None else f'{auroc:.3f}'}, {summary.seconds:.1f} s)")
+
+
 @app.command("demo")
 def demo_command(
     out: str = typer.Option("gradcamo-demo", "--out", help="Directory for the plate, models and scores."),

@@ -59,7 +59,7 @@ def _condition(con, option, condition, latents):
         raise InputError(f"{option}: expected an SQL condition such as \"Metadata_Well = 'B02'\", got {condition!r}",
                          argument=option)
     try:
-        count = con.execute(f"SELECT count(*) FROM {VIEW} WHERE coalesce(({condition}), false)").fetchone()[0]
+        count = con.execute(f"SELECT count(*) FROM {VIEW} WHERE coalesce(({condition}), false)").fetchall()[0][0]
     except duckdb.Error as error:
         raise InputError(f"{option}: {condition!r} is not an SQL condition over the latents: {first_line(error)}",
                          argument=option) from None

@@ -140,6 +140,16 @@ def _cells(table, decoded, masks, steps):
     return f"<table class='cells'>{''.join(rows)}</table>"
 
 
+def _quartiles(values):
+    """(3, S): 25th, 50th and 75th percentiles of each column's finite values (NaN for a column without any)."""
+    out = np.full((3, values.shape[1]), np.nan)
+    for column in range(values.shape[1]):
+        finite = values[:, column][np.isfinite(values[:, column])]
+        if len(finite):
+            out[:, column] = np.percentile(finite, [25, 50, 75])
+    return out
+
+
 def _plots(table, shares, steps, n_cells):
     names = list(dict.fromkeys(row["property"] for row in shares))
     groups = np.asarray(table["group"].to_pylist()).reshape(n_cells, len(steps))[:, 0]
@@ -150,9 +160,7 @@ def _plots(table, shares, steps, n_cells):
         for group in ("high", "low"):
             chosen = values[groups == group]
             if len(chosen):
-                with np.errstate(all="ignore"):
-                    series[group] = np.nanpercentile(chosen, [25, 50, 75], axis=0) if not np.isnan(chosen).all() \
-                        else np.full((3, len(steps)), np.nan)
+                series[group] = _quartiles(chosen)
         figures.append(f"<figure data-property='{html.escape(name)}'>"
                        f"{trajectory_svg(np.asarray(steps), series, y_label=name, label=name)}</figure>")
     return f"<div class='plots'>{''.join(figures)}</div>"

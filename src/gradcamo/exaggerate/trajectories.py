@@ -14,8 +14,6 @@ from gradcamo.scorer.head import CAM_INSIDE, CAM_TOTAL, MASK
 from gradcamo.visual.recompute import cam_session
 
 DEFAULT_STEPS = "-4:4:1"
-DECODER_INPUT = "z"
-DECODER_OUTPUT = "image"
 CONVENTION = "raw"
 METHOD = "gradcam"
 
@@ -79,7 +77,7 @@ def decode(session, codes, *, batch_size=64, advance=lambda n: None):
     parts = []
     for begin in range(0, len(codes), batch_size):
         batch = np.ascontiguousarray(codes[begin:begin + batch_size], dtype=np.float32)
-        parts.append(session.run([DECODER_OUTPUT], {DECODER_INPUT: batch})[0])
+        parts.append(session.run([contract.IMAGE], {contract.LATENT_CODE: batch})[0])
         advance(len(batch))
     return np.concatenate(parts)
 
