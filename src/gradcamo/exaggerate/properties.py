@@ -1,6 +1,8 @@
 """Shape and intensity properties of decoded cells, measured on a thresholded foreground.
 
-The foreground of one image: Otsu's threshold of the mean over channels (2D; a 3D crop is
+The foreground of one image: Otsu's threshold of the maximum over its channels, each first
+stretched to [0, 1] between its 1st and 99.9th percentiles (so a pixel bright in any channel
+counts, and a bright nucleus does not push the threshold above the cytoplasm; a 3D crop is
 measured on its maximum projection along z), holes filled (a bright rim around a dimmer
 interior is one cell, not a ring), and of its connected components the one under the crop's
 centre (the cell the crop was cut around), else the largest.
@@ -12,6 +14,7 @@ from skimage.filters import threshold_otsu
 from skimage.measure import regionprops
 
 SHAPE_PROPERTIES = ("area", "perimeter", "solidity", "eccentricity", "protrusion")
+STRETCH_PERCENTILES = (1.0, 99.9)
 RIM_WIDTH = 2
 """Pixels of the foreground within this many steps (4-connected) of the background form its rim."""
 
@@ -21,6 +24,12 @@ def property_names(n_channels):
     return list(SHAPE_PROPERTIES) + [
         f"{kind}_c{channel}" for kind in ("intensity_inside", "intensity_rim") for channel in range(n_channels)
     ]
+
+
+def _stretch(channel):
+    """A channel scaled to [0, 1] between its 1st and 99.9th percentiles (all 0 when flat)."""
+    low, high = np.percentile(channel, STRETCH_PERCENTILES)
+    return np.clip((channel - low) / (high - low), 0, 1) if high > low else np.zeros_like(channel)
 
 
 def foreground(image):
@@ -35,7 +44,7 @@ def foreground(image):
     mask : (H, W) bool ndarray
         Empty when the image is constant.
     """
-    plane = image.mean(axis=0)
+    plane = np.max([_stretch(channel) for channel in image], axis=0)
     if plane.ndim == 3:
         plane = plane.max(axis=0)
     if plane.max() <= plane.min():

@@ -171,14 +171,15 @@ def _monotonic_table(shares):
         f"<tr data-property='{html.escape(row['property'])}' data-group='{row['group']}'>"
         f"<td class='key'>{html.escape(row['property'])}</td><td class='key'>{row['group']}</td>"
         f"{value_cell('cells', row['cells'], '{:,}')}{value_cell('increasing', row['increasing'], '{:.0%}')}"
-        f"{value_cell('decreasing', row['decreasing'], '{:.0%}')}</tr>"
+        f"{value_cell('decreasing', row['decreasing'], '{:.0%}')}{value_cell('tolerance', row['tolerance'], '{:.3g}')}</tr>"
         for row in shares
     )
     return (
         "<table class='monotonic'><tr><th class='key'>quantity</th><th class='key'>group</th><th>cells</th>"
-        f"<th>increasing</th><th>decreasing</th></tr>{body}</table><p class='note'>Share of the drawn cells whose "
-        "value never falls (increasing) or never rises (decreasing) from one step to the next and differs between "
-        "the first and the last step; a NaN anywhere counts as neither.</p>"
+        f"<th>increasing</th><th>decreasing</th><th>tolerance</th></tr>{body}</table><p class='note'>Share of the "
+        "drawn cells whose value never falls (increasing) or never rises (decreasing) by more than the tolerance from "
+        "one step to the next, and changes by more than it from the first to the last step; a NaN anywhere counts as "
+        "neither. The tolerance is 1% of the quantity's range over all cells and steps.</p>"
     )
 
 
