@@ -220,28 +220,34 @@ def signed_cam_scale(reference):
     return np.abs(signed).reshape(len(signed), -1).max(axis=1)
 
 
-def reference_rows(model_path, image, labels, crop_shape, targets, convention="raw", method="gradcam"):
-    """{(object, target): (grad_camo, cam_inside, cam_total, predicted, pad)}, cell by cell."""
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+def reference_crops(image, labels, crop_shape):
+    """(cell, centroid, crop (1, C, *S) float32, mask, pad fraction) per cell, cut from the zero-padded
+    whole image by DESIGN.md's rule, one cell at a time."""
     crop = np.asarray(crop_shape[1:])
     pad = [(0, 0)] + [(int(c), int(c)) for c in crop]
     padded_image = np.pad(image.astype(np.float32), pad)
     padded_labels = np.pad(labels, pad[1:])
-    rows = {}
     for cell in np.unique(labels)[1:]:
         centroid = np.argwhere(labels == cell).mean(axis=0)
         start = np.floor(centroid + 0.5).astype(int) - crop // 2 + crop
         window = tuple(slice(s, s + c) for s, c in zip(start, crop))
-        x = padded_image[(slice(None),) + window][None]
-        mask = padded_labels[window] == cell
         outside = np.pad(np.ones(labels.shape, bool), pad[1:])[window]
+        yield cell, centroid, padded_image[(slice(None),) + window][None], padded_labels[window] == cell, 1 - outside.mean()
+
+
+def reference_rows(model_path, image, labels, crop_shape, targets, convention="raw", method="gradcam"):
+    """{(object, target): (grad_camo, cam_inside, cam_total, predicted, pad)}, cell by cell."""
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    crop = np.asarray(crop_shape[1:])
+    rows = {}
+    for cell, _, x, mask, pad_fraction in reference_crops(image, labels, crop_shape):
         for target in targets:
             logits, activations, gradients = session.run(None, {"image": x, "target": np.array([target])})
             cam = crop_cam(activations, gradients, tuple(crop), convention=convention, method=method)
             inside, total, value = gradcamo_score(cam, mask[None])
             predicted = int(logits.argmax())
             key = (int(cell), predicted if target < 0 else target)
-            rows[key] = (value[0], inside[0], total[0], predicted, 1 - outside.mean())
+            rows[key] = (value[0], inside[0], total[0], predicted, pad_fraction)
     return rows
 
 

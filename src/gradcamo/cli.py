@@ -387,11 +387,59 @@ def export_autoencoder_command(
                f"{','.join(map(str, info.input_shape))})")
 
 
+@app.command("encode")
+def encode_command(
+    inputs: list[str] = typer.Argument(..., help="OME-Zarr images or HCS plates (paths or fsspec URLs)."),
+    autoencoder: str = typer.Option(..., "--autoencoder", "-a", help="AE_DIR from `gradcamo export-autoencoder`."),
+    output: str = typer.Option(..., "--output", "-o", help="Parquet dataset directory to write (or resume)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Label image under labels/ (needed if several)."),
+    channels: Optional[str] = typer.Option(None, "--channels", help="Channels fed to the encoder, in order, "
+                                           "e.g. 0,1,2 (default: all)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Crops per onnxruntime call."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when a GPU is usable), cpu or cuda."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Local Dask worker processes (default 1)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime threads per worker "
+                                          "(default: cores / workers)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a running dask.distributed "
+                                            "scheduler, e.g. tcp://10.0.0.5:8786."),
+    timepoint: int = typer.Option(0, "--timepoint", help="Index on the t axis, if the images have one."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset written with other parameters."),
+    max_failures: int = typer.Option(DEFAULT_MAX_FAILURES, "--max-failures", help="Failed work units "
+                                     "(unreadable chunks, ...) tolerated before the run stops early."),
+    quiet: bool = QUIET_OPTION,
+):
+    """Encode every segmented cell with an autoencoder: its latent code z_0.. and reconstruction error.
+
+    Cells, crops, keys and work units are those of `score`; writes one row per cell to a Parquet
+    dataset (part files + _gradcamo.json), a deep-learning profile per cell. Re-running the same
+    command resumes. Exit codes: 0 done, 2 bad input, 3 some work units failed (listed), 130 interrupted.
+    """
+    from gradcamo.exaggerate.encode import encode
+
+    if quiet:
+        _configure_logging(quiet)
+    summary = encode(
+        inputs, autoencoder, output, labels=labels, channels=_parse_numbers(channels, "--channels", int),
+        batch_size=batch_size, device=device, workers=workers, threads=threads, scheduler=scheduler,
+        overwrite=overwrite, timepoint=timepoint, progress=_show_progress(), max_failures=max_failures,
+    )
+    if summary.units_resumed == summary.units:
+        typer.echo(f"nothing to do: {summary.output} already holds the codes of all {summary.units} work units "
+                   f"of {summary.images} images")
+        return
+    typer.echo(
+        f"wrote the codes of {summary.cells} cells of {summary.images} images to {summary.output} "
+        f"({summary.units_resumed} of {summary.units} work units resumed, {summary.seconds:.1f} s)"
+    )
+    if summary.failures:
+        _report_failures(summary, max_failures)
+
+
 @app.command("exaggerate")
 def exaggerate_command(
     latents: str = typer.Argument(..., help="Latents dataset directory (from `gradcamo encode`)."),
-    ae_dir: str = typer.Option(..., "--ae-dir", "-a", help="The autoencoder that encoded it "
-                               "(from `gradcamo export-autoencoder`)."),
+    autoencoder: str = typer.Option(..., "--autoencoder", "-a", help="AE_DIR that encoded it "
+                                    "(from `gradcamo export-autoencoder`)."),
     high: str = typer.Option(..., "--high", help="SQL condition choosing the 'high' cells, e.g. "
                              "\"Metadata_Well in ('B03', 'B04')\"."),
     low: str = typer.Option(..., "--low", help="SQL condition choosing the 'low' cells."),
@@ -417,7 +465,7 @@ def exaggerate_command(
 
     if quiet:
         _configure_logging(quiet)
-    summary = exaggerate(latents, ae_dir, output, high=high, low=low, direction=direction, steps=steps, cells=cells,
+    summary = exaggerate(latents, autoencoder, output, high=high, low=low, direction=direction, steps=steps, cells=cells,
                          model=model, seed=seed, overwrite=overwrite, device=device, progress=_show_progress())
     auroc = summary.direction.get("auroc")
     typer.echo(f"wrote {summary.cells} cells x {summary.steps} steps to {summary.output} (AUROC "
@@ -447,7 +495,7 @@ def demo_command(
     print_report(result)
 
 
-ARGUMENT_FLAGS = {"inputs": "INPUT", "methods": "--method"}
+ARGUMENT_FLAGS = {"inputs": "INPUT", "methods": "--method", "ae_dir": "--autoencoder"}
 """Python arguments whose command-line name is not ``--`` + the name with dashes."""
 
 

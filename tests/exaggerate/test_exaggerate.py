@@ -170,7 +170,7 @@ def test_latents_of_another_latent_size_are_refused(tmp_path, capsys, latents, a
     export_autoencoder(TinyAutoencoder(2, CROP_2D, latent_size=5), CROP_2D, other, quiet=True)
     output = tmp_path / "out"
     _one_line_error(capsys, _argv(latents[0], other, output), output,
-                    f"--ae-dir {other}: its latent size 5 differs from the 4 of the codes")
+                    f"--autoencoder {other}: its latent size 5 differs from the 4 of the codes")
 
 
 def test_an_existing_output_needs_overwrite(tmp_path, capsys, latents, ae_dir, run):

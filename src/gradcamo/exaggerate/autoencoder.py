@@ -35,7 +35,10 @@ DEFAULT_OPSET = 18
 
 @dataclasses.dataclass(frozen=True)
 class AutoencoderInfo:
-    """What an AE_DIR declares (``autoencoder.json``), with the paths of its two graphs."""
+    """What an AE_DIR declares (``autoencoder.json``), with the paths of its two graphs.
+
+    Hashable (``mean`` and ``std`` are tuples or None): a worker caches its sessions by it.
+    """
 
     directory: pathlib.Path
     latent_size: int
@@ -168,6 +171,10 @@ def _checked_description(directory):
     return description
 
 
+def _as_tuple(values):
+    return None if values is None else tuple(values)
+
+
 def read_autoencoder(ae_dir):
     """Read and check an AE_DIR written by :func:`export_autoencoder` (no torch, no onnxruntime).
 
@@ -190,7 +197,8 @@ def read_autoencoder(ae_dir):
         paths[name] = path.resolve()
     return AutoencoderInfo(
         directory=directory.resolve(), latent_size=description["latent_size"],
-        input_shape=tuple(description["input_shape"]), mean=description.get("mean"), std=description.get("std"),
+        input_shape=tuple(description["input_shape"]), mean=_as_tuple(description.get("mean")),
+        std=_as_tuple(description.get("std")),
         encoder_path=paths[ENCODER_FILE], decoder_path=paths[DECODER_FILE],
         encoder_sha256=description["encoder_sha256"], decoder_sha256=description["decoder_sha256"],
         source=description.get("source", ""),

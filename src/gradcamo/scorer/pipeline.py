@@ -17,7 +17,7 @@ from gradcamo.scorer.failures import DEFAULT_MAX_FAILURES, FailureLog, UnitFailu
 from gradcamo.scorer.plan import UNIT_MAX_BYTES, parse_targets, plan_inputs
 from gradcamo.scorer.progress import cell_progress
 from gradcamo.scorer.session import check_device
-from gradcamo.scorer.sink import ScoreDataset, part_files
+from gradcamo.scorer.sink import SCORE_SCHEMA, ScoreDataset, part_files
 from gradcamo.scorer.units import STAGES, ScoreSpec, assign_objects, measure_block, score_unit
 from gradcamo.scorer.worker import PLUGIN_NAME, ScorerPlugin
 from gradcamo.signals import children_ignore_sigint
@@ -35,8 +35,8 @@ WRITES_IN_FLIGHT = 4
 
 
 @dataclasses.dataclass(frozen=True)
-class ScoreSummary:
-    """What a call of :func:`score` did.
+class RunSummary:
+    """What a call of :func:`score` (or ``encode``) did.
 
     ``stage_seconds`` sums, over all units, the seconds workers spent reading, measuring,
     cutting, inferring and building tables; with task threads overlapping, their sum can
@@ -58,12 +58,55 @@ class ScoreSummary:
     stopped_early: bool = False
 
 
+ScoreSummary = RunSummary
+"""The name :func:`score`'s summary had before ``encode`` shared it."""
+
+
 def _check_whole(value, argument, *, minimum=1, allow_none=True):
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise InputError(f"{argument}: expected a whole number >= {minimum}, got {value!r}", argument=argument)
     return value
+
+
+def check_run_options(*, inputs, batch_size, workers, threads, unit_max_bytes, timepoint, max_failures, device):
+    """Refuse bad run options of :func:`score` or ``encode`` before any work (``InputError`` naming the option)."""
+    if not inputs:
+        raise InputError("inputs: give at least one OME-Zarr image or plate", argument="inputs")
+    _check_whole(batch_size, "batch_size", allow_none=False)
+    _check_whole(workers, "workers")
+    _check_whole(threads, "threads")
+    _check_whole(unit_max_bytes, "unit_max_bytes", allow_none=False)
+    _check_whole(timepoint, "timepoint", minimum=0, allow_none=False)
+    _check_whole(max_failures, "max_failures", minimum=0, allow_none=False)
+    check_device(device)
+
+
+def plan_run(inputs, crop_shape, *, labels, channels, timepoint, block_shape, unit_max_bytes):
+    """Plan every image of ``inputs`` for crops of ``crop_shape`` (C, [D,] H, W).
+
+    Returns
+    -------
+    images : list
+        As :func:`gradcamo.scorer.plan.plan_inputs`.
+    parameters : dict
+        The input parameters a dataset records (and a resumed run must repeat): labels,
+        channels, timepoint, crop shape, inputs (local paths absolute), block shape, unit budget.
+    """
+    images = plan_inputs(
+        [str(i) for i in inputs], tuple(crop_shape), label_name=labels,
+        channels=None if channels is None else tuple(channels), timepoint=timepoint, block_shape=block_shape,
+        unit_max_bytes=unit_max_bytes,
+    )
+    parameters = {
+        "labels": labels, "channels": None if channels is None else list(channels),
+        "timepoint": timepoint, "crop_shape": list(crop_shape),
+        "inputs": [_recorded_input(str(i)) for i in inputs],
+        "block_shape": None if block_shape is None else list(block_shape),
+        "unit_max_bytes": unit_max_bytes,
+    }
+    return images, parameters
 
 
 def _run_bounded(client, function, items, window, on_result, failures):
@@ -186,7 +229,7 @@ def score(
 
     Returns
     -------
-    ScoreSummary
+    RunSummary
 
     Raises
     ------
@@ -197,41 +240,68 @@ def score(
         the message says how many units are done.
     """
     started = time.time()
-    _check_whole(batch_size, "batch_size", allow_none=False)
-    _check_whole(workers, "workers")
-    _check_whole(threads, "threads")
-    _check_whole(unit_max_bytes, "unit_max_bytes", allow_none=False)
-    _check_whole(timepoint, "timepoint", minimum=0, allow_none=False)
-    _check_whole(max_failures, "max_failures", minimum=0, allow_none=False)
-    check_device(device)
+    check_run_options(inputs=inputs, batch_size=batch_size, workers=workers, threads=threads,
+                      unit_max_bytes=unit_max_bytes, timepoint=timepoint, max_failures=max_failures, device=device)
     check_choice("convention", convention, CONVENTIONS)
     methods = check_methods(methods)
-    if not inputs:
-        raise InputError("inputs: give at least one OME-Zarr image or plate", argument="inputs")
     info = read_model_info(model)
     targets = parse_targets(target, list(info.class_names))
-    images = plan_inputs(
-        [str(i) for i in inputs], info, label_name=labels,
-        channels=None if channels is None else tuple(channels), timepoint=timepoint, block_shape=block_shape,
-        unit_max_bytes=unit_max_bytes,
-    )
+    images, parameters = plan_run(inputs, info.input_shape, labels=labels, channels=channels, timepoint=timepoint,
+                                  block_shape=block_shape, unit_max_bytes=unit_max_bytes)
     provenance = {"model_sha256": info.sha256, "target_layer": info.target_layer, "convention": convention}
     spec = ScoreSpec(
         model_path=str(os.path.abspath(model)), model_sha256=info.sha256, crop_shape=tuple(info.input_shape),
         convention=convention, device=device, threads=threads, batch_size=batch_size, targets=targets,
         label_name=labels, class_names=tuple(info.class_names), provenance=provenance, methods=methods,
     )
-    parameters = {
+    parameters.update({
         "model_sha256": info.sha256, "target_layer": info.target_layer, "convention": convention,
-        "methods": list(methods),
-        "targets": list(targets), "labels": labels, "channels": None if channels is None else list(channels),
-        "timepoint": timepoint, "crop_shape": list(info.input_shape),
-        "inputs": [_recorded_input(str(i)) for i in inputs],
-        "block_shape": None if block_shape is None else list(block_shape),
-        "unit_max_bytes": unit_max_bytes,
-    }
-    with ScoreDataset.open(output, parameters, overwrite=overwrite) as dataset:
-        dataset.record(model=spec.model_path)  # where `cams` and `report` find it; not a parameter: may move
+        "methods": list(methods), "targets": list(targets),
+    })
+    return run_units(
+        score_unit, spec, images, output, parameters,
+        record={"model": spec.model_path},  # where `cams` and `report` find it; not a parameter: may move
+        overwrite=overwrite, scheduler=scheduler, workers=workers, threads=threads, progress=progress,
+        max_failures=max_failures, started=started, verb="scored",
+    )
+
+
+def run_units(unit, spec, images, output, parameters, *, record, overwrite, scheduler, workers, threads, progress,
+              max_failures, started, verb, schema=SCORE_SCHEMA):
+    """Run ``unit(spec, block[, objects])`` on every work unit not yet done; write each one's table as a part.
+
+    The run loop of :func:`score` and ``encode``: opens (creates, resumes or replaces) the
+    dataset, starts or joins the Dask cluster and registers the per-worker state, submits a
+    bounded number of units (blocked images measured first), writes parts on a background
+    thread, shows progress, records failed units and stops after ``max_failures``, turns
+    SIGINT/SIGTERM into :class:`Interrupted` with finished parts kept, and writes the manifest.
+
+    Parameters
+    ----------
+    unit : callable
+        ``unit(spec, block, objects=None) -> UnitResult`` whose table has ``schema``.
+    spec : object
+        Picklable; handed to every unit.
+    images : list
+        From :func:`plan_run`.
+    output : str
+        The dataset directory.
+    parameters : dict
+        What the dataset records; a resumed run must give the same.
+    record : dict
+        Top-level manifest entries that may change between runs (e.g. where the model is).
+    verb : str
+        Past tense for the log line (``scored``, ``encoded``).
+    schema : pyarrow.Schema
+        The parts' columns.
+
+    Returns
+    -------
+    RunSummary
+    """
+    spatial_dims = len(spec.crop_shape) - 1
+    with ScoreDataset.open(output, parameters, overwrite=overwrite, schema=schema) as dataset:
+        dataset.record(**record)
         done = dataset.completed_units()
         counts = {"images": len(images), "units": sum(len(i.blocks) or 1 for i in images), "cells": 0, "rows": 0}
         providers, stages = set(), dict.fromkeys(STAGES, 0.0)
@@ -246,10 +316,10 @@ def score(
             window = max(2, sum(nthreads) + len(nthreads))
             todo = [image for image in images if any(b.unit_id not in done for b in image.blocks)]
             with cell_progress(progress) as bar, _PartWriter(dataset) as writer:
-                task = bar.add_task("scoring", total=None)
+                task = bar.add_task(verb, total=None)
                 finished_images = collections.Counter()
 
-                def on_scored(item, result):
+                def on_result(item, result):
                     block = item[1]
                     writer.write(block.unit_id, result.table)
                     counts["cells"] += result.cells
@@ -261,8 +331,8 @@ def score(
                     estimate = counts["cells"] / len(finished_images) * len(todo) if finished_images else None
                     bar.update(task, advance=result.cells, total=max(estimate or 0, counts["cells"]) or None)
 
-                items = _work_items(client, todo, spec, done, info.spatial_dims, failures)
-                _run_bounded(client, score_unit, items, window, on_scored, failures)
+                items = _work_items(client, todo, spec, done, spatial_dims, failures)
+                _run_bounded(client, unit, items, window, on_result, failures)
             counts["providers"] = sorted(providers)
             with_stages = {stage: round(seconds, 3) for stage, seconds in stages.items()}
         except (KeyboardInterrupt, Interrupted) as stop:  # parts written so far are whole: say so
@@ -277,15 +347,15 @@ def score(
             if cluster is not None:
                 cluster.close()
         dataset.finish(counts, failures=failures.to_json(), stopped_early=failures.exceeded)
-    summary = ScoreSummary(
+    summary = RunSummary(
         output=str(output), images=len(images), units=counts["units"],
         units_resumed=len(done), cells=counts["cells"], rows=counts["rows"], seconds=time.time() - started,
         providers=tuple(counts["providers"]), stage_seconds=with_stages,
         failures=tuple(failures.failures), stopped_early=failures.exceeded,
     )
     LOGGER.info(
-        "scored %d cells (%d rows) in %.1f s on %s", summary.cells, summary.rows, summary.seconds,
-        ", ".join(summary.providers) or "no onnxruntime session (nothing to score)",
+        "%s %d cells (%d rows) in %.1f s on %s", verb, summary.cells, summary.rows, summary.seconds,
+        ", ".join(summary.providers) or "no onnxruntime session (nothing to do)",
     )
     return summary
 
@@ -344,4 +414,4 @@ class _PartWriter:
             self._pool.shutdown(wait=True)
 
 
-__all__ = ["ScoreSummary", "score"]
+__all__ = ["RunSummary", "ScoreSummary", "check_run_options", "plan_run", "run_units", "score"]

@@ -64,12 +64,14 @@ def _unit_prefix(ref):
     return hashlib.sha1(f"{ref.store}|{ref.path}".encode()).hexdigest()[:12]
 
 
-def plan_image(ref, info, *, label_name=None, channels=None, timepoint=0, block_shape=None,
+def plan_image(ref, crop_shape, *, label_name=None, channels=None, timepoint=0, block_shape=None,
                unit_max_bytes=UNIT_MAX_BYTES):
     """Open, check and split one image into work units.
 
-    The whole image is one unit when its chosen channels and labels fit ``unit_max_bytes``
-    and no ``block_shape`` is given; else chunk-aligned blocks (:func:`block_grid`).
+    ``crop_shape`` is the model's crop ``(C, [D,] H, W)``: the image must offer C channels
+    (after ``channels``) and its spatial dimensions. The whole image is one unit when its
+    chosen channels and labels fit ``unit_max_bytes`` and no ``block_shape`` is given; else
+    chunk-aligned blocks (:func:`block_grid`).
 
     Raises
     ------
@@ -78,10 +80,9 @@ def plan_image(ref, info, *, label_name=None, channels=None, timepoint=0, block_
     """
     source = open_image(ref, label_name)
     layout = plan_layout(
-        source, spatial_dims=info.spatial_dims, n_channels=info.input_shape[0],
-        channels=channels, timepoint=timepoint,
+        source, spatial_dims=len(crop_shape) - 1, n_channels=crop_shape[0], channels=channels, timepoint=timepoint,
     )
-    crop = tuple(info.input_shape[1:])
+    crop = tuple(crop_shape[1:])
     if any(c > n for c, n in zip(crop, layout.spatial_shape)):
         raise InputError(
             f"{ref.name}: the model's crop {crop} is larger than the image {layout.spatial_shape}"
@@ -99,7 +100,7 @@ def plan_image(ref, info, *, label_name=None, channels=None, timepoint=0, block_
     ))
 
 
-def plan_inputs(inputs, info, **options):
+def plan_inputs(inputs, crop_shape, **options):
     """Every image of every input, planned; duplicates (the same image twice) refused.
 
     Images are opened and checked on a few threads (each costs a handful of small metadata
@@ -117,7 +118,7 @@ def plan_inputs(inputs, info, **options):
 
     def plan(ref):
         try:
-            return plan_image(ref, info, **options)
+            return plan_image(ref, crop_shape, **options)
         except UnreadableError as error:
             if ref.plate is None:
                 raise

@@ -37,17 +37,21 @@ TEMP_PREFIX = ".tmp-"
 MANIFEST_VERSION = 1
 
 _DICTIONARY = pa.dictionary(pa.int32(), pa.string())
+KEY_FIELDS = (
+    ("Metadata_Plate", pa.string()),
+    ("Metadata_Well", pa.string()),
+    ("Metadata_Site", pa.int32()),
+    ("Metadata_Image", pa.string()),
+    ("Metadata_ObjectNumber", pa.int64()),
+    ("centroid_z", pa.float64()),
+    ("centroid_y", pa.float64()),
+    ("centroid_x", pa.float64()),
+    ("object_voxels", pa.int64()),
+)
+"""The columns that identify a cell, first in every per-cell dataset (scores, latents)."""
 SCORE_SCHEMA = pa.schema(
     [
-        ("Metadata_Plate", pa.string()),
-        ("Metadata_Well", pa.string()),
-        ("Metadata_Site", pa.int32()),
-        ("Metadata_Image", pa.string()),
-        ("Metadata_ObjectNumber", pa.int64()),
-        ("centroid_z", pa.float64()),
-        ("centroid_y", pa.float64()),
-        ("centroid_x", pa.float64()),
-        ("object_voxels", pa.int64()),
+        *KEY_FIELDS,
         ("target_class", pa.int32()),
         ("predicted_class", pa.int32()),
         ("target_name", pa.string()),
@@ -69,31 +73,31 @@ SCORE_SCHEMA = pa.schema(
         ("convention", _DICTIONARY),
     ]
 )
-PROVENANCE_COLUMNS = ("model_sha256", "target_layer", "convention")
-
-
-def make_table(columns, *, provenance):
-    """An Arrow table with :data:`SCORE_SCHEMA` from per-column sequences.
+def make_table(columns, *, provenance, schema=SCORE_SCHEMA):
+    """An Arrow table with ``schema`` from per-column sequences.
 
     Parameters
     ----------
     columns : dict
-        Every non-provenance column of the schema, as equal-length sequences; an empty
-        dict gives a 0-row table.
+        Every column of the schema not in ``provenance``, as equal-length sequences; an
+        empty dict gives a 0-row table.
     provenance : dict
-        ``model_sha256``, ``target_layer`` and ``convention``: one string each, repeated
-        on every row and recorded in the schema metadata.
+        One string each, recorded in the schema metadata (``gradcamo.<key>``) and, for the
+        keys that are columns of ``schema`` (the scores' ``model_sha256``, ``target_layer``
+        and ``convention``), repeated on every row.
+    schema : pyarrow.Schema
+        :data:`SCORE_SCHEMA`, or another per-cell schema (the latents').
     """
     n = len(next(iter(columns.values()))) if columns else 0
     arrays = []
-    for field in SCORE_SCHEMA:
-        if field.name in PROVENANCE_COLUMNS:
+    for field in schema:
+        if field.name in provenance:
             values = pa.array([provenance[field.name]] * n, pa.string()).dictionary_encode()
             arrays.append(values.cast(field.type))
         else:
             arrays.append(pa.array(columns[field.name] if columns else [], field.type))
     metadata = {"gradcamo.version": gradcamo.__version__, **{f"gradcamo.{k}": v for k, v in provenance.items()}}
-    return pa.Table.from_arrays(arrays, schema=SCORE_SCHEMA.with_metadata(metadata))
+    return pa.Table.from_arrays(arrays, schema=schema.with_metadata(metadata))
 
 
 def _part_name(unit_id):
@@ -137,26 +141,33 @@ def _process_alive(pid):
     return True
 
 
-def _part_is_readable(path):
+def _part_is_readable(path, expected):
     try:
         schema = pq.read_schema(path)
     except (OSError, pa.ArrowException):
         return False
-    return schema.remove_metadata().equals(SCORE_SCHEMA)
+    return schema.remove_metadata().equals(expected)
 
 
 class ScoreDataset:
-    """A dataset directory opened for writing by one scorer; use :meth:`open`."""
+    """A dataset directory opened for writing by one scorer; use :meth:`open`.
 
-    def __init__(self, directory, parameters, manifest):
+    Its parts hold :data:`SCORE_SCHEMA`'s columns, or those of the schema given to :meth:`open`
+    (``encode`` writes latent codes through the same machinery).
+    """
+
+    def __init__(self, directory, parameters, manifest, schema=SCORE_SCHEMA):
         self.directory = directory
         self.parameters = parameters
+        self.schema = schema
         self._manifest = manifest
 
     @classmethod
     @contextlib.contextmanager
-    def open(cls, directory, parameters, *, overwrite=False):
+    def open(cls, directory, parameters, *, overwrite=False, schema=SCORE_SCHEMA):
         """Create, resume or (with ``overwrite``) replace the dataset in ``directory``.
+
+        A part whose columns are not ``schema``'s counts as damaged: its unit is done again.
 
         Raises
         ------
@@ -186,7 +197,7 @@ class ScoreDataset:
         try:
             with _lock(directory):
                 manifest = cls._prepare(directory, parameters, overwrite)
-                yield cls(directory, parameters, manifest)
+                yield cls(directory, parameters, manifest, schema)
         except GradcamoError:
             if created and not part_files(directory):
                 shutil.rmtree(directory, ignore_errors=True)  # bad input found late: leave nothing behind
@@ -212,12 +223,12 @@ class ScoreDataset:
                 old = previous.get("parameters") or {}
                 changed = sorted(k for k in set(old) | set(parameters) if old.get(k) != parameters.get(k))
                 raise InputError(
-                    f"output {directory}: holds scores made with other parameters "
+                    f"output {directory}: holds rows made with other parameters "
                     f"({', '.join(changed)}); pass --overwrite (overwrite=True) to replace them or choose another "
                     "directory",
                     argument="output",
                 )
-            LOGGER.warning("replacing the scores in %s (--overwrite)", directory)
+            LOGGER.warning("replacing the rows in %s (--overwrite)", directory)
             for name in os.listdir(directory):
                 if _is_part(name):
                     os.remove(directory / name)
@@ -240,7 +251,7 @@ class ScoreDataset:
             if not _is_part(name):
                 continue
             path = self.directory / name
-            if _part_is_readable(path):
+            if _part_is_readable(path, self.schema):
                 done.add(name[len(PART_PREFIX):-len(PART_SUFFIX)])
             else:
                 LOGGER.warning("%s is damaged; its unit will be scored again", path)

@@ -24,7 +24,7 @@ from gradcamo.localisation import localisation_metrics
 from gradcamo.scorer import head
 from gradcamo.scorer.crops import CropCutter, Measurements, crop_starts, measure_objects
 from gradcamo.scorer.regions import Layout, read_region
-from gradcamo.scorer.session import CUDA
+from gradcamo.scorer.session import CUDA, scoring_session
 from gradcamo.scorer.sink import make_table
 from gradcamo.scorer.worker import worker_state
 
@@ -52,6 +52,12 @@ class ScoreSpec:
     @property
     def crop_spatial(self):
         return tuple(self.crop_shape[1:])
+
+    @property
+    def session_arguments(self):
+        """Arguments of :func:`gradcamo.scorer.session.scoring_session` (and the worker's cache key)."""
+        return (self.model_path, self.model_sha256, self.crop_spatial, self.convention, self.device, self.threads,
+                self.methods)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +138,69 @@ def assign_objects(blocks, measurements):
     ]
 
 
+class StageClock:
+    """Seconds per stage of one unit (:data:`STAGES`): each :meth:`lap` charges the time since the last."""
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+        self._clock = time.perf_counter()
+
+    def lap(self, stage):
+        now = time.perf_counter()
+        self.seconds[stage] += now - self._clock
+        self._clock = now
+
+
+def read_unit(block, objects, crop_spatial, clock):
+    """Read a unit's region (the whole image, or the block and its halo), measure its objects if
+    needed, and set up the cutting of their crops: the read, measure and cut steps of every unit.
+
+    Parameters
+    ----------
+    block : Block
+    objects : Objects, optional
+        The block's objects from pass 1; None for a whole image, measured here from the
+        same label read that the masks are cut from.
+    crop_spatial : tuple of int
+        The crop's spatial shape.
+    clock : StageClock
+
+    Returns
+    -------
+    objects : Objects
+    cutter : CropCutter or None
+        Cuts the objects' crops and masks; None when there are no objects.
+    """
+    source = block.source
+    layout = block.layout
+    crop = np.asarray(crop_spatial)
+    if objects is None:
+        region_start, region_stop = np.zeros(len(crop), np.int64), np.asarray(layout.spatial_shape)
+        cache = None  # one read of the whole image: every chunk once
+    else:
+        cache = worker_state().chunks
+        # Crops of objects centred in [start, stop) span [start - crop//2, stop - 1 - crop//2 + crop).
+        region_start = np.maximum(np.asarray(block.start) - crop // 2, 0)
+        region_stop = np.minimum(np.asarray(block.stop) - 1 - crop // 2 + crop, layout.spatial_shape)
+    labels = _read_labels(source, layout, region_start, region_stop, cache)
+    image = read_region(
+        source.image, layout.image_axes, layout.spatial_axes, _slices(region_start, region_stop),
+        channels=layout.channels, timepoint=layout.timepoint, cache=cache,
+    )
+    clock.lap("read")
+    if objects is None:
+        objects = Objects.of(measure_objects(labels))
+        clock.lap("measure")
+    if not len(objects):
+        return objects, None
+    return objects, CropCutter(image, labels, crop_starts(objects.centroids, crop) - region_start, crop)
+
+
+def padded_for(session, feed, batch_size):
+    """``feed`` padded to ``batch_size`` rows when ``session`` runs on CUDA (:func:`_padded_to`), else as it is."""
+    return _padded_to(feed, batch_size) if session.get_providers()[0] == CUDA else feed
+
+
 def score_unit(spec, block, objects=None):
     """Score the objects of one block: read, (measure,) cut, run the headed graph, build the rows.
 
@@ -148,44 +217,15 @@ def score_unit(spec, block, objects=None):
     UnitResult
     """
     state = worker_state()
-    seconds = dict.fromkeys(STAGES, 0.0)
-    clock = time.perf_counter()
-
-    def lap(stage):
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[stage] += now - clock
-        clock = now
-
-    source = block.source
-    layout = block.layout
-    crop = np.asarray(spec.crop_spatial)
-    if objects is None:
-        region_start, region_stop = np.zeros(len(crop), np.int64), np.asarray(layout.spatial_shape)
-        cache = None  # one read of the whole image: every chunk once
-    else:
-        cache = state.chunks
-        # Crops of objects centred in [start, stop) span [start - crop//2, stop - 1 - crop//2 + crop).
-        region_start = np.maximum(np.asarray(block.start) - crop // 2, 0)
-        region_stop = np.minimum(np.asarray(block.stop) - 1 - crop // 2 + crop, layout.spatial_shape)
-    labels = _read_labels(source, layout, region_start, region_stop, cache)
-    image = read_region(
-        source.image, layout.image_axes, layout.spatial_axes, _slices(region_start, region_stop),
-        channels=layout.channels, timepoint=layout.timepoint, cache=cache,
-    )
-    lap("read")
-    if objects is None:
-        objects = Objects.of(measure_objects(labels))
-        lap("measure")
+    clock = StageClock()
+    objects, cutter = read_unit(block, objects, spec.crop_spatial, clock)
     if not len(objects):
-        return UnitResult(unit_table(spec, block, objects, None), 0, None, seconds)
+        return UnitResult(unit_table(spec, block, objects, None), 0, None, clock.seconds)
 
-    session = state.session(spec)
-    cutter = CropCutter(image, labels, crop_starts(objects.centroids, crop) - region_start, crop)
+    session = state.session(scoring_session, *spec.session_arguments)
     targets = np.asarray(spec.targets, dtype=np.int64)
     pair_object = np.repeat(np.arange(len(objects)), len(targets))
     pair_target = np.tile(targets, len(objects))
-    one_shape = session.get_providers()[0] == CUDA
     per_method = len(spec.methods)  # the head's rows: (pair, method), pair-major
     outputs = []
     for begin in range(0, len(pair_object), spec.batch_size):
@@ -193,14 +233,13 @@ def score_unit(spec, block, objects=None):
         crops, masks = cutter.cut(chosen, objects.ids[chosen])
         feed = {"image": crops, "target": pair_target[begin:begin + spec.batch_size],
                 head.MASK: masks.astype(np.float32)}
-        if one_shape:
-            feed = _padded_to(feed, spec.batch_size)
-        lap("cut")
+        feed = padded_for(session, feed, spec.batch_size)
+        clock.lap("cut")
         with state.inference:
-            lap("wait")
+            clock.lap("wait")
             logits, *rows = session.run(list(head.HEAD_OUTPUTS + head.METRIC_OUTPUTS), feed)
             outputs.append([logits[:len(chosen)], *(row[:len(chosen) * per_method] for row in rows)])
-            lap("infer")
+            clock.lap("infer")
     logits, inside, total, voxels, ranks, peaks = (np.concatenate(column) for column in zip(*outputs))
     row_pair = np.repeat(np.arange(len(pair_object)), per_method)
     scored = {"object": pair_object[row_pair], "target": pair_target[row_pair], "logits": logits[row_pair],
@@ -208,8 +247,8 @@ def score_unit(spec, block, objects=None):
               "mask_voxels": voxels, "rank_counts": ranks, "peak_values": peaks,
               "pad": cutter.pad_fractions[pair_object[row_pair]]}
     table = unit_table(spec, block, objects, scored)
-    lap("table")
-    return UnitResult(table, len(objects), session.get_providers()[0], seconds)
+    clock.lap("table")
+    return UnitResult(table, len(objects), session.get_providers()[0], clock.seconds)
 
 
 def _padded_to(feed, batch_size):
@@ -228,6 +267,25 @@ def _softmax_at(logits, columns):
     shifted = logits - logits.max(axis=1, keepdims=True)
     probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
     return probabilities[np.arange(len(logits)), columns]
+
+
+def key_columns(block, objects, index):
+    """The key columns (:data:`gradcamo.scorer.sink.KEY_FIELDS`) of the rows of ``objects[index]`` of ``block``."""
+    n = len(index)
+    centroids = objects.centroids[index]
+    spatial = block.layout.spatial_axes
+    ref = block.ref
+    return {
+        "Metadata_Plate": [ref.plate] * n,
+        "Metadata_Well": [ref.well] * n,
+        "Metadata_Site": np.full(n, ref.site, dtype=np.int32),
+        "Metadata_Image": [ref.name] * n,
+        "Metadata_ObjectNumber": objects.ids[index],
+        "centroid_z": centroids[:, 0] if "z" in spatial else [None] * n,
+        "centroid_y": centroids[:, spatial.index("y")],
+        "centroid_x": centroids[:, spatial.index("x")],
+        "object_voxels": objects.voxels[index],
+    }
 
 
 def unit_table(spec, block, objects, scored):
@@ -251,19 +309,8 @@ def unit_table(spec, block, objects, scored):
     metrics = localisation_metrics(value, empty, scored["mask_voxels"], int(np.prod(spec.crop_spatial)),
                                    scored["rank_counts"], scored["peak_values"])
     pad = scored["pad"].astype(np.float32)
-    centroids = objects.centroids[index]
-    spatial = block.layout.spatial_axes
-    ref = block.ref
     return make_table({
-        "Metadata_Plate": [ref.plate] * n,
-        "Metadata_Well": [ref.well] * n,
-        "Metadata_Site": np.full(n, ref.site, dtype=np.int32),
-        "Metadata_Image": [ref.name] * n,
-        "Metadata_ObjectNumber": objects.ids[index],
-        "centroid_z": centroids[:, 0] if "z" in spatial else [None] * n,
-        "centroid_y": centroids[:, spatial.index("y")],
-        "centroid_x": centroids[:, spatial.index("x")],
-        "object_voxels": objects.voxels[index],
+        **key_columns(block, objects, index),
         "target_class": target.astype(np.int32),
         "predicted_class": predicted.astype(np.int32),
         "target_name": [spec.class_names[t] for t in target],
@@ -283,5 +330,5 @@ def unit_table(spec, block, objects, scored):
     }, provenance=spec.provenance)
 
 
-__all__ = ["Block", "Measurements", "Objects", "ScoreSpec", "UnitResult", "assign_objects", "measure_block",
-           "score_unit", "unit_table"]
+__all__ = ["Block", "Measurements", "Objects", "ScoreSpec", "StageClock", "UnitResult", "assign_objects",
+           "key_columns", "measure_block", "padded_for", "read_unit", "score_unit", "unit_table"]

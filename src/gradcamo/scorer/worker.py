@@ -1,8 +1,8 @@
-"""Per-worker state of a scoring run, held by a ``distributed.WorkerPlugin``.
+"""Per-worker state of a scoring (or encoding) run, held by a ``distributed.WorkerPlugin``.
 
-A worker keeps, for the duration of a run: its onnxruntime sessions (never pickled; taken
-from the process's session cache, :func:`gradcamo.scorer.session.scoring_session`, so
-repeated runs in one process do not build them again), a cache of decoded chunks (the halos of neighbouring blocks share chunks), a lock that lets one batch at a time into a session
+A worker keeps, for the duration of a run: its onnxruntime sessions (never pickled; a scoring
+run's come from the process's session cache, :func:`gradcamo.scorer.session.scoring_session`,
+so repeated runs in one process do not build them again), a cache of decoded chunks (the halos of neighbouring blocks share chunks), a lock that lets one batch at a time into a session
 (so that a second task thread reads, decompresses and cuts the next unit while the first
 one's batches run: reading overlaps inference), and the providers its sessions got.
 ``teardown`` drops all of it.
@@ -13,7 +13,6 @@ import threading
 from distributed import WorkerPlugin, get_worker
 
 from gradcamo.scorer.regions import ChunkCache
-from gradcamo.scorer.session import scoring_session
 
 PLUGIN_NAME = "gradcamo-scorer"
 CHUNK_CACHE_BYTES = 1024 * 2**20
@@ -40,13 +39,18 @@ class ScorerPlugin(WorkerPlugin):
     def teardown(self, worker=None):
         self._clear()
 
-    def session(self, spec):
-        """The headed session of ``spec``'s model on this worker, built on first use."""
-        key = (spec.model_path, spec.model_sha256, spec.crop_spatial, spec.convention, spec.device, spec.threads,
-               spec.methods)
+    def session(self, build, *arguments):
+        """The session ``build(*arguments)`` on this worker, built on first use and kept for the run.
+
+        ``build`` and ``arguments`` are the cache key: e.g. :func:`gradcamo.scorer.session.scoring_session` and a
+        :class:`~gradcamo.scorer.units.ScoreSpec`'s ``session_arguments`` (the model file's
+        path and sha256, crop, convention, device, threads, methods), or an autoencoder's
+        graph opener and its description.
+        """
+        key = (build, *arguments)
         with self._guard:
             if key not in self._sessions:
-                self._sessions[key] = scoring_session(*key)
+                self._sessions[key] = build(*arguments)
             return self._sessions[key]
 
 

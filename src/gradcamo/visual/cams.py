@@ -9,7 +9,6 @@ Layout of the output directory::
 """
 
 import dataclasses
-import os
 import pathlib
 import time
 
