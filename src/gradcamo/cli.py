@@ -472,24 +472,42 @@ def exaggerate_command(
                f"{'n/a' if auroc is None else f'{auroc:.3f}'}, {summary.seconds:.1f} s)")
 
 
+DEMO_OUT = "gradcamo-demo"
+
+
 @app.command("demo")
 def demo_command(
-    out: str = typer.Option("gradcamo-demo", "--out", help="Directory for the plate, models and scores."),
+    out: str = typer.Option(DEMO_OUT, "--out", help="Directory for the plate, models and scores "
+                            f"(with --exaggerate, default {DEMO_OUT}-exaggerate)."),
     three_d: bool = typer.Option(False, "--3d", help="A 3D plate and 3D models instead of 2D."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic plate and of training."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a demo made with other settings."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Dask worker processes for scoring."),
+    exaggerate: bool = typer.Option(False, "--exaggerate", help="The latent-space exaggeration demo instead: "
+                                    "train an autoencoder and a classifier, encode, exaggerate (2D)."),
     quiet: bool = QUIET_OPTION,
 ):
     """The whole path on a synthetic plate: train an honest and a shortcut model, export, score, compare.
 
-    Needs torch (pip install "gradcamo[export]"). About a minute on a laptop CPU.
+    With --exaggerate: cells whose "high" wells have arms and a bright rim; an autoencoder and a
+    classifier trained on the spot; encode, exaggerate, and the share of cells whose arms, rim and
+    probability grow along the direction. Needs torch (pip install "gradcamo[export]"). About a
+    minute on a laptop CPU.
     """
+    if quiet:
+        _configure_logging(quiet)
+    if exaggerate:
+        from gradcamo.demo.exaggerate import print_exaggerate_report, run_exaggerate_demo
+
+        if three_d:
+            raise InputError("--3d: the exaggeration demo is 2D only; leave out --3d or --exaggerate")
+        result = run_exaggerate_demo(out if out != DEMO_OUT else DEMO_OUT + "-exaggerate", seed=seed,
+                                     overwrite=overwrite, workers=workers, progress=_show_progress())
+        print_exaggerate_report(result)
+        return
     from gradcamo.demo.report import print_report
     from gradcamo.demo.run import run_demo
 
-    if quiet:
-        _configure_logging(quiet)
     result = run_demo(out, three_d=three_d, seed=seed, overwrite=overwrite, workers=workers,
                       progress=_show_progress())
     print_report(result)

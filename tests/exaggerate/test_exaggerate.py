@@ -124,10 +124,11 @@ def test_the_report_table_is_the_monotonic_share_of_the_parquet(run):
         values = rows[name].to_numpy()
         finite = values[np.isfinite(values)]
         up, down = monotonic(values.reshape(2 * CELLS, len(STEPS)), 0.01 * (finite.max() - finite.min()))
-        assert f"data-property='{name}' data-group='all'" in html
-        row = html.split(f"data-property='{name}' data-group='all'")[1].split("</tr>")[0]
-        assert f'data-field="increasing" data-value="{float(up.mean())!r}"' in row
-        assert f'data-field="decreasing" data-value="{float(down.mean())!r}"' in row
+        row = html.split(f"<tr data-property='{name}'>")[1].split("</tr>")[0]
+        assert f'data-field="all_increasing" data-value="{float(up.mean())!r}"' in row
+        assert f'data-field="all_decreasing" data-value="{float(down.mean())!r}"' in row
+        high = np.asarray(rows.group[::len(STEPS)] == "high")
+        assert f'data-field="high_increasing" data-value="{float(up[high].mean())!r}"' in row
 
 
 def test_feature_direction_moves_one_feature_by_its_sd(tmp_path, latents, ae_dir):

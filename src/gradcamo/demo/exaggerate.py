@@ -146,3 +146,32 @@ def run_exaggerate_demo(out="gradcamo-demo-exaggerate", *, seed=0, overwrite=Fal
     summary = exaggerate(out / "latents", ae_dir, out / "exaggerate", high=HIGH, low=LOW, model=classifier, seed=seed,
                          steps=STEPS, overwrite=True, progress=progress)
     return ExaggerateDemoResult(out, summary, time.time() - started)
+
+
+SHOWN = ("prob_high", "grad_camo", "protrusion", "solidity", "area", "perimeter", "intensity_rim_c1",
+         "intensity_inside_c1")
+"""Quantities the demo prints (the report has them all)."""
+
+
+def print_exaggerate_report(result, console=None):
+    """AUROC, the monotonic shares of the main quantities per group, the run time and where the report is."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    record = result.summary.direction
+    folds = record["folds"]
+    auroc = "n/a" if record["auroc"] is None else f"{record['auroc']:.3f}"
+    console.print(f"LDA direction from low to high: cross-validated AUROC {auroc} ({folds['scheme']}, "
+                  f"{folds['folds']} folds, {record['cells']['high']} high and {record['cells']['low']} low cells)")
+    table = Table(title=f"Share of cells changing monotonically along steps {STEPS} (SD)")
+    for column in ("quantity", "all: up", "all: down", "high: up", "low: up"):
+        table.add_column(column, justify="left" if column == "quantity" else "right")
+    shares = {(row["property"], row["group"]): row for row in result.summary.shares}
+    for name in SHOWN:
+        table.add_row(name, *(f"{shares[(name, group)][way]:.0%}" for group, way in
+                               (("all", "increasing"), ("all", "decreasing"), ("high", "increasing"),
+                                ("low", "increasing"))))
+    console.print(table)
+    console.print(f"demo run time {result.seconds:.0f} s; the report, with the cells across the steps: "
+                  f"{result.report}", highlight=False, soft_wrap=True)

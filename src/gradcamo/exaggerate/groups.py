@@ -7,11 +7,14 @@ import duckdb
 import numpy as np
 
 from gradcamo.errors import InputError, first_line
+from gradcamo.exaggerate.encode import KIND, code_columns
 from gradcamo.results.datasets import DATASET_COLUMN, MANIFEST, VIEW, connect, resolve_datasets
 from gradcamo.results.query import _to_arrow
+from gradcamo.scorer.sink import KEY_FIELDS
 
-KIND = "latents"
-KEY_COLUMNS = ("Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_Image", "Metadata_ObjectNumber")
+KEY_TYPES = {name: kind for name, kind in KEY_FIELDS if name.startswith("Metadata_")}
+"""The cell keys (``Metadata_*``) and their Arrow types, as in score and latents datasets."""
+KEY_COLUMNS = tuple(KEY_TYPES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,11 +27,6 @@ class Groups:
     keys: dict
     codes: np.ndarray
     is_high: np.ndarray
-
-
-def latent_columns(latent_size):
-    """``z_0 .. z_{L-1}``."""
-    return [f"z_{i}" for i in range(latent_size)]
 
 
 def check_latents(latents, latent_size, ae_dir):
@@ -103,9 +101,9 @@ def read_groups(latents, high, low, latent_size):
     if both:
         raise InputError(f"high: {both} cells satisfy both --high {high!r} and --low {low!r}; make the conditions "
                          "exclude each other", argument="high")
-    missing = [c for c in latent_columns(latent_size) + list(KEY_COLUMNS) if c not in table.column_names]
+    missing = [c for c in code_columns(latent_size) + list(KEY_COLUMNS) if c not in table.column_names]
     if missing:
         raise InputError(f"LATENTS {latents}: lacks the columns {', '.join(missing[:4])}; write it with `gradcamo encode`")
-    codes = np.stack([table[c].to_numpy(zero_copy_only=False) for c in latent_columns(latent_size)], axis=1)
+    codes = np.stack([table[c].to_numpy(zero_copy_only=False) for c in code_columns(latent_size)], axis=1)
     keys = {c: table[c].to_pylist() for c in KEY_COLUMNS}
     return Groups(keys, codes.astype(np.float32), is_high)

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 import gradcamo
+from gradcamo.exaggerate.trends import GROUPS
 from gradcamo.files import atomic_path
 from gradcamo.visual.colors import DIVERGING, apply_colormap
 from gradcamo.visual.figures import trajectory_svg
@@ -167,19 +168,26 @@ def _plots(table, shares, steps, n_cells):
 
 
 def _monotonic_table(shares):
-    body = "".join(
-        f"<tr data-property='{html.escape(row['property'])}' data-group='{row['group']}'>"
-        f"<td class='key'>{html.escape(row['property'])}</td><td class='key'>{row['group']}</td>"
-        f"{value_cell('cells', row['cells'], '{:,}')}{value_cell('increasing', row['increasing'], '{:.0%}')}"
-        f"{value_cell('decreasing', row['decreasing'], '{:.0%}')}{value_cell('tolerance', row['tolerance'], '{:.3g}')}</tr>"
-        for row in shares
-    )
+    """One row per quantity: its tolerance, then the shares rising and falling in all cells, high and low."""
+    by_quantity = {}
+    for row in shares:
+        by_quantity.setdefault(row["property"], {})[row["group"]] = row
+    head = "".join(f"<th>{group} {arrow}</th>" for group in GROUPS for arrow in ("↑", "↓"))
+    body = []
+    for name, rows in by_quantity.items():
+        cells = "".join(
+            value_cell(f"{group}_{way}", rows[group][way], "{:.0%}") for group in GROUPS
+            for way in ("increasing", "decreasing")
+        )
+        body.append(f"<tr data-property='{html.escape(name)}'><td class='key'>{html.escape(name)}</td>"
+                    f"{value_cell('tolerance', rows['all']['tolerance'], '{:.3g}')}{cells}</tr>")
+    cells = {group: shares[[r["group"] for r in shares].index(group)]["cells"] for group in GROUPS}
     return (
-        "<table class='monotonic'><tr><th class='key'>quantity</th><th class='key'>group</th><th>cells</th>"
-        f"<th>increasing</th><th>decreasing</th><th>tolerance</th></tr>{body}</table><p class='note'>Share of the "
-        "drawn cells whose value never falls (increasing) or never rises (decreasing) by more than the tolerance from "
-        "one step to the next, and changes by more than it from the first to the last step; a NaN anywhere counts as "
-        "neither. The tolerance is 1% of the quantity's range over all cells and steps.</p>"
+        f"<table class='monotonic'><tr><th class='key'>quantity</th><th>tolerance</th>{head}</tr>{''.join(body)}"
+        f"</table><p class='note'>Share of the drawn cells ({cells['all']}: {cells['high']} high, {cells['low']} low) "
+        "whose value never falls (↑) or never rises (↓) by more than the tolerance from one step to the next, and "
+        "changes by more than it from the first step to the last; a NaN anywhere counts as neither. The tolerance "
+        "is 1% of the quantity's range over all cells and steps.</p>"
     )
 
 

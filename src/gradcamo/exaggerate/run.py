@@ -25,7 +25,7 @@ import gradcamo
 from gradcamo.errors import InputError
 from gradcamo.exaggerate.autoencoder import open_decoder, read_autoencoder
 from gradcamo.exaggerate.direction import feature_direction, lda_direction, parse_direction
-from gradcamo.exaggerate.groups import KEY_COLUMNS, check_latents, read_groups
+from gradcamo.exaggerate.groups import KEY_TYPES, check_latents, read_groups
 from gradcamo.exaggerate.properties import measure, property_names
 from gradcamo.exaggerate.report import write_exaggerate_report
 from gradcamo.exaggerate.trajectories import (
@@ -75,8 +75,7 @@ def _trajectory_table(groups, chosen, group_names, steps, values, classes, proba
     """One row per (cell, step), cell-major."""
     n_steps = len(steps)
     repeat = np.repeat(chosen, n_steps)
-    columns = {key: pa.array([groups.keys[key][i] for i in repeat]) for key in KEY_COLUMNS}
-    columns["Metadata_Site"] = columns["Metadata_Site"].cast(pa.int32())
+    columns = {key: pa.array([groups.keys[key][i] for i in repeat], kind) for key, kind in KEY_TYPES.items()}
     columns["cell_index"] = pa.array(np.repeat(np.arange(len(chosen), dtype=np.int32), n_steps))
     columns["step_index"] = pa.array(np.tile(np.arange(n_steps, dtype=np.int32), len(chosen)))
     columns["step"] = pa.array(np.tile(steps, len(chosen)))
