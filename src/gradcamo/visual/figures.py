@@ -182,7 +182,8 @@ def trajectory_svg(steps, series, *, y_label, width=300, height=190, label="traj
         return (value - low) / (high - low)
 
     x_ticks = [(unit_x(v), f"{v:g}") for v in steps] if len(steps) <= 11 else [(unit_x(v), f"{v:g}") for v in steps[::2]]
-    y_ticks = [(unit_y(v), f"{v:.3g}") for v in np.linspace(low, high, 3)]
+    digits = max(0, 2 - int(np.floor(np.log10(high - low))))
+    y_ticks = [(unit_y(v), f"{v:,.{digits}f}") for v in np.linspace(low, high, 3)]
     body, to_x, to_y = _axes(width, height, "step (SD)", y_label, y_ticks, x_ticks)
     for index, (name, (q25, median, q75)) in enumerate(series.items()):
         color = SERIES_COLORS[index % len(SERIES_COLORS)]
