@@ -3,10 +3,16 @@
 import numpy as np
 import pyarrow as pa
 
+from gradcamo.exaggerate.autoencoder import export_autoencoder
 from gradcamo.scorer.sink import ScoreDataset
+from tests.tiny_models import CROP_2D, tiny_autoencoder
 
 LOW_WELLS = ("B01", "B02")
 HIGH_WELLS = ("B03", "B04")
+HIGH = "Metadata_Well in ('B03', 'B04')"
+LOW = "Metadata_Well in ('B01', 'B02')"
+MEAN, STD = [100.0] * 3, [300.0] * 3
+"""The tiny autoencoder's normalisation (baked into its graphs)."""
 
 
 def write_latents(directory, codes, wells, *, autoencoder, plates=None, reconstruction_mse=None):
@@ -57,3 +63,17 @@ def two_groups(latent_size, *, cells_per_well=10, shift=1.5, seed=0):
     codes = generator.normal(size=(len(wells), latent_size))
     codes[np.isin(wells, HIGH_WELLS), :2] += shift
     return codes.astype(np.float32), wells
+
+
+def tiny_exaggeration_inputs(root):
+    """An AE_DIR of the tiny 2D autoencoder (crop :data:`CROP_2D`, 4 features) and a latents dataset of it.
+
+    Returns
+    -------
+    ae_dir, latents : pathlib.Path
+    codes : (40, 4) float32 ndarray
+    wells : (40,) str ndarray
+    """
+    ae_dir = export_autoencoder(tiny_autoencoder(2), CROP_2D, root / "ae", mean=MEAN, std=STD, quiet=True).directory
+    codes, wells = two_groups(4)
+    return ae_dir, write_latents(root / "latents", codes, wells, autoencoder=ae_dir), codes, wells

@@ -12,6 +12,8 @@ from gradcamo.demo.exaggerate import CROP_SHAPE, LATENT_SIZE, make_fields
 from gradcamo.demo.train import cell_crops
 from gradcamo.exaggerate.autoencoder import open_encoder, read_autoencoder
 
+pytestmark = pytest.mark.slow  # 15 s on two idle cores, up to a minute on busy ones
+
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):

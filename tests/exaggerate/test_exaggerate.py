@@ -17,28 +17,27 @@ from sklearn.preprocessing import StandardScaler
 from gradcamo.cli import main
 from gradcamo.exaggerate.autoencoder import export_autoencoder, open_decoder, read_autoencoder
 from gradcamo.exaggerate.trends import monotonic
-from tests.exaggerate.latents import HIGH_WELLS, two_groups, write_latents
+from tests.exaggerate.latents import HIGH, HIGH_WELLS, LOW, MEAN, STD, tiny_exaggeration_inputs
 from tests.reference import torch_gradcamo
 from tests.tiny_models import CROP_2D, TinyAutoencoder, tiny_autoencoder, tiny_classifier
 
-MEAN, STD = [100.0] * 3, [300.0] * 3
-HIGH = "Metadata_Well in ('B03', 'B04')"
-LOW = "Metadata_Well in ('B01', 'B02')"
 CELLS = 6
 STEPS = np.arange(-2.0, 2.5, 1.0)
 
 
 @pytest.fixture(scope="module")
-def ae_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("ae") / "ae"
-    export_autoencoder(tiny_autoencoder(2), CROP_2D, directory, mean=MEAN, std=STD, quiet=True)
-    return directory
+def inputs(tmp_path_factory):
+    return tiny_exaggeration_inputs(tmp_path_factory.mktemp("inputs"))
 
 
 @pytest.fixture(scope="module")
-def latents(tmp_path_factory, ae_dir):
-    codes, wells = two_groups(4)
-    return write_latents(tmp_path_factory.mktemp("latents") / "latents", codes, wells, autoencoder=ae_dir), codes, wells
+def ae_dir(inputs):
+    return inputs[0]
+
+
+@pytest.fixture(scope="module")
+def latents(inputs):
+    return inputs[1:]
 
 
 def _argv(latents, ae_dir, output, *extra):
