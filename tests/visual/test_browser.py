@@ -9,7 +9,7 @@ from gradcamo.cli import main
 from gradcamo.results.datasets import resolve_datasets
 from gradcamo.results.summary import summarize
 from gradcamo.visual.report import HEADLINE_FIELDS, format_value
-from tests.visual.browser import missing_browser, open_browser
+from tests.visual.browser import missing_browser, open_page
 from tests.visual.conftest import PLATES
 
 pytestmark = pytest.mark.skipif(missing_browser() is not None, reason=str(missing_browser()))
@@ -29,8 +29,7 @@ def report(tmp_path_factory, plate_scores, datasets):
 
 @pytest.fixture(scope="module")
 def page(report):
-    with open_browser() as driver:
-        driver.get(f"file://{report[0]}")
+    with open_page(report[0]) as driver:
         yield driver
 
 
@@ -104,8 +103,7 @@ def exaggeration(tmp_path_factory, model_2d):
 
 @pytest.fixture(scope="module")
 def exaggeration_page(exaggeration):
-    with open_browser() as driver:
-        driver.get(f"file://{exaggeration / 'report.html'}")
+    with open_page(exaggeration / "report.html") as driver:
         yield driver
 
 

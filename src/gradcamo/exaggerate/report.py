@@ -8,7 +8,6 @@ monotonic shares (:mod:`gradcamo.exaggerate.trends`).
 """
 
 import base64
-import datetime
 import html
 import io
 
@@ -17,11 +16,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 import gradcamo
 from gradcamo.exaggerate.trends import GROUPS
-from gradcamo.files import atomic_path
 from gradcamo.visual.colors import DIVERGING, apply_colormap
 from gradcamo.visual.figures import trajectory_svg
 from gradcamo.visual.overlay import BACKGROUND, CAPTION_COLOR, _outline, composite
-from gradcamo.visual.report import STYLE, format_value, value_cell
+from gradcamo.visual.report import format_value, value_cell, write_page
 
 TILE_PIXELS = 64
 """A decoded crop's longer side is scaled (nearest neighbour) to about this many pixels."""
@@ -220,14 +218,6 @@ def write_exaggerate_report(path, record, table, shares, decoded, masks, mean_di
          f"channel (rows); blue below, red above, full colour at ±{limit:.4g} (raw intensity).</p>"),
         ("Cells across the steps (foreground outlined)", _cells(table, decoded, masks, steps)),
     ]
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    body = "".join(f"<section><h2>{html.escape(title)}</h2>{content}</section>" for title, content in sections)
-    page = (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>gradcamo exaggerate: {html.escape(record['high'])} vs {html.escape(record['low'])}</title>"
-        f"<style>{STYLE}{EXTRA_STYLE}</style></head><body><h1>What moves along the direction from low to high?</h1>"
-        f"<p class='note'>gradcamo {gradcamo.__version__}, made {now}.</p>{body}</body></html>"
-    )
-    with atomic_path(path) as temporary:
-        temporary.write_text(page, encoding="utf-8")
+    write_page(path, title=f"gradcamo exaggerate: {record['high']} vs {record['low']}",
+               heading="What moves along the direction from low to high?", note=f"gradcamo {gradcamo.__version__}",
+               sections=sections, extra_style=EXTRA_STYLE)
