@@ -17,9 +17,9 @@ from sklearn.preprocessing import StandardScaler
 from gradcamo.cli import main
 from gradcamo.exaggerate.autoencoder import export_autoencoder, open_decoder, read_autoencoder
 from gradcamo.exaggerate.trends import monotonic
-from tests.exaggerate.latents import HIGH, HIGH_WELLS, LOW, MEAN, STD, tiny_exaggeration_inputs
+from tests.exaggerate.latents import HIGH, HIGH_WELLS, LOW, MEAN, STD, tiny_exaggeration_inputs, two_groups, write_latents
 from tests.reference import torch_gradcamo
-from tests.tiny_models import CROP_2D, TinyAutoencoder, tiny_autoencoder, tiny_classifier
+from tests.tiny_models import CROP_2D, CROP_3D, TinyAutoencoder, tiny_autoencoder, tiny_classifier
 
 CELLS = 6
 STEPS = np.arange(-2.0, 2.5, 1.0)
@@ -195,3 +195,21 @@ def test_a_run_that_fails_while_writing_leaves_no_output(tmp_path, latents, ae_d
     assert main(_argv(latents[0], ae_dir, output)) == 0
     assert sorted(p.name for p in output.iterdir()) == ["direction.json", "images.zarr", "report.html",
                                                         "trajectories.parquet"]
+
+
+def test_3d_cells_are_measured_on_their_projection_and_scored_with_the_mask_on_every_plane(tmp_path, model_3d):
+    ae_dir = export_autoencoder(tiny_autoencoder(3), CROP_3D, tmp_path / "ae3", mean=MEAN, std=STD,
+                                quiet=True).directory
+    codes, wells = two_groups(4, cells_per_well=3)
+    latents = write_latents(tmp_path / "latents3", codes, wells, autoencoder=ae_dir)
+    output = tmp_path / "out"
+    assert main(_argv(latents, ae_dir, output, "-m", str(model_3d))) == 0
+    images = zarr.open_group(str(output / "images.zarr"), mode="r")
+    decoded, foreground = images["decoded"][...], images["foreground"][...]
+    assert decoded.shape == (2 * CELLS, len(STEPS), *CROP_3D) and foreground.shape == (2 * CELLS, len(STEPS), 12, 12)
+    flat = decoded.reshape(-1, *CROP_3D).astype(np.float64)
+    masks = np.broadcast_to(foreground.reshape(-1, 1, 12, 12), (len(flat), *CROP_3D[1:]))
+    _, _, expected = torch_gradcamo(tiny_classifier(3), "2", flat, masks, np.full(len(flat), -1), mean=MEAN, std=STD)
+    rows = _rows(output)
+    np.testing.assert_allclose(rows["grad_camo"], expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(rows["area"], foreground.reshape(len(rows), -1).sum(axis=1))
