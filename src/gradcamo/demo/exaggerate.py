@@ -30,7 +30,7 @@ from gradcamo.demo.run import PARTIAL_PLATE, prepare, write_plate_once
 from gradcamo.demo.train import TARGET_LAYER, augment, cell_crops, channel_statistics, train_classifier
 from gradcamo.exaggerate.autoencoder import export_autoencoder, open_decoder, open_encoder, read_autoencoder
 from gradcamo.exaggerate.encode import encode
-from gradcamo.exaggerate.run import exaggerate
+from gradcamo.exaggerate.run import TRAJECTORIES_FILE, exaggerate
 from gradcamo.exaggerate.trajectories import decode
 from gradcamo.exporter import export_model
 
@@ -153,8 +153,22 @@ SHOWN = ("prob_high", "grad_camo", "protrusion", "solidity", "area", "perimeter"
 """Quantities the demo prints (the report has them all)."""
 
 
+def overall_changes(summary, names):
+    """{name: (median of last - first step over the drawn cells, share of cells with last > first)}."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(summary.output / TRAJECTORIES_FILE).sort_by([("cell_index", "ascending"),
+                                                                       ("step", "ascending")])
+    changes = {}
+    for name in names:
+        values = table[name].to_numpy().reshape(summary.cells, summary.steps)
+        change = values[:, -1] - values[:, 0]
+        changes[name] = (float(np.nanmedian(change)), float((change > 0).mean()))
+    return changes
+
+
 def print_exaggerate_report(result, console=None):
-    """AUROC, the monotonic shares of the main quantities per group, the run time and where the report is."""
+    """AUROC, the monotonic shares and overall changes of the main quantities, the run time and the report."""
     from rich.console import Console
     from rich.table import Table
 
@@ -164,14 +178,18 @@ def print_exaggerate_report(result, console=None):
     auroc = "n/a" if record["auroc"] is None else f"{record['auroc']:.3f}"
     console.print(f"LDA direction from low to high: cross-validated AUROC {auroc} ({folds['scheme']}, "
                   f"{folds['folds']} folds, {record['cells']['high']} high and {record['cells']['low']} low cells)")
-    table = Table(title=f"Share of cells changing monotonically along steps {STEPS} (SD)")
-    for column in ("quantity", "all: up", "all: down", "high: up", "low: up"):
+    first, last = STEPS.split(":")[:2]
+    table = Table(title=f"Along the direction, steps {STEPS} (SD): monotonic shares and overall change")
+    for column in ("quantity", "all: up", "all: down", "high: up", "low: up", f"median {first} -> {last}",
+                   "cells up"):
         table.add_column(column, justify="left" if column == "quantity" else "right")
     shares = {(row["property"], row["group"]): row for row in result.summary.shares}
+    changes = overall_changes(result.summary, SHOWN)
     for name in SHOWN:
+        median, share_up = changes[name]
         table.add_row(name, *(f"{shares[(name, group)][way]:.0%}" for group, way in
                                (("all", "increasing"), ("all", "decreasing"), ("high", "increasing"),
-                                ("low", "increasing"))))
+                                ("low", "increasing"))), f"{median:+.3g}", f"{share_up:.0%}")
     console.print(table)
     console.print(f"demo run time {result.seconds:.0f} s; the report, with the cells across the steps: "
                   f"{result.report}", highlight=False, soft_wrap=True)
