@@ -3,6 +3,7 @@ recomputation (sklearn LDA, decoder.onnx and torch decoding, torch Grad-CAMO), f
 
 import json
 import resource
+import shutil
 import subprocess
 import sys
 
@@ -213,3 +214,18 @@ def test_3d_cells_are_measured_on_their_projection_and_scored_with_the_mask_on_e
     rows = _rows(output)
     np.testing.assert_allclose(rows["grad_camo"], expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(rows["area"], foreground.reshape(len(rows), -1).sum(axis=1))
+
+
+def test_a_dataset_encode_did_not_write_is_refused(tmp_path, capsys, latents, ae_dir):
+    copy = tmp_path / "scores"
+    shutil.copytree(latents[0], copy)
+    manifest = json.loads((copy / "_gradcamo.json").read_text())
+    (copy / "_gradcamo.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "kind"}))
+    output = tmp_path / "out"
+    _one_line_error(capsys, _argv(copy, ae_dir, output), output, f"LATENTS {copy}: not a latents dataset")
+
+
+def test_a_model_that_is_no_gradcamo_model_is_refused(tmp_path, capsys, latents, ae_dir):
+    output = tmp_path / "out"
+    decoder = read_autoencoder(ae_dir).decoder_path
+    _one_line_error(capsys, _argv(latents[0], ae_dir, output, "-m", str(decoder)), output, "not a gradcamo model")
