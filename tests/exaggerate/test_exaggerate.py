@@ -225,6 +225,12 @@ def test_a_dataset_encode_did_not_write_is_refused(tmp_path, capsys, latents, ae
     _one_line_error(capsys, _argv(copy, ae_dir, output), output, f"LATENTS {copy}: not a latents dataset")
 
 
+def test_a_missing_latents_directory_is_refused(tmp_path, capsys, ae_dir):
+    output = tmp_path / "out"
+    _one_line_error(capsys, _argv(tmp_path / "nope", ae_dir, output), output,
+                    f"LATENTS {tmp_path / 'nope'}: no such directory; expected a latents dataset")
+
+
 def test_a_model_that_is_no_gradcamo_model_is_refused(tmp_path, capsys, latents, ae_dir):
     output = tmp_path / "out"
     decoder = read_autoencoder(ae_dir).decoder_path

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import pathlib
 
 import duckdb
 import numpy as np
@@ -37,6 +38,8 @@ def check_latents(latents, latent_size, ae_dir):
     InputError
         Not a dataset, not written by ``gradcamo encode``, or codes of another size.
     """
+    if not pathlib.Path(latents).is_dir():
+        raise InputError(f"LATENTS {latents}: no such directory; expected a latents dataset written by `gradcamo encode`")
     directory = next(iter(resolve_datasets([latents]).values()))
     manifest = json.loads((directory / MANIFEST).read_text())
     if manifest.get("kind") != KIND:

@@ -13,6 +13,7 @@ so a failed or killed run leaves no OUT)::
 
 import dataclasses
 import json
+import logging
 import pathlib
 import time
 
@@ -35,6 +36,7 @@ from gradcamo.exaggerate.trends import monotonic_shares
 from gradcamo.files import staged_directory
 from gradcamo.scorer.progress import cell_progress
 
+LOGGER = logging.getLogger(__name__)
 DIRECTION_FILE = "direction.json"
 TRAJECTORIES_FILE = "trajectories.parquet"
 IMAGES = "images.zarr"
@@ -155,6 +157,8 @@ def exaggerate(
     check_latents(latents, info.latent_size, ae_dir)
     groups = read_groups(latents, high, low, info.latent_size)
     found = _find_direction(kind, feature, groups)
+    LOGGER.info("%s direction between %d high and %d low cells: AUROC %s", direction, int(groups.is_high.sum()),
+                int((~groups.is_high).sum()), "n/a" if found.summary["auroc"] is None else f"{found.summary['auroc']:.3f}")
     chosen, group_names = choose_cells(groups.is_high, cells, seed)
     shifted = shift_codes(groups.codes[chosen], found.step, steps).reshape(-1, info.latent_size)
     session = open_decoder(info, device=device)
