@@ -445,8 +445,9 @@ def exaggerate_command(
     low: str = typer.Option(..., "--low", help="SQL condition choosing the 'low' cells."),
     output: str = typer.Option(..., "--output", "-o", help="Directory to write: direction.json, "
                                "trajectories.parquet, images.zarr, report.html."),
-    direction: str = typer.Option("lda", "--direction", help="lda (shrinkage LDA on z-scored codes) or "
-                                  "feature:K (latent feature K)."),
+    direction: str = typer.Option("lda", "--direction", help="lda (shrinkage LDA on z-scored codes), "
+                                  "feature:K (latent feature K) or gradient:FILE (Latent Shift: a graph from "
+                                  "`gradcamo export-latent-shift`)."),
     steps: str = typer.Option("-4:4:1", "--steps", help="START:STOP:STEP in standard deviations of the "
                               "direction; must include 0."),
     cells: int = typer.Option(32, "--cells", help="Cells per group to decode (drawn with --seed)."),
@@ -470,6 +471,47 @@ def exaggerate_command(
     auroc = summary.direction.get("auroc")
     typer.echo(f"wrote {summary.cells} cells x {summary.steps} steps to {summary.output} (AUROC "
                f"{'n/a' if auroc is None else f'{auroc:.3f}'}, {summary.seconds:.1f} s)")
+
+
+@app.command("export-latent-shift")
+def export_latent_shift_command(
+    autoencoder: str = typer.Argument(..., help="The autoencoder as MODEL for export-autoencoder "
+                                      "(package.module:factory or path/to/file.py:factory)."),
+    classifier: str = typer.Argument(..., help="The classifier as MODEL for export."),
+    input_shape: str = typer.Option(..., "--input-shape", "-s", help="Crop shape C,H,W (2D) or C,D,H,W (3D)."),
+    output: str = typer.Option(..., "--output", "-o", help="ONNX file to write, e.g. latent_shift.onnx."),
+    autoencoder_weights: Optional[str] = typer.Option(None, "--autoencoder-weights", help="state_dict of the "
+                                                      "autoencoder (.pt)."),
+    autoencoder_mean: Optional[str] = typer.Option(None, "--autoencoder-mean", help="The autoencoder's "
+                                                   "per-channel mean (as for export-autoencoder)."),
+    autoencoder_std: Optional[str] = typer.Option(None, "--autoencoder-std", help="The autoencoder's per-channel std."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="state_dict of the classifier (.pt)."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="The classifier's per-channel mean."),
+    std: Optional[str] = typer.Option(None, "--std", help="The classifier's per-channel std."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Class names, comma-separated, one per logit."),
+    quiet: bool = QUIET_OPTION,
+):
+    """Export the Latent Shift graph (decoder, then classifier, and the gradient of a logit to the code)
+    for `exaggerate --direction gradient:FILE`; checked against torch autograd before it is written."""
+    from gradcamo.exporter.latent_shift import export_latent_shift
+    from gradcamo.exporter.loading import load_model, load_weights
+
+    if quiet:
+        _configure_logging(quiet)
+    networks = []
+    for spec, state in ((autoencoder, autoencoder_weights), (classifier, weights)):
+        network = load_model(spec)
+        if state:
+            load_weights(network, state)
+        networks.append(network)
+    description = export_latent_shift(
+        *networks, _parse_numbers(input_shape, "--input-shape", int), output,
+        autoencoder_mean=_parse_numbers(autoencoder_mean, "--autoencoder-mean"),
+        autoencoder_std=_parse_numbers(autoencoder_std, "--autoencoder-std"), mean=_parse_numbers(mean, "--mean"),
+        std=_parse_numbers(std, "--std"), class_names=[c.strip() for c in classes.split(",")] if classes else None,
+    )
+    typer.echo(f"wrote {output} (latent size {description['latent_size']}, gradient max relative error vs torch "
+               f"{description['validation']['gradient_max_rel_error']:.1e})")
 
 
 DEMO_OUT = "gradcamo-demo"

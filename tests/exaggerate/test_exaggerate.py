@@ -209,7 +209,7 @@ def test_3d_cells_are_measured_on_their_projection_and_scored_with_the_mask_on_e
     decoded, foreground = images["decoded"][...], images["foreground"][...]
     assert decoded.shape == (2 * CELLS, len(STEPS), *CROP_3D) and foreground.shape == (2 * CELLS, len(STEPS), 12, 12)
     flat = decoded.reshape(-1, *CROP_3D).astype(np.float64)
-    masks = np.broadcast_to(foreground.reshape(-1, 1, 12, 12), (len(flat), *CROP_3D[1:]))
+    masks = np.repeat(foreground.reshape(-1, 1, 12, 12), CROP_3D[1], axis=1)
     _, _, expected = torch_gradcamo(tiny_classifier(3), "2", flat, masks, np.full(len(flat), -1), mean=MEAN, std=STD)
     rows = _rows(output)
     np.testing.assert_allclose(rows["grad_camo"], expected, rtol=1e-4, atol=1e-5)

@@ -258,7 +258,7 @@ def lda_direction(codes, is_high, plates, wells):
 
 
 def parse_direction(text, latent_size):
-    """``("lda", None)`` or ``("feature", K)`` from ``lda`` / ``feature:K``.
+    """``("lda", None)``, ``("feature", K)`` or ``("gradient", FILE)`` from ``lda`` / ``feature:K`` / ``gradient:FILE``.
 
     Raises
     ------
@@ -268,9 +268,11 @@ def parse_direction(text, latent_size):
     if text == "lda":
         return "lda", None
     kind, _, index = text.partition(":")
+    if kind == "gradient" and index:
+        return "gradient", index
     if kind != "feature" or not index.strip().lstrip("-").isdigit():
-        raise InputError(f"direction: expected lda or feature:K (K a latent feature index), got {text!r}",
-                         argument="direction")
+        raise InputError(f"direction: expected lda, feature:K (K a latent feature index) or gradient:FILE (a graph "
+                         f"from `gradcamo export-latent-shift`), got {text!r}", argument="direction")
     feature = int(index)
     if not 0 <= feature < latent_size:
         raise InputError(f"direction: feature {feature} is out of range; the latent codes have {latent_size} features "

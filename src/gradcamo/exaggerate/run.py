@@ -7,7 +7,8 @@ so a failed or killed run leaves no OUT)::
     trajectories.parquet    one row per cell and step: keys, cell_index, step_index, step, group, properties
                             (and with a model: prob_<class>, predicted_class, grad_camo)
     images.zarr/            decoded (cells, steps, C, [D,] H, W) float32, difference (minus step 0),
-                            mean_difference (steps, C, [D,] H, W), foreground (cells, steps, H, W) bool
+                            mean_difference (steps, C, [D,] H, W), foreground (cells, steps, H, W) bool,
+                            step_latent (cells, L) float64 (each cell's shift per step)
     report.html             the report (:mod:`gradcamo.exaggerate.report`)
 """
 
@@ -26,6 +27,7 @@ import gradcamo
 from gradcamo.errors import InputError
 from gradcamo.exaggerate.autoencoder import open_decoder, read_autoencoder
 from gradcamo.exaggerate.direction import feature_direction, lda_direction, parse_direction
+from gradcamo.exaggerate.gradient import gradient_direction, read_latent_shift
 from gradcamo.exaggerate.groups import KEY_TYPES, check_latents, read_groups
 from gradcamo.exaggerate.properties import measure, property_names
 from gradcamo.exaggerate.report import write_exaggerate_report
@@ -94,13 +96,16 @@ def _write_images(directory, arrays, steps):
     group = zarr.open_group(str(directory / IMAGES), mode="w", zarr_format=3)
     group.attrs["gradcamo"] = {"steps": steps.tolist(), "axes": "cells, steps, C, [D,] H, W"}
     for name, array in arrays.items():
-        chunks = array.shape if name == "mean_difference" else (1, *array.shape[1:])
+        chunks = array.shape if name in ("mean_difference", "step_latent") else (1, *array.shape[1:])
         group.create_array(name, shape=array.shape, chunks=chunks, dtype=array.dtype)[...] = array
 
 
-def _find_direction(kind, feature, groups):
+def _find_direction(kind, argument, groups, chosen, info, device):
     if kind == "feature":
-        return feature_direction(groups.codes, groups.is_high, feature)
+        return feature_direction(groups.codes, groups.is_high, argument)
+    if kind == "gradient":
+        description = read_latent_shift(argument, info.latent_size, info.input_shape)
+        return gradient_direction(argument, description, groups.codes, groups.is_high, chosen, device=device)
     return lda_direction(groups.codes, groups.is_high, groups.keys["Metadata_Plate"],
                          [w if w is not None else image for w, image in zip(groups.keys["Metadata_Well"],
                                                                            groups.keys["Metadata_Image"])])
@@ -123,7 +128,8 @@ def exaggerate(
     high, low : str
         SQL conditions over the latents' columns choosing the two groups, e.g. ``"Metadata_Well = 'B02'"``.
     direction : str
-        ``lda`` (shrinkage LDA on z-scored codes) or ``feature:K``.
+        ``lda`` (shrinkage LDA on z-scored codes), ``feature:K`` or ``gradient:FILE`` (Latent Shift, a graph
+        from ``gradcamo export-latent-shift``; one direction per cell).
     steps : str or sequence of float
         ``START:STOP:STEP`` in standard deviations of the direction (0 must be among them).
     cells : int
@@ -153,13 +159,15 @@ def exaggerate(
     steps = parse_steps(steps)
     info = read_autoencoder(ae_dir)
     classifier = open_classifier(model, info.input_shape) if model is not None else None
-    kind, feature = parse_direction(direction, info.latent_size)
+    kind, argument = parse_direction(direction, info.latent_size)
+    if kind == "gradient":
+        read_latent_shift(argument, info.latent_size, info.input_shape)
     check_latents(latents, info.latent_size, ae_dir)
     groups = read_groups(latents, high, low, info.latent_size)
-    found = _find_direction(kind, feature, groups)
+    chosen, group_names = choose_cells(groups.is_high, cells, seed)
+    found = _find_direction(kind, argument, groups, chosen, info, device)
     LOGGER.info("%s direction between %d high and %d low cells: AUROC %s", direction, int(groups.is_high.sum()),
                 int((~groups.is_high).sum()), "n/a" if found.summary["auroc"] is None else f"{found.summary['auroc']:.3f}")
-    chosen, group_names = choose_cells(groups.is_high, cells, seed)
     shifted = shift_codes(groups.codes[chosen], found.step, steps).reshape(-1, info.latent_size)
     session = open_decoder(info, device=device)
     with cell_progress(progress) as bar:
@@ -177,7 +185,8 @@ def exaggerate(
     by_cell = {name: table[name].to_numpy().reshape(len(chosen), len(steps)) for name in quantities}
     shares = monotonic_shares(by_cell, group_names, quantities)
     record = {
-        "direction": direction, **found.summary, "step_latent": found.step.tolist(),
+        "direction": direction, **found.summary,
+        "step_latent": found.step.tolist() if found.step.ndim == 1 else "per cell: images.zarr/step_latent",
         "high": high, "low": low, "cells": {"high": int(groups.is_high.sum()), "low": int((~groups.is_high).sum())},
         "trajectory_cells": {"high": int((group_names == "high").sum()), "low": int((group_names == "low").sum())},
         "steps": steps.tolist(), "seed": seed, "latents": str(pathlib.Path(latents).resolve()),
@@ -191,6 +200,8 @@ def exaggerate(
         (staging / DIRECTION_FILE).write_text(json.dumps(record, indent=2))
         pq.write_table(table, staging / TRAJECTORIES_FILE)
         _write_images(staging, {"decoded": decoded, "difference": difference, "mean_difference": mean_difference,
-                                "foreground": masks}, steps)
+                                "foreground": masks,
+                                "step_latent": np.broadcast_to(found.step, (len(chosen), info.latent_size)).copy()},
+                      steps)
         write_exaggerate_report(staging / REPORT_FILE, record, table, shares, decoded, masks, mean_difference)
     return ExaggerateSummary(output, len(chosen), len(steps), record, shares, time.time() - started)

@@ -67,8 +67,9 @@ def choose_cells(is_high, cells, seed):
 
 
 def shift_codes(codes, step, steps):
-    """(N, S, L) float32: ``codes[n] + steps[s] * step``."""
-    shifted = np.asarray(codes, dtype=np.float64)[:, None, :] + np.asarray(steps)[None, :, None] * step[None, None, :]
+    """(N, S, L) float32: ``codes[n] + steps[s] * step`` (``step`` (L,), or (N, L): one per cell)."""
+    step = np.broadcast_to(np.asarray(step, dtype=np.float64), np.shape(codes))
+    shifted = np.asarray(codes, dtype=np.float64)[:, None, :] + np.asarray(steps)[None, :, None] * step[:, None, :]
     return shifted.astype(np.float32)
 
 
