@@ -22,10 +22,10 @@ def demo_dir(tmp_path_factory):
     return out
 
 
-def _by_cell(demo_dir, column):
+def _by_cell(demo_dir, column, run="exaggerate"):
     """(cells, steps) values of a column, steps in increasing order."""
     rows = duckdb.sql(f"select cell_index, step, {column} as v from "
-                      f"read_parquet('{demo_dir / 'exaggerate' / 'trajectories.parquet'}') order by cell_index, step")
+                      f"read_parquet('{demo_dir / run / 'trajectories.parquet'}') order by cell_index, step")
     frame = rows.df()
     return frame.v.to_numpy().reshape(frame.cell_index.nunique(), -1)
 
@@ -38,7 +38,7 @@ def _rises(values, tolerance_share=0.01):
 
 def test_layout_and_codes_of_every_cell(demo_dir):
     assert {p.name for p in demo_dir.iterdir()} == {"plate.zarr", "models", "autoencoder", "latents", "exaggerate",
-                                                   "demo.json"}
+                                                   "latent-shift", "demo.json"}
     assert {p.name for p in (demo_dir / "exaggerate").iterdir()} == {"direction.json", "trajectories.parquet",
                                                                    "images.zarr", "report.html"}
     fields = make_fields(0)
@@ -62,8 +62,9 @@ def test_the_direction_separates_the_wells(demo_dir):
     assert record["auroc"] > 0.85
 
 
-def test_the_probability_of_high_rises_monotonically_in_nine_cells_of_ten(demo_dir):
-    assert _rises(_by_cell(demo_dir, "prob_high")).mean() >= 0.9
+@pytest.mark.parametrize("run", ["exaggerate", "latent-shift"])
+def test_the_probability_of_high_rises_monotonically_in_nine_cells_of_ten(demo_dir, run):
+    assert _rises(_by_cell(demo_dir, "prob_high", run)).mean() >= 0.9
 
 
 def test_arms_and_rim_grow_along_the_direction(demo_dir):

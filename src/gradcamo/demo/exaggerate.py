@@ -33,6 +33,7 @@ from gradcamo.exaggerate.encode import encode
 from gradcamo.exaggerate.run import TRAJECTORIES_FILE, exaggerate
 from gradcamo.exaggerate.trajectories import decode
 from gradcamo.exporter import export_model
+from gradcamo.exporter.latent_shift import export_latent_shift
 
 LOGGER = logging.getLogger(__name__)
 CLASSES = ("low", "high")
@@ -48,15 +49,17 @@ AE_WIDTH = 8
 AE_EPOCHS = 100
 CLASSIFIER_EPOCHS = 12
 STEPS = "-2:6:1"
-NAMES = ("plate.zarr", PARTIAL_PLATE, "models", "autoencoder", "latents", "exaggerate")
+NAMES = ("plate.zarr", PARTIAL_PLATE, "models", "autoencoder", "latents", "exaggerate", "latent-shift")
 
 
 @dataclasses.dataclass(frozen=True)
 class ExaggerateDemoResult:
-    """What the demo made and found: ``summary`` is exaggerate's :class:`~gradcamo.exaggerate.run.ExaggerateSummary`."""
+    """What the demo made and found: ``summary`` (LDA) and ``latent_shift`` are exaggerate's
+    :class:`~gradcamo.exaggerate.run.ExaggerateSummary`."""
 
     out: pathlib.Path
     summary: object
+    latent_shift: object
     seconds: float
 
     @property
@@ -127,8 +130,9 @@ def run_exaggerate_demo(out="gradcamo-demo-exaggerate", *, seed=0, overwrite=Fal
     prepare(out, {"seed": seed, "exaggerate": True, "version": gradcamo.__version__}, overwrite, NAMES)
     fields = make_fields(seed)
     plate, classifier, ae_dir = out / "plate.zarr", out / "models" / "classifier.onnx", out / "autoencoder"
+    shift = out / "models" / "latent_shift.onnx"
     write_plate_once(plate, fields)
-    if not classifier.exists() or not ae_dir.exists():
+    if not classifier.exists() or not ae_dir.exists() or not shift.exists():
         crops, classes = cell_crops([f for wells in fields.values() for f in wells], CROP_SHAPE)
         mean, std = channel_statistics(crops)
         LOGGER.info("training the autoencoder on %d cells", len(crops))
@@ -140,12 +144,17 @@ def run_exaggerate_demo(out="gradcamo-demo-exaggerate", *, seed=0, overwrite=Fal
                                  mean=mean, std=std, epochs=CLASSIFIER_EPOCHS, seed=seed)
         classifier.parent.mkdir(parents=True, exist_ok=True)
         export_model(model, TARGET_LAYER, CROP_SHAPE, classifier, class_names=list(CLASSES), mean=mean, std=std)
+        export_latent_shift(autoencoder, model, CROP_SHAPE, shift, autoencoder_mean=mean, autoencoder_std=std,
+                            mean=mean, std=std, class_names=list(CLASSES))
     LOGGER.info("encoding the plate")
     encode([plate], ae_dir, out / "latents", workers=workers, progress=progress)
     LOGGER.info("exaggerating from low to high")
     summary = exaggerate(out / "latents", ae_dir, out / "exaggerate", high=HIGH, low=LOW, model=classifier, seed=seed,
                          steps=STEPS, overwrite=True, progress=progress)
-    return ExaggerateDemoResult(out, summary, time.time() - started)
+    LOGGER.info("exaggerating along each cell's Latent Shift gradient")
+    shifted = exaggerate(out / "latents", ae_dir, out / "latent-shift", high=HIGH, low=LOW, model=classifier,
+                         direction=f"gradient:{shift}", seed=seed, steps=STEPS, overwrite=True, progress=progress)
+    return ExaggerateDemoResult(out, summary, shifted, time.time() - started)
 
 
 SHOWN = ("prob_high", "grad_camo", "protrusion", "solidity", "area", "perimeter", "intensity_rim_c1",
@@ -168,7 +177,8 @@ def overall_changes(summary, names):
 
 
 def print_exaggerate_report(result, console=None):
-    """AUROC, the monotonic shares and overall changes of the main quantities, the run time and the report."""
+    """AUROC, the monotonic shares and overall changes of the main quantities along both directions, the run time
+    and where the reports are."""
     from rich.console import Console
     from rich.table import Table
 
@@ -177,19 +187,25 @@ def print_exaggerate_report(result, console=None):
     folds = record["folds"]
     auroc = "n/a" if record["auroc"] is None else f"{record['auroc']:.3f}"
     console.print(f"LDA direction from low to high: cross-validated AUROC {auroc} ({folds['scheme']}, "
-                  f"{folds['folds']} folds, {record['cells']['high']} high and {record['cells']['low']} low cells)")
+                  f"{folds['folds']} folds, {record['cells']['high']} high and {record['cells']['low']} low cells); "
+                  f"Latent Shift: each cell along its gradient of the {result.latent_shift.direction['target_class']!r} "
+                  "logit")
     first, last = STEPS.split(":")[:2]
-    table = Table(title=f"Along the direction, steps {STEPS} (SD): monotonic shares and overall change")
-    for column in ("quantity", "all: up", "all: down", "high: up", "low: up", f"median {first} -> {last}",
-                   "cells up"):
+    table = Table(title=f"Along the directions, steps {STEPS} (SD): share of cells changing monotonically, "
+                        f"median change {first} -> {last}")
+    for column in ("quantity", "LDA: up", "down", "high up", "low up", "median", "Latent Shift: up", "down",
+                   "median"):
         table.add_column(column, justify="left" if column == "quantity" else "right")
-    shares = {(row["property"], row["group"]): row for row in result.summary.shares}
-    changes = overall_changes(result.summary, SHOWN)
+    lda = {(row["property"], row["group"]): row for row in result.summary.shares}
+    shift = {(row["property"], row["group"]): row for row in result.latent_shift.shares}
+    lda_changes, shift_changes = (overall_changes(summary, SHOWN) for summary in (result.summary, result.latent_shift))
     for name in SHOWN:
-        median, share_up = changes[name]
-        table.add_row(name, *(f"{shares[(name, group)][way]:.0%}" for group, way in
-                               (("all", "increasing"), ("all", "decreasing"), ("high", "increasing"),
-                                ("low", "increasing"))), f"{median:+.3g}", f"{share_up:.0%}")
+        table.add_row(
+            name, *(f"{lda[(name, group)][way]:.0%}" for group, way in
+                    (("all", "increasing"), ("all", "decreasing"), ("high", "increasing"), ("low", "increasing"))),
+            f"{lda_changes[name][0]:+.3g}", f"{shift[(name, 'all')]['increasing']:.0%}",
+            f"{shift[(name, 'all')]['decreasing']:.0%}", f"{shift_changes[name][0]:+.3g}",
+        )
     console.print(table)
-    console.print(f"demo run time {result.seconds:.0f} s; the report, with the cells across the steps: "
-                  f"{result.report}", highlight=False, soft_wrap=True)
+    console.print(f"demo run time {result.seconds:.0f} s; the reports, with the cells across the steps: "
+                  f"{result.report} and {result.latent_shift.output / 'report.html'}", highlight=False, soft_wrap=True)
