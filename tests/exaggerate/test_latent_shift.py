@@ -126,3 +126,10 @@ def test_a_graph_that_does_not_fit_is_refused(tmp_path, capsys, shifted, case, m
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: --direction: ") and err.count("\n") == 1 and match in err, err
     assert not output.exists()
+
+
+def test_a_classifier_given_as_the_autoencoder_is_refused(tmp_path, capsys):
+    code, output = _export(tmp_path, "classifier")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "is not an autoencoder: it has no encode or decode method" in err, err
+    assert not output.exists()
