@@ -3,6 +3,7 @@
 import numpy as np
 import pyarrow as pa
 
+from gradcamo.cli import main
 from gradcamo.exaggerate.autoencoder import export_autoencoder
 from gradcamo.scorer.sink import ScoreDataset
 from tests.tiny_models import CROP_2D, tiny_autoencoder
@@ -77,3 +78,18 @@ def tiny_exaggeration_inputs(root):
     ae_dir = export_autoencoder(tiny_autoencoder(2), CROP_2D, root / "ae", mean=MEAN, std=STD, quiet=True).directory
     codes, wells = two_groups(4)
     return ae_dir, write_latents(root / "latents", codes, wells, autoencoder=ae_dir), codes, wells
+
+
+def run_tiny_exaggeration(root, *options):
+    """``gradcamo exaggerate`` of :func:`tiny_exaggeration_inputs` (high B03, B04; low B01, B02) with ``options``.
+
+    Returns
+    -------
+    output, ae_dir, latents : pathlib.Path
+    codes, wells : ndarray
+    """
+    ae_dir, latents, codes, wells = tiny_exaggeration_inputs(root)
+    output = root / "out"
+    assert main(["exaggerate", str(latents), "-a", str(ae_dir), "--high", HIGH, "--low", LOW, "-o", str(output),
+                 "--quiet", *options]) == 0
+    return output, ae_dir, latents, codes, wells

@@ -12,7 +12,7 @@ import zarr
 
 from gradcamo.cli import main
 from gradcamo.exaggerate.autoencoder import open_decoder, read_autoencoder
-from tests.exaggerate.latents import HIGH, LOW, MEAN, STD, tiny_exaggeration_inputs
+from tests.exaggerate.latents import HIGH, LOW, MEAN, STD, run_tiny_exaggeration
 from tests.tiny_models import CROP_2D, tiny_autoencoder, tiny_classifier
 
 CLASSIFIER_MEAN, CLASSIFIER_STD = [100.0] * 3, [300.0] * 3
@@ -73,12 +73,8 @@ def test_the_graph_equals_torch_autograd(graph):
 
 @pytest.fixture(scope="module")
 def shifted(tmp_path_factory, graph):
-    root = tmp_path_factory.mktemp("shifted")
-    ae_dir, latents, codes, wells = tiny_exaggeration_inputs(root)
-    output = root / "out"
-    assert main(["exaggerate", str(latents), "-a", str(ae_dir), "--high", HIGH, "--low", LOW, "-o", str(output),
-                 "--cells", "5", "--steps", "-1:2:1", "--direction", f"gradient:{graph}", "--quiet"]) == 0
-    return output, ae_dir, latents, codes
+    return run_tiny_exaggeration(tmp_path_factory.mktemp("shifted"), "--cells", "5", "--steps", "-1:2:1",
+                                 "--direction", f"gradient:{graph}")[:4]
 
 
 def test_each_cell_moves_one_sd_along_its_own_gradient_of_the_class_that_tells_high(shifted):

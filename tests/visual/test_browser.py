@@ -9,6 +9,7 @@ from gradcamo.cli import main
 from gradcamo.results.datasets import resolve_datasets
 from gradcamo.results.summary import summarize
 from gradcamo.visual.report import HEADLINE_FIELDS, format_value
+from tests.exaggerate.latents import run_tiny_exaggeration
 from tests.visual.browser import missing_browser, open_page
 from tests.visual.conftest import PLATES
 
@@ -91,14 +92,8 @@ EXAGGERATE_CELLS = 3
 @pytest.fixture(scope="module")
 def exaggeration(tmp_path_factory, model_2d):
     """An ``exaggerate`` output of the tiny autoencoder and classifier (3 cells per group, 5 steps)."""
-    from tests.exaggerate.latents import HIGH, LOW, tiny_exaggeration_inputs
-
-    root = tmp_path_factory.mktemp("exaggerate")
-    ae_dir, latents, _, _ = tiny_exaggeration_inputs(root)
-    output = root / "out"
-    assert main(["exaggerate", str(latents), "-a", str(ae_dir), "--high", HIGH, "--low", LOW, "-o", str(output),
-                 "--cells", str(EXAGGERATE_CELLS), "--steps", "-2:2:1", "-m", str(model_2d), "--quiet"]) == 0
-    return output
+    return run_tiny_exaggeration(tmp_path_factory.mktemp("exaggerate"), "--cells", str(EXAGGERATE_CELLS), "--steps",
+                                 "-2:2:1", "-m", str(model_2d))[0]
 
 
 @pytest.fixture(scope="module")
