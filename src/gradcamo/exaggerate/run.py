@@ -168,6 +168,8 @@ def exaggerate(
     found = _find_direction(kind, argument, groups, chosen, info, device)
     LOGGER.info("%s direction between %d high and %d low cells: AUROC %s", direction, int(groups.is_high.sum()),
                 int((~groups.is_high).sum()), "n/a" if found.summary["auroc"] is None else f"{found.summary['auroc']:.3f}")
+    if found.summary["auroc"] is None:
+        LOGGER.warning("no AUROC: %s", found.summary["auroc_note"])
     shifted = shift_codes(groups.codes[chosen], found.step, steps).reshape(-1, info.latent_size)
     session = open_decoder(info, device=device)
     with cell_progress(progress) as bar:
