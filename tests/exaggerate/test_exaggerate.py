@@ -6,6 +6,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import time
 
 import duckdb
 import numpy as np
@@ -235,3 +236,20 @@ def test_a_model_that_is_no_gradcamo_model_is_refused(tmp_path, capsys, latents,
     output = tmp_path / "out"
     decoder = read_autoencoder(ae_dir).decoder_path
     _one_line_error(capsys, _argv(latents[0], ae_dir, output, "-m", str(decoder)), output, "not a gradcamo model")
+
+
+def test_a_run_killed_while_writing_leaves_no_output(tmp_path, latents, ae_dir):
+    """SIGKILL once the staging directory exists: OUT never appears half written."""
+    output = tmp_path / "out"
+    argv = [sys.executable, "-m", "gradcamo", *_argv(latents[0], ae_dir, output)]
+    argv[argv.index("-2:2:1")] = "-12:12:0.25"  # 97 steps of 40 cells: writing takes long enough to be caught
+    argv[argv.index("--cells") + 1] = "20"
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    staging = []
+    while not staging and process.poll() is None and time.monotonic() < deadline:
+        staging = list(tmp_path.glob(".out.tmp-*"))
+    process.kill()
+    process.wait()
+    assert staging, "the run ended before it was caught writing"
+    assert not output.exists()
