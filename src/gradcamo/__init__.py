@@ -12,6 +12,9 @@ _LAZY = {
     "read_model_info": "gradcamo.model_file",
     "score": "gradcamo.scorer.pipeline",
     "read_scores": "gradcamo.scorer.sink",
+    "export_autoencoder": "gradcamo.exaggerate.autoencoder",
+    "read_autoencoder": "gradcamo.exaggerate.autoencoder",
+    "encode": "gradcamo.exaggerate.encode",
 }
 __all__ = ["__version__", *_LAZY]
 

@@ -194,29 +194,42 @@ def _is_store(path):
     return "://" in path or pathlib.Path(path).is_dir()
 
 
+INPUTS_ARGUMENT = typer.Argument(..., help="OME-Zarr images or HCS plates (paths or fsspec URLs).")
+DATASET_OUTPUT_OPTION = typer.Option(..., "--output", "-o", help="Parquet dataset directory to write (or resume).")
+LABELS_OPTION = typer.Option(None, "--labels", help="Label image under labels/ (needed if several).")
+BATCH_SIZE_OPTION = typer.Option(64, "--batch-size", help="Crops per onnxruntime call.")
+DEVICE_OPTION = typer.Option("auto", "--device", help="auto (CUDA when a GPU is usable), cpu or cuda.")
+WORKERS_OPTION = typer.Option(None, "--workers", help="Local Dask worker processes (default 1).")
+THREADS_OPTION = typer.Option(None, "--threads", help="onnxruntime threads per worker (default: cores / workers).")
+SCHEDULER_OPTION = typer.Option(None, "--scheduler", help="Address of a running dask.distributed scheduler, "
+                                "e.g. tcp://10.0.0.5:8786.")
+TIMEPOINT_OPTION = typer.Option(0, "--timepoint", help="Index on the t axis, if the images have one.")
+DATASET_OVERWRITE_OPTION = typer.Option(False, "--overwrite", help="Replace a dataset written with other parameters.")
+MAX_FAILURES_OPTION = typer.Option(DEFAULT_MAX_FAILURES, "--max-failures", help="Failed work units (unreadable "
+                                   "chunks, ...) tolerated before the run stops early.")
+"""Options of the commands that stream cells into a dataset (``score``, ``encode``)."""
+
+
 @app.command("score")
 def score_command(
-    inputs: list[str] = typer.Argument(..., help="OME-Zarr images or HCS plates (paths or fsspec URLs)."),
+    inputs: list[str] = INPUTS_ARGUMENT,
     model: str = typer.Option(..., "--model", "-m", help="Model file from `gradcamo export`."),
-    output: str = typer.Option(..., "--output", "-o", help="Parquet dataset directory to write (or resume)."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="Label image under labels/ (needed if several)."),
+    output: str = DATASET_OUTPUT_OPTION,
+    labels: Optional[str] = LABELS_OPTION,
     channels: Optional[str] = typer.Option(None, "--channels", help="Channels fed to the model, in order, "
                                            "e.g. 0,1,2 (default: all)."),
     target: str = typer.Option("predicted", "--target", help="Class to explain: predicted, all, an index or a name."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Crops per onnxruntime call."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when a GPU is usable), cpu or cuda."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Local Dask worker processes (default 1)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime threads per worker "
-                                          "(default: cores / workers)."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a running dask.distributed "
-                                            "scheduler, e.g. tcp://10.0.0.5:8786."),
+    batch_size: int = BATCH_SIZE_OPTION,
+    device: str = DEVICE_OPTION,
+    workers: Optional[int] = WORKERS_OPTION,
+    threads: Optional[int] = THREADS_OPTION,
+    scheduler: Optional[str] = SCHEDULER_OPTION,
     convention: str = typer.Option("raw", "--convention", help="raw, or pytorch-grad-cam (reproduces that library)."),
     method: str = typer.Option("gradcam", "--method", help="CAM methods, comma-separated: gradcam, hirescam, "
                                "gradcam++, xgradcam, layercam (one row per cell, target and method)."),
-    timepoint: int = typer.Option(0, "--timepoint", help="Index on the t axis, if the images have one."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset written with other parameters."),
-    max_failures: int = typer.Option(DEFAULT_MAX_FAILURES, "--max-failures", help="Failed work units "
-                                     "(unreadable chunks, ...) tolerated before the run stops early."),
+    timepoint: int = TIMEPOINT_OPTION,
+    overwrite: bool = DATASET_OVERWRITE_OPTION,
+    max_failures: int = MAX_FAILURES_OPTION,
     quiet: bool = QUIET_OPTION,
 ):
     """Score every segmented cell: the share of the model's Grad-CAM attention inside the cell.
@@ -236,14 +249,18 @@ def score_command(
         scheduler=scheduler, convention=convention, methods=method, overwrite=overwrite, timepoint=timepoint,
         progress=_show_progress(), max_failures=max_failures,
     )
+    _report_run(summary, max_failures, holds="scores",
+                wrote=f"{summary.rows} rows for {summary.cells} cells of {summary.images} images")
+
+
+def _report_run(summary, max_failures, *, holds, wrote):
+    """The summary line of a run that streamed cells into a dataset; the failed units, if any (exit code 3)."""
     if summary.units_resumed == summary.units:
-        typer.echo(f"nothing to do: {summary.output} already holds the scores of all {summary.units} work units "
+        typer.echo(f"nothing to do: {summary.output} already holds the {holds} of all {summary.units} work units "
                    f"of {summary.images} images")
         return
-    typer.echo(
-        f"wrote {summary.rows} rows for {summary.cells} cells of {summary.images} images to {summary.output} "
-        f"({summary.units_resumed} of {summary.units} work units resumed, {summary.seconds:.1f} s)"
-    )
+    typer.echo(f"wrote {wrote} to {summary.output} ({summary.units_resumed} of {summary.units} work units resumed, "
+               f"{summary.seconds:.1f} s)")
     if summary.failures:
         _report_failures(summary, max_failures)
 
@@ -389,23 +406,20 @@ def export_autoencoder_command(
 
 @app.command("encode")
 def encode_command(
-    inputs: list[str] = typer.Argument(..., help="OME-Zarr images or HCS plates (paths or fsspec URLs)."),
+    inputs: list[str] = INPUTS_ARGUMENT,
     autoencoder: str = typer.Option(..., "--autoencoder", "-a", help="AE_DIR from `gradcamo export-autoencoder`."),
-    output: str = typer.Option(..., "--output", "-o", help="Parquet dataset directory to write (or resume)."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="Label image under labels/ (needed if several)."),
+    output: str = DATASET_OUTPUT_OPTION,
+    labels: Optional[str] = LABELS_OPTION,
     channels: Optional[str] = typer.Option(None, "--channels", help="Channels fed to the encoder, in order, "
                                            "e.g. 0,1,2 (default: all)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Crops per onnxruntime call."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when a GPU is usable), cpu or cuda."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Local Dask worker processes (default 1)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime threads per worker "
-                                          "(default: cores / workers)."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a running dask.distributed "
-                                            "scheduler, e.g. tcp://10.0.0.5:8786."),
-    timepoint: int = typer.Option(0, "--timepoint", help="Index on the t axis, if the images have one."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset written with other parameters."),
-    max_failures: int = typer.Option(DEFAULT_MAX_FAILURES, "--max-failures", help="Failed work units "
-                                     "(unreadable chunks, ...) tolerated before the run stops early."),
+    batch_size: int = BATCH_SIZE_OPTION,
+    device: str = DEVICE_OPTION,
+    workers: Optional[int] = WORKERS_OPTION,
+    threads: Optional[int] = THREADS_OPTION,
+    scheduler: Optional[str] = SCHEDULER_OPTION,
+    timepoint: int = TIMEPOINT_OPTION,
+    overwrite: bool = DATASET_OVERWRITE_OPTION,
+    max_failures: int = MAX_FAILURES_OPTION,
     quiet: bool = QUIET_OPTION,
 ):
     """Encode every segmented cell with an autoencoder: its latent code z_0.. and reconstruction error.
@@ -423,16 +437,8 @@ def encode_command(
         batch_size=batch_size, device=device, workers=workers, threads=threads, scheduler=scheduler,
         overwrite=overwrite, timepoint=timepoint, progress=_show_progress(), max_failures=max_failures,
     )
-    if summary.units_resumed == summary.units:
-        typer.echo(f"nothing to do: {summary.output} already holds the codes of all {summary.units} work units "
-                   f"of {summary.images} images")
-        return
-    typer.echo(
-        f"wrote the codes of {summary.cells} cells of {summary.images} images to {summary.output} "
-        f"({summary.units_resumed} of {summary.units} work units resumed, {summary.seconds:.1f} s)"
-    )
-    if summary.failures:
-        _report_failures(summary, max_failures)
+    _report_run(summary, max_failures, holds="codes",
+                wrote=f"the codes of {summary.cells} cells of {summary.images} images")
 
 
 @app.command("exaggerate")

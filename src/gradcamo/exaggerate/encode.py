@@ -126,11 +126,11 @@ def latent_table(spec, block, objects, encoded):
     schema = latent_schema(spec.autoencoder.latent_size)
     if encoded is None:
         return make_table({}, provenance=spec.provenance, schema=schema)
-    codes = encoded["codes"]
+    features = np.ascontiguousarray(encoded["codes"].T)  # one contiguous row per column
     return make_table({
         **key_columns(block, objects, np.arange(len(objects))),
         "edge_padded": encoded["pad"] > 0,
-        **{name: codes[:, i] for i, name in enumerate(code_columns(codes.shape[1]))},
+        **dict(zip(code_columns(len(features)), features)),
         RECONSTRUCTION_MSE: encoded["mse"],
     }, provenance=spec.provenance, schema=schema)
 

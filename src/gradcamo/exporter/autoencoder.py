@@ -18,6 +18,7 @@ from torch import nn
 
 from gradcamo.contract import IMAGE, LATENT_CODE
 from gradcamo.errors import InputError, ValidationError, first_line
+from gradcamo.exporter.export import shape_or_type
 from gradcamo.exporter.trace import choose_trace_batch, convert_to_onnx
 from gradcamo.exporter.validate import N_SAMPLES, SEED, make_validation_images, max_relative_error, run_onnx
 from gradcamo.exporter.wrap import ChannelNormalisation
@@ -100,8 +101,8 @@ def _probe(model, input_shape):
             f"--input-shape: the model's encode rejects input {tuple(input_shape)}: {first_line(error)}"
         ) from error
     if not isinstance(code, torch.Tensor) or code.dim() != 2 or code.shape[0] != batch:
-        got = tuple(code.shape) if isinstance(code, torch.Tensor) else type(code).__name__
-        raise InputError(f"MODEL: encode must return (N, L) latent codes, got {got} for a batch of {batch}")
+        raise InputError(f"MODEL: encode must return (N, L) latent codes, got {shape_or_type(code)} for a batch "
+                         f"of {batch}")
     try:
         with torch.no_grad():
             decoded = model.decode(code)
@@ -109,10 +110,9 @@ def _probe(model, input_shape):
         raise InputError(f"MODEL: decode fails on the codes encode returns: {first_line(error)}") from error
     expected = (batch, *input_shape)
     if not isinstance(decoded, torch.Tensor) or tuple(decoded.shape) != expected:
-        got = tuple(decoded.shape) if isinstance(decoded, torch.Tensor) else type(decoded).__name__
         raise InputError(
-            f"MODEL: decode returns shape {got} for a batch of {batch}, not the input shape {expected}; "
-            "check --input-shape"
+            f"MODEL: decode returns shape {shape_or_type(decoded)} for a batch of {batch}, not the input shape "
+            f"{expected}; check --input-shape"
         )
     return int(code.shape[1])
 
@@ -160,10 +160,10 @@ def export_graphs(model, input_shape, *, mean=None, std=None, opset):
                                         output_names=(IMAGE,)).SerializeToString()
         images = make_validation_images(input_shape, mean=mean, std=std)
         codes = encoder(torch.from_numpy(images)).numpy()
-        (onnx_codes,), = run_onnx(encoder_bytes, (LATENT_CODE,), [{IMAGE: images}])
+        [(onnx_codes,)] = run_onnx(encoder_bytes, (LATENT_CODE,), [{IMAGE: images}])
         decoder_codes = _validation_codes(codes)
         decoded = decoder(torch.from_numpy(decoder_codes)).numpy()
-        (onnx_decoded,), = run_onnx(decoder_bytes, (IMAGE,), [{LATENT_CODE: decoder_codes}])
+        [(onnx_decoded,)] = run_onnx(decoder_bytes, (IMAGE,), [{LATENT_CODE: decoder_codes}])
     graphs = AutoencoderGraphs(
         encoder_bytes, decoder_bytes, latent_size, max_relative_error(onnx_codes, codes),
         max_relative_error(_normalised(onnx_decoded, decoder), _normalised(decoded, decoder)), n_samples=N_SAMPLES,

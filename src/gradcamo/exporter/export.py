@@ -75,6 +75,11 @@ def _first_convolution(model):
     return None, None
 
 
+def shape_or_type(value):
+    """A returned value, described for an error message: its shape if it is a tensor, else its type's name."""
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
 def _probe(model, layer_name, input_shape):
     """Run the model once; check the input fits and the layer is spatial. Returns n_classes."""
     spatial_dims = len(input_shape) - 1
@@ -104,8 +109,7 @@ def _probe(model, layer_name, input_shape):
             f"--input-shape: the model rejects input {tuple(input_shape)}: {first_line(error)}"
         ) from error
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != batch:
-        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ExportError(f"the model must return (N, classes) logits, got {got}")
+        raise ExportError(f"the model must return (N, classes) logits, got {shape_or_type(logits)}")
     if not leaves:
         raise InputError(f"--target-layer: layer {layer_name!r} is not called in the model's forward")
     activation_shape = tuple(leaves[0].shape)
