@@ -1,11 +1,11 @@
-"""DESIGN: the scoring, results and visual side imports and runs without torch."""
+"""DESIGN: the scoring, results, visual and exaggeration side imports and runs without torch."""
 
 import subprocess
 import sys
 
 import pytest
 
-TORCH_FREE = ["gradcamo.scorer", "gradcamo.results", "gradcamo.visual"]
+TORCH_FREE = ["gradcamo.scorer", "gradcamo.results", "gradcamo.visual", "gradcamo.exaggerate"]
 
 _IMPORT_ALL = """
 import importlib, pkgutil, sys

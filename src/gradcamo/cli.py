@@ -445,24 +445,121 @@ def encode_command(
                 wrote=f"the codes of {summary.cells} cells of {summary.images} images")
 
 
+@app.command("exaggerate")
+def exaggerate_command(
+    latents: str = typer.Argument(..., help="Latents dataset directory (from `gradcamo encode`)."),
+    autoencoder: str = typer.Option(..., "--autoencoder", "-a", help="AE_DIR that encoded it "
+                                    "(from `gradcamo export-autoencoder`)."),
+    high: str = typer.Option(..., "--high", help="SQL condition choosing the 'high' cells, e.g. "
+                             "\"Metadata_Well in ('B03', 'B04')\"."),
+    low: str = typer.Option(..., "--low", help="SQL condition choosing the 'low' cells."),
+    output: str = typer.Option(..., "--output", "-o", help="Directory to write: direction.json, "
+                               "trajectories.parquet, images.zarr, report.html."),
+    direction: str = typer.Option("lda", "--direction", help="lda (shrinkage LDA on z-scored codes), "
+                                  "feature:K (latent feature K) or gradient:FILE (Latent Shift: a graph from "
+                                  "`gradcamo export-latent-shift`)."),
+    steps: str = typer.Option("-4:4:1", "--steps", help="START:STOP:STEP in standard deviations of the "
+                              "direction; must include 0."),
+    cells: int = typer.Option(32, "--cells", help="Cells per group to decode (drawn with --seed)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="A gradcamo classifier of the same crop "
+                                        "shape: class probabilities and Grad-CAMO of every decoded image."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the choice of cells."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (onnxruntime)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier exaggeration in --output."),
+    quiet: bool = QUIET_OPTION,
+):
+    """Decode cells moved along the direction that separates two groups, measure what changes, report it.
+
+    The latent-space exaggeration of Zaritsky et al. (Cell Systems 2021), measured: see docs/exaggerate.md.
+    """
+    from gradcamo.exaggerate.run import exaggerate
+
+    if quiet:
+        _configure_logging(quiet)
+    summary = exaggerate(latents, autoencoder, output, high=high, low=low, direction=direction, steps=steps, cells=cells,
+                         model=model, seed=seed, overwrite=overwrite, device=device, progress=_show_progress())
+    auroc = summary.direction.get("auroc")
+    typer.echo(f"wrote {summary.cells} cells x {summary.steps} steps to {summary.output} (AUROC "
+               f"{'n/a' if auroc is None else f'{auroc:.3f}'}, {summary.seconds:.1f} s)")
+
+
+@app.command("export-latent-shift")
+def export_latent_shift_command(
+    autoencoder: str = typer.Argument(..., help="The autoencoder as MODEL for export-autoencoder "
+                                      "(package.module:factory or path/to/file.py:factory)."),
+    classifier: str = typer.Argument(..., help="The classifier as MODEL for export."),
+    input_shape: str = typer.Option(..., "--input-shape", "-s", help="Crop shape C,H,W (2D) or C,D,H,W (3D)."),
+    output: str = typer.Option(..., "--output", "-o", help="ONNX file to write, e.g. latent_shift.onnx."),
+    autoencoder_weights: Optional[str] = typer.Option(None, "--autoencoder-weights", help="state_dict of the "
+                                                      "autoencoder (.pt)."),
+    autoencoder_mean: Optional[str] = typer.Option(None, "--autoencoder-mean", help="The autoencoder's "
+                                                   "per-channel mean (as for export-autoencoder)."),
+    autoencoder_std: Optional[str] = typer.Option(None, "--autoencoder-std", help="The autoencoder's per-channel std."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="state_dict of the classifier (.pt)."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="The classifier's per-channel mean."),
+    std: Optional[str] = typer.Option(None, "--std", help="The classifier's per-channel std."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Class names, comma-separated, one per logit."),
+    quiet: bool = QUIET_OPTION,
+):
+    """Export the Latent Shift graph (decoder, then classifier, and the gradient of a logit to the code)
+    for `exaggerate --direction gradient:FILE`; checked against torch autograd before it is written."""
+    from gradcamo.exporter.latent_shift import export_latent_shift
+    from gradcamo.exporter.loading import load_model, load_weights
+
+    if quiet:
+        _configure_logging(quiet)
+    networks = []
+    for spec, state in ((autoencoder, autoencoder_weights), (classifier, weights)):
+        network = load_model(spec)
+        if state:
+            load_weights(network, state)
+        networks.append(network)
+    description = export_latent_shift(
+        *networks, _parse_numbers(input_shape, "--input-shape", int), output,
+        autoencoder_mean=_parse_numbers(autoencoder_mean, "--autoencoder-mean"),
+        autoencoder_std=_parse_numbers(autoencoder_std, "--autoencoder-std"), mean=_parse_numbers(mean, "--mean"),
+        std=_parse_numbers(std, "--std"), class_names=[c.strip() for c in classes.split(",")] if classes else None,
+    )
+    typer.echo(f"wrote {output} (latent size {description['latent_size']}, gradient max relative error vs torch "
+               f"{description['validation']['gradient_max_rel_error']:.1e})")
+
+
+DEMO_OUT = "gradcamo-demo"
+
+
 @app.command("demo")
 def demo_command(
-    out: str = typer.Option("gradcamo-demo", "--out", help="Directory for the plate, models and scores."),
+    out: str = typer.Option(DEMO_OUT, "--out", help="Directory for the plate, models and scores "
+                            f"(with --exaggerate, default {DEMO_OUT}-exaggerate)."),
     three_d: bool = typer.Option(False, "--3d", help="A 3D plate and 3D models instead of 2D."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic plate and of training."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a demo made with other settings."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Dask worker processes for scoring."),
+    exaggerate: bool = typer.Option(False, "--exaggerate", help="The latent-space exaggeration demo instead: "
+                                    "train an autoencoder and a classifier, encode, exaggerate (2D)."),
     quiet: bool = QUIET_OPTION,
 ):
     """The whole path on a synthetic plate: train an honest and a shortcut model, export, score, compare.
 
-    Needs torch (pip install "gradcamo[export]"). About a minute on a laptop CPU.
+    With --exaggerate: cells whose "high" wells have arms and a bright rim; an autoencoder and a
+    classifier trained on the spot; encode, exaggerate, and the share of cells whose arms, rim and
+    probability grow along the direction. Needs torch (pip install "gradcamo[export]"). About a
+    minute on a laptop CPU.
     """
+    if quiet:
+        _configure_logging(quiet)
+    if exaggerate:
+        from gradcamo.demo.exaggerate import print_exaggerate_report, run_exaggerate_demo
+
+        if three_d:
+            raise InputError("--3d: the exaggeration demo is 2D only; leave out --3d or --exaggerate")
+        result = run_exaggerate_demo(out if out != DEMO_OUT else DEMO_OUT + "-exaggerate", seed=seed,
+                                     overwrite=overwrite, workers=workers, progress=_show_progress())
+        print_exaggerate_report(result)
+        return
     from gradcamo.demo.report import print_report
     from gradcamo.demo.run import run_demo
 
-    if quiet:
-        _configure_logging(quiet)
     result = run_demo(out, three_d=three_d, seed=seed, overwrite=overwrite, workers=workers,
                       progress=_show_progress())
     print_report(result)

@@ -15,6 +15,12 @@ OUTPUT_NAMES = (LOGITS, ACTIVATIONS, GRADIENTS)
 BATCH_AXIS = "batch"
 LATENT_CODE = "z"
 """Output of an autoencoder's encoder graph and input of its decoder graph (their image is :data:`IMAGE`)."""
+LATENT_GRADIENT = "latent_gradient"
+"""Output of a Latent Shift graph (inputs :data:`LATENT_CODE`, :data:`TARGET`; outputs :data:`LOGITS` and this):
+d logits[n, target_n] / d z[n] through the decoder and the classifier."""
+META_LATENT_SHIFT = "gradcamo.latent_shift"
+"""Metadata key of a Latent Shift graph's description (JSON with ``format`` :data:`LATENT_SHIFT_FORMAT`)."""
+LATENT_SHIFT_FORMAT = "gradcamo-latent-shift"
 
 PREDICTED_CLASS = -1
 """Value of ``target`` that selects the argmax class of each sample."""

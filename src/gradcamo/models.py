@@ -1,4 +1,4 @@
-"""Small CNN classifiers for tests, the demo and benchmarks (needs torch).
+"""Small CNN classifiers (and an autoencoder) for tests, the demos and benchmarks (needs torch).
 
 Not imported by ``gradcamo.scorer``: the scorer must run without torch.
 """
@@ -6,7 +6,7 @@ Not imported by ``gradcamo.scorer``: the scorer must run without torch.
 import torch
 from torch import nn
 
-__all__ = ["TinyCNN2d", "TinyCNN3d", "EfficientNet3dSmall", "adapt_first_conv"]
+__all__ = ["ConvAutoencoder2d", "TinyCNN2d", "TinyCNN3d", "EfficientNet3dSmall", "adapt_first_conv"]
 
 
 def _init_weights(model):
@@ -243,3 +243,45 @@ def adapt_first_conv(model, in_channels):
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child_name, replacement)
     return model
+
+
+class ConvAutoencoder2d(nn.Module):
+    """A small convolutional autoencoder for square 2D crops whose side is a multiple of 8.
+
+    ``encode``: three stride-2 conv-relu blocks (``width``, ``2 * width``, ``2 * width``
+    channels), flatten, linear to ``latent_size``. ``decode``: linear-relu back to the
+    smallest feature map, three stride-2 transposed convolutions (relu between them) to
+    the crop. Works on normalised crops; ``export_autoencoder`` bakes the normalisation in.
+
+    Examples
+    --------
+    >>> model = ConvAutoencoder2d(in_channels=2, crop=32, latent_size=8).eval()
+    >>> tuple(model.encode(torch.zeros(3, 2, 32, 32)).shape), tuple(model.decode(torch.zeros(3, 8)).shape)
+    ((3, 8), (3, 2, 32, 32))
+    """
+
+    def __init__(self, in_channels=2, crop=32, latent_size=8, *, width=16):
+        super().__init__()
+        self.hidden = (2 * width, crop // 8, crop // 8)
+        hidden_size = 2 * width * (crop // 8) ** 2
+        self.encoder = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Flatten(), nn.Linear(hidden_size, latent_size),
+        )
+        self.expand = nn.Sequential(nn.Linear(latent_size, hidden_size), nn.ReLU())
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(2 * width, 2 * width, 4, stride=2, padding=1), nn.ReLU(),
+            nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1), nn.ReLU(),
+            nn.ConvTranspose2d(width, in_channels, 4, stride=2, padding=1),
+        )
+
+    def encode(self, x):
+        return self.encoder(x)
+
+    def decode(self, z):
+        return self.decoder(self.expand(z).reshape(-1, *self.hidden))
+
+    def forward(self, x):
+        return self.decode(self.encode(x))

@@ -44,10 +44,17 @@ def open_browser(width=1280, height=900):
             driver.quit()
 
 
+@contextlib.contextmanager
+def open_page(path, width=1280, height=900):
+    """A headless Chromium (:func:`open_browser`) showing a local HTML file."""
+    with open_browser(width, height) as driver:
+        driver.get(f"file://{path}")
+        yield driver
+
+
 def screenshot(report, png, width=1280, height=1500):
     """Save the top ``width`` x ``height`` pixels of an HTML file as PNG."""
-    with open_browser(width, height) as driver:
-        driver.get(f"file://{report}")
+    with open_page(report, width, height) as driver:
         driver.save_screenshot(str(png))
 
 

@@ -1,12 +1,16 @@
-"""The report in a real browser (headless Debian Chromium): it loads cleanly and shows summary's numbers."""
+"""The reports in a real browser (headless Debian Chromium): they load cleanly and show the numbers of
+summary (``report``) and of trajectories.parquet (``exaggerate``)."""
 
+import duckdb
+import numpy as np
 import pytest
 
 from gradcamo.cli import main
 from gradcamo.results.datasets import resolve_datasets
 from gradcamo.results.summary import summarize
 from gradcamo.visual.report import HEADLINE_FIELDS, format_value
-from tests.visual.browser import missing_browser, open_browser
+from tests.exaggerate.latents import run_tiny_exaggeration
+from tests.visual.browser import missing_browser, open_page
 from tests.visual.conftest import PLATES
 
 pytestmark = pytest.mark.skipif(missing_browser() is not None, reason=str(missing_browser()))
@@ -26,8 +30,7 @@ def report(tmp_path_factory, plate_scores, datasets):
 
 @pytest.fixture(scope="module")
 def page(report):
-    with open_browser() as driver:
-        driver.get(f"file://{report[0]}")
+    with open_page(report[0]) as driver:
         yield driver
 
 
@@ -81,3 +84,58 @@ def test_well_hover_text_shows_the_well_summary(page, report):
 def test_screenshot(page, tmp_path):
     path = tmp_path / "report.png"
     assert page.save_screenshot(str(path)) and path.stat().st_size > 10_000
+
+
+EXAGGERATE_CELLS = 3
+
+
+@pytest.fixture(scope="module")
+def exaggeration(tmp_path_factory, model_2d):
+    """An ``exaggerate`` output of the tiny autoencoder and classifier (3 cells per group, 5 steps)."""
+    return run_tiny_exaggeration(tmp_path_factory.mktemp("exaggerate"), "--cells", str(EXAGGERATE_CELLS), "--steps",
+                                 "-2:2:1", "-m", str(model_2d))[0]
+
+
+@pytest.fixture(scope="module")
+def exaggeration_page(exaggeration):
+    with open_page(exaggeration / "report.html") as driver:
+        yield driver
+
+
+def test_exaggeration_report_loads_and_every_image_decodes(exaggeration_page):
+    assert [e for e in exaggeration_page.get_log("browser") if e["level"] == "SEVERE"] == []
+    images = exaggeration_page.execute_script(
+        "return [...document.images].map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+    assert len(images) == 1 + 2 * EXAGGERATE_CELLS  # the mean differences, one strip per cell
+    assert all(complete and width > 0 and height > 0 for complete, width, height in images)
+    figures = exaggeration_page.execute_script("return document.querySelectorAll('figure[data-property] svg').length")
+    assert figures == exaggeration_page.execute_script("return document.querySelectorAll('table.monotonic tr[data-property]').length")
+
+
+def test_exaggeration_monotonic_table_shows_the_shares_of_the_trajectories(exaggeration_page, exaggeration):
+    frame = duckdb.sql(f"select * from read_parquet('{exaggeration / 'trajectories.parquet'}') "
+                       "order by cell_index, step").df()
+    n_steps = frame.step.nunique()
+    groups = frame.group.to_numpy()[::n_steps]
+    shown = exaggeration_page.execute_script(
+        "return [...document.querySelectorAll('table.monotonic tr[data-property]')].map(r => [r.dataset.property, "
+        "[...r.querySelectorAll('td[data-field]')].map(c => [c.dataset.field, c.dataset.value, c.textContent])])"
+    )
+    assert {name for name, _ in shown} >= {"prob_a", "prob_b", "prob_c", "grad_camo", "area", "protrusion",
+                                            "intensity_rim_c2"}
+    for name, cells in shown:
+        values = frame[name].to_numpy().reshape(-1, n_steps)
+        tolerance = 0.01 * (np.nanmax(values) - np.nanmin(values))
+        steps = np.diff(values, axis=1)
+        change = values[:, -1] - values[:, 0]
+        finite = np.isfinite(values).all(axis=1)
+        expected = {"tolerance": tolerance}
+        for group, chosen in (("all", groups == groups), ("high", groups == "high"), ("low", groups == "low")):
+            up = finite & (steps >= -tolerance).all(axis=1) & (change > tolerance)
+            down = finite & (steps <= tolerance).all(axis=1) & (change < -tolerance)
+            expected[f"{group}_increasing"], expected[f"{group}_decreasing"] = up[chosen].mean(), down[chosen].mean()
+        assert {field for field, _, _ in cells} == set(expected)
+        for field, value, text in cells:
+            assert float(value) == pytest.approx(expected[field], rel=1e-12, abs=1e-15), (name, field)
+            if field != "tolerance":
+                assert text == f"{expected[field]:.0%}"

@@ -67,12 +67,15 @@ def _layout(out):
     }
 
 
-def _prepare(out, settings, overwrite):
-    """Reuse a demo directory made with the same ``settings``; else refuse, or with ``overwrite`` start afresh."""
+def prepare(out, settings, overwrite, names=("plate.zarr", PARTIAL_PLATE, "models", "scores", SETTINGS, REPORT)):
+    """Reuse a demo directory made with the same ``settings``; else refuse, or with ``overwrite`` start afresh.
+
+    ``names`` are the entries the demo writes in ``out``; any other entry makes it refuse.
+    """
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a directory")
     present = {p.name for p in out.iterdir()} if out.exists() else set()
-    foreign = present - {"plate.zarr", PARTIAL_PLATE, "models", "scores", SETTINGS, REPORT}
+    foreign = present - set(names) - {SETTINGS}
     if foreign:
         raise InputError(
             f"--out {out}: holds files the demo did not write ({', '.join(sorted(foreign)[:3])}); "
@@ -90,6 +93,16 @@ def _prepare(out, settings, overwrite):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     (out / SETTINGS).write_text(json.dumps(settings))
+
+
+def write_plate_once(path, fields):
+    """Write the demo plate at ``path`` unless it is there (a partial sibling is renamed when complete)."""
+    if path.exists():
+        return
+    partial = path.parent / PARTIAL_PLATE
+    shutil.rmtree(partial, ignore_errors=True)
+    write_demo_plate(partial, fields)
+    partial.rename(path)
 
 
 def _report(name, scores_dir):
@@ -129,7 +142,7 @@ def run_demo(out="gradcamo-demo", *, three_d=False, seed=0, overwrite=False, wor
     DemoResult
     """
     out = pathlib.Path(out)
-    _prepare(out, {"seed": seed, "3d": three_d, "version": gradcamo.__version__}, overwrite)
+    prepare(out, {"seed": seed, "3d": three_d, "version": gradcamo.__version__}, overwrite)
     paths = _layout(out)
     spatial_dims = 3 if three_d else 2
     size = SIZES[spatial_dims]
@@ -137,10 +150,7 @@ def run_demo(out="gradcamo-demo", *, three_d=False, seed=0, overwrite=False, wor
     if not paths["plate"].exists():
         LOGGER.info("writing the synthetic plate %s (rows: %s)", paths["plate"],
                     "; ".join(f"{row} = {role}" for row, role in ROLES.items()))
-        partial = out / PARTIAL_PLATE
-        shutil.rmtree(partial, ignore_errors=True)
-        write_demo_plate(partial, fields)
-        partial.rename(paths["plate"])
+    write_plate_once(paths["plate"], fields)
     for name, row in MODELS.items():
         model_path = paths["models"][name]
         if not model_path.exists():

@@ -24,7 +24,7 @@ def channel_statistics(crops):
     return crops.mean(axis=axes).tolist(), (crops.std(axis=axes) + 1e-6).tolist()
 
 
-def _augment(batch, generator):
+def augment(batch, generator):
     """Random flips of every spatial axis and a random quarter turn in (y, x)."""
     spatial = list(range(2, batch.ndim))
     flips = [axis for axis in spatial if torch.rand((), generator=generator) < 0.5]
@@ -57,7 +57,7 @@ def train_classifier(crops, classes, *, mean, std, epochs, seed, batch_size=32):
         for begin in range(0, len(x), batch_size):
             index = order[begin : begin + batch_size]
             optimiser.zero_grad()
-            loss = loss_function(model(_augment(x[index], generator)), y[index])
+            loss = loss_function(model(augment(x[index], generator)), y[index])
             loss.backward()
             optimiser.step()
     return model.eval()

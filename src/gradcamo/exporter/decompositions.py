@@ -31,9 +31,16 @@ def convolution_backward(
     grad_output, input, weight, bias_sizes, stride, padding, dilation,
     transposed, output_padding, groups, output_mask,
 ):
-    """Input gradient of a convolution as a transposed convolution (weights get none)."""
-    if transposed or output_mask[1] or output_mask[2]:
+    """Input gradient of a convolution as a transposed convolution, and of a transposed
+    convolution (a decoder's upsampling, for Latent Shift graphs) as a convolution with the
+    same weight; weights get none."""
+    if output_mask[1] or output_mask[2]:
         return NotImplemented
+    if transposed:
+        if groups != 1:
+            return NotImplemented
+        zeros = [0] * len(stride)
+        return aten.convolution(grad_output, weight, None, stride, padding, dilation, False, zeros, 1), None, None
     spatial_input, spatial_output = input.shape[2:], grad_output.shape[2:]
     padding_needed = _transposed_output_padding(
         spatial_input, spatial_output, weight.shape[2:], stride, padding, dilation

@@ -1,4 +1,4 @@
-"""Colour maps (matplotlib's inferno and viridis, sampled at nine points) and channel colours."""
+"""Colour maps (matplotlib's inferno and viridis, ColorBrewer's RdBu, sampled at nine points) and channel colours."""
 
 import numpy as np
 
@@ -10,6 +10,11 @@ VIRIDIS = np.array([
     (68, 1, 84), (71, 45, 123), (59, 82, 139), (44, 114, 142), (33, 145, 140),
     (40, 174, 128), (94, 201, 98), (173, 220, 48), (253, 231, 37),
 ]) / 255.0
+DIVERGING = np.array([
+    (33, 102, 172), (67, 147, 195), (146, 197, 222), (209, 229, 240), (247, 247, 247),
+    (253, 219, 199), (244, 165, 130), (214, 96, 77), (178, 24, 43),
+]) / 255.0
+"""ColorBrewer's RdBu reversed: 0 blue (negative), 0.5 white (zero), 1 red (positive); for signed differences."""
 CHANNEL_COLORS = np.array([
     (0.25, 0.45, 1.0), (0.1, 1.0, 0.1), (1.0, 0.15, 0.15), (1.0, 0.85, 0.1), (1.0, 0.2, 1.0), (0.1, 1.0, 1.0),
 ])

@@ -32,8 +32,11 @@ def _text(x, y, content, *, anchor="middle", size=10, color=AXIS, extra=""):
     )
 
 
-def _axes(width, height, x_label, y_label, y_ticks):
-    """Frame, ticks and labels of a unit-square plot; returns (body, to_x, to_y)."""
+def _axes(width, height, x_label, y_label, y_ticks, x_ticks=None):
+    """Frame, ticks and labels of a unit-square plot; returns (body, to_x, to_y).
+
+    Ticks are (position in [0, 1], label) pairs; the x ticks default to :data:`TICKS`.
+    """
     left, top, right, bottom = MARGIN
     plot_w, plot_h = width - left - right, height - top - bottom
 
@@ -44,8 +47,8 @@ def _axes(width, height, x_label, y_label, y_ticks):
         return top + (1 - v) * plot_h
 
     body = [f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="{AXIS}"/>']
-    for tick in TICKS:
-        body.append(_text(to_x(tick), height - bottom + 12, f"{tick:g}"))
+    for value, name in x_ticks or [(tick, f"{tick:g}") for tick in TICKS]:
+        body.append(_text(to_x(value), height - bottom + 12, name))
     for value, name in y_ticks:
         body.append(_text(left - 3, to_y(value) + 3, name, anchor="end"))
     body.append(_text(left + plot_w / 2, height - 4, x_label))
@@ -155,4 +158,48 @@ def colorbar_svg(*, width=200, height=30, label="median Grad-CAMO"):
     return _svg(width + 110, height, body, label)
 
 
-__all__ = ["colorbar_svg", "density_svg", "histogram_svg", "plate_svg"]
+def trajectory_svg(steps, series, *, y_label, width=300, height=190, label="trajectory"):
+    """Median (line) and interquartile band of a quantity at each step, one colour per series.
+
+    Parameters
+    ----------
+    steps : (S,) float ndarray
+        The x values, increasing.
+    series : dict of str to (3, S) float ndarray
+        Name -> (25th percentile, median, 75th percentile) at each step; NaN gaps are skipped.
+    y_label : str
+    """
+    finite = np.concatenate([values[np.isfinite(values)] for values in series.values()] + [np.zeros(0)])
+    low, high = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+    if high <= low:
+        low, high = low - 0.5, high + 0.5
+    span = steps[-1] - steps[0] or 1.0
+
+    def unit_x(value):
+        return (value - steps[0]) / span
+
+    def unit_y(value):
+        return (value - low) / (high - low)
+
+    x_ticks = [(unit_x(v), f"{v:g}") for v in steps] if len(steps) <= 11 else [(unit_x(v), f"{v:g}") for v in steps[::2]]
+    digits = max(0, 2 - int(np.floor(np.log10(high - low))))
+    y_ticks = [(unit_y(v), f"{v:,.{digits}f}") for v in np.linspace(low, high, 3)]
+    body, to_x, to_y = _axes(width, height, "step (SD)", y_label, y_ticks, x_ticks)
+    for index, (name, (q25, median, q75)) in enumerate(series.items()):
+        color = SERIES_COLORS[index % len(SERIES_COLORS)]
+        ok = np.isfinite(q25) & np.isfinite(q75)
+        band = [(unit_x(x), unit_y(y)) for x, y in zip(steps[ok], q75[ok])]
+        band += [(unit_x(x), unit_y(y)) for x, y in zip(steps[ok][::-1], q25[ok][::-1])]
+        if band:
+            points = " ".join(f"{to_x(x):.1f},{to_y(y):.1f}" for x, y in band)
+            body.append(f'<polygon points="{points}" fill="{color}" fill-opacity="0.18" stroke="none"/>')
+        ok = np.isfinite(median)
+        line = " ".join(f"{to_x(unit_x(x)):.1f},{to_y(unit_y(y)):.1f}" for x, y in zip(steps[ok], median[ok]))
+        hover = ", ".join(f"{x:g}: {y:.4g}" for x, y in zip(steps[ok], median[ok]))
+        body.append(f'<polyline points="{line}" fill="none" stroke="{color}" stroke-width="1.8">'
+                    f"<title>{html.escape(name)} median by step: {html.escape(hover)}</title></polyline>")
+        body.append(_text(MARGIN[0] + 4, MARGIN[1] + 12 + 12 * index, name, anchor="start", color=color))
+    return _svg(width, height, body, label)
+
+
+__all__ = ["colorbar_svg", "density_svg", "histogram_svg", "plate_svg", "trajectory_svg"]

@@ -71,7 +71,8 @@ def format_value(value, pattern):
     return pattern.format(value)
 
 
-def _cell(field, value, pattern):
+def value_cell(field, value, pattern):
+    """A ``<td>`` showing ``value`` formatted, with the exact value in ``data-value`` (for browser tests)."""
     data = "" if value is None else repr(value)
     return f'<td data-field="{field}" data-value="{data}">{format_value(value, pattern)}</td>'
 
@@ -82,7 +83,7 @@ def _headline_head(first, second):
 
 
 def _headline_row(kind, name, key_attribute, key, row):
-    cells = "".join(_cell(field, row[field], pattern) for field, _, pattern in HEADLINE_FIELDS)
+    cells = "".join(value_cell(field, row[field], pattern) for field, _, pattern in HEADLINE_FIELDS)
     return (f'<tr class="{kind}" data-dataset="{html.escape(name)}" {key_attribute}="{html.escape(str(key))}">'
             f'<td class="key">{html.escape(name)}</td><td class="key">{html.escape(str(key))}</td>{cells}</tr>')
 
@@ -242,8 +243,8 @@ def write_report(paths, output, *, gallery=16, models=(), input_map=None, progre
     ------
     InputError
         A path is not a score dataset, a bad option, a ``method`` a dataset does not hold,
-        or (with galleries) a model file or an
-        input that is not found or changed. Nothing is written then.
+        or (with galleries) a model file or an input that is not found or changed. Nothing
+        is written then.
     """
     started = time.time()
     output = pathlib.Path(output)
@@ -253,7 +254,9 @@ def write_report(paths, output, *, gallery=16, models=(), input_map=None, progre
     sources = {
         name: open_source(path, models=models, input_map=input_map) for name, path in stats.datasets.items()
     } if gallery else {}
-    selections = {name: select_galleries(path, gallery, stats.method) for name, path in stats.datasets.items()} if gallery else {}
+    selections = {
+        name: select_galleries(path, gallery, stats.method) for name, path in stats.datasets.items()
+    } if gallery else {}
     total = sum(t.num_rows for s in selections.values() for t in s.values())
     with cell_progress(progress) as bar:
         task = bar.add_task("galleries", total=total)
@@ -277,6 +280,25 @@ def write_report(paths, output, *, gallery=16, models=(), input_map=None, progre
             stats, lambda n: _galleries(galleries.get(n, [])) or "<p class='note'>--gallery 0</p>")),
         ("Provenance", _per_dataset(stats, lambda n: _provenance(stats.datasets[n], manifests[n]))),
     ]
+    names = ", ".join(stats.datasets)
+    size = write_page(output, title=f"gradcamo report: {names}", heading="Is the model looking at the cells?",
+                      note=f"gradcamo {gradcamo.__version__} report of {names}", sections=sections)
+    return ReportSummary(output, len(stats.datasets), total, size, time.time() - started)
+
+
+def write_page(path, *, title, heading, note, sections, extra_style=""):
+    """Write one self-contained HTML page (atomically) and return its size in bytes.
+
+    Parameters
+    ----------
+    path : path-like
+    title, heading, note : str
+        Plain text: the window title, the ``<h1>`` and the line under it (", made <UTC time>." is appended).
+    sections : sequence of (str, str)
+        (plain-text title, HTML content); each becomes ``<section id="<first word of the title>">``.
+    extra_style : str
+        CSS appended to :data:`STYLE`.
+    """
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     body = "".join(
         f'<section id="{title.split()[0].lower()}"><h2>{html.escape(title)}</h2>{content}</section>'
@@ -285,10 +307,9 @@ def write_report(paths, output, *, gallery=16, models=(), input_map=None, progre
     page = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>gradcamo report: {html.escape(', '.join(stats.datasets))}</title><style>{STYLE}</style></head>"
-        f"<body><h1>Is the model looking at the cells?</h1><p class='note'>gradcamo {gradcamo.__version__} report "
-        f"of {html.escape(', '.join(stats.datasets))}, made {now}.</p>{body}</body></html>"
+        f"<title>{html.escape(title)}</title><style>{STYLE}{extra_style}</style></head>"
+        f"<body><h1>{html.escape(heading)}</h1><p class='note'>{html.escape(note)}, made {now}.</p>{body}</body></html>"
     )
-    with atomic_path(output) as temporary:
+    with atomic_path(path) as temporary:
         temporary.write_text(page, encoding="utf-8")
-    return ReportSummary(output, len(stats.datasets), total, len(page.encode()), time.time() - started)
+    return len(page.encode())
