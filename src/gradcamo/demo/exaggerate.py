@@ -176,13 +176,18 @@ def overall_changes(summary, names):
     return changes
 
 
+REPORT_WIDTH = 120
+"""Columns of the printed table when stdout is not a terminal."""
+
+
 def print_exaggerate_report(result, console=None):
     """AUROC, the monotonic shares and overall changes of the main quantities along both directions, the run time
     and where the reports are."""
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    if console is None:  # piped to a file or a CI log: wide enough for the table (rich assumes 80 columns)
+        console = Console() if Console().is_terminal else Console(width=REPORT_WIDTH)
     record = result.summary.direction
     folds = record["folds"]
     auroc = "n/a" if record["auroc"] is None else f"{record['auroc']:.3f}"
