@@ -25,7 +25,7 @@ from gradcamo.scorer.pipeline import check_run_options, plan_run, run_units
 from gradcamo.scorer.plan import UNIT_MAX_BYTES
 from gradcamo.scorer.sink import KEY_FIELDS, make_table
 from gradcamo.scorer.units import StageClock, UnitResult, key_columns, padded_for, read_unit
-from gradcamo.scorer.worker import worker_state
+from gradcamo.scorer.worker import session_threads, worker_state
 
 KIND = "latents"
 CODE_PREFIX = "z_"
@@ -97,15 +97,16 @@ def encode_unit(spec, block, objects=None):
     if not len(objects):
         return UnitResult(latent_table(spec, block, objects, None), 0, None, clock.seconds)
 
-    encoder = state.session(open_encoder, spec.autoencoder, spec.device, spec.threads)
-    decoder = state.session(open_decoder, spec.autoencoder, spec.device, spec.threads)
+    threads = session_threads(spec.threads)
+    encoder = state.session(open_encoder, spec.autoencoder, spec.device, threads)
+    decoder = state.session(open_decoder, spec.autoencoder, spec.device, threads)
     codes, errors = [], []
     for begin in range(0, len(objects), spec.batch_size):
         chosen = np.arange(begin, min(begin + spec.batch_size, len(objects)))
         crops, _ = cutter.cut(chosen, objects.ids[chosen])
         feed = padded_for(encoder, {IMAGE: crops}, spec.batch_size)
         clock.lap("cut")
-        with state.inference:
+        with state.batch_slot(encoder):
             clock.lap("wait")
             (code,) = encoder.run([LATENT_CODE], feed)
             (decoded,) = decoder.run([IMAGE], {LATENT_CODE: code})

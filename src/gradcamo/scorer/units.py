@@ -26,7 +26,7 @@ from gradcamo.scorer.crops import CropCutter, Measurements, crop_starts, measure
 from gradcamo.scorer.regions import Layout, read_region
 from gradcamo.scorer.session import CUDA, scoring_session
 from gradcamo.scorer.sink import make_table
-from gradcamo.scorer.worker import worker_state
+from gradcamo.scorer.worker import session_threads, worker_state
 
 STAGES = ("read", "measure", "cut", "wait", "infer", "table")
 """Where a unit's seconds go; ``wait`` is time queued for the session while another task's batch runs."""
@@ -53,10 +53,10 @@ class ScoreSpec:
     def crop_spatial(self):
         return tuple(self.crop_shape[1:])
 
-    @property
-    def session_arguments(self):
-        """Arguments of :func:`gradcamo.scorer.session.scoring_session` (and the worker's cache key)."""
-        return (self.model_path, self.model_sha256, self.crop_spatial, self.convention, self.device, self.threads,
+    def session_arguments(self, threads):
+        """Arguments of :func:`gradcamo.scorer.session.scoring_session` (and the worker's cache key),
+        with ``threads`` onnxruntime threads (:func:`gradcamo.scorer.worker.session_threads`)."""
+        return (self.model_path, self.model_sha256, self.crop_spatial, self.convention, self.device, threads,
                 self.methods)
 
 
@@ -222,7 +222,7 @@ def score_unit(spec, block, objects=None):
     if not len(objects):
         return UnitResult(unit_table(spec, block, objects, None), 0, None, clock.seconds)
 
-    session = state.session(scoring_session, *spec.session_arguments)
+    session = state.session(scoring_session, *spec.session_arguments(session_threads(spec.threads)))
     targets = np.asarray(spec.targets, dtype=np.int64)
     pair_object = np.repeat(np.arange(len(objects)), len(targets))
     pair_target = np.tile(targets, len(objects))
@@ -235,7 +235,7 @@ def score_unit(spec, block, objects=None):
                 head.MASK: masks.astype(np.float32)}
         feed = padded_for(session, feed, spec.batch_size)
         clock.lap("cut")
-        with state.inference:
+        with state.batch_slot(session):
             clock.lap("wait")
             logits, *rows = session.run(list(head.HEAD_OUTPUTS + head.METRIC_OUTPUTS), feed)
             outputs.append([logits[:len(chosen)], *(row[:len(chosen) * per_method] for row in rows)])
