@@ -247,6 +247,12 @@ def crop_cam(activations, gradients, shape, *, convention="raw", method="gradcam
     return resize_cam(cam, shape, convention=convention)
 
 
+def softmax(logits):
+    """Class probabilities of (N, K) logits, row by row, in float64 (shifted by each row's maximum)."""
+    shifted = np.exp(np.asarray(logits, dtype=np.float64) - np.max(logits, axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
 def score_ratio(inside, total):
     """Grad-CAMO from the attention inside the cell and in the whole crop: the one NaN rule.
 

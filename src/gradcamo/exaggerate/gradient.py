@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from gradcamo import contract
+from gradcamo.cam import softmax
 from gradcamo.errors import InputError
 from gradcamo.exaggerate.direction import Direction, auroc, zscore_parameters
 from gradcamo.model_file import file_sha256
@@ -61,11 +62,6 @@ def latent_gradients(session, codes, target):
     return np.concatenate(logits).astype(np.float64), np.concatenate(gradients).astype(np.float64)
 
 
-def _softmax(logits):
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
 def gradient_direction(path, description, codes, is_high, chosen, *, device="auto"):
     """Per-cell Latent Shift steps for the ``chosen`` cells.
 
@@ -97,7 +93,7 @@ def gradient_direction(path, description, codes, is_high, chosen, *, device="aut
     session = create_session(str(path), device=device)
     chosen_codes = np.asarray(codes, dtype=np.float64)[chosen]
     logits, _ = latent_gradients(session, chosen_codes, contract.PREDICTED_CLASS)
-    probabilities = _softmax(logits)
+    probabilities = softmax(logits)
     high = np.asarray(is_high)[chosen]
     gap = probabilities[high].mean(axis=0) - probabilities[~high].mean(axis=0)
     target = int(np.argmax(gap))

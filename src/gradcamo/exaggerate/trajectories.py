@@ -8,6 +8,7 @@ standard deviations of the direction, :mod:`gradcamo.exaggerate.direction`), eac
 import numpy as np
 
 from gradcamo import contract
+from gradcamo.cam import score_ratio, softmax
 from gradcamo.errors import InputError
 from gradcamo.model_file import read_model_info
 from gradcamo.scorer.head import CAM_INSIDE, CAM_TOTAL, MASK
@@ -152,9 +153,5 @@ def classify(info, images, masks, *, batch_size=64):
         })
         for collected, value in zip((logits, inside, total), out):
             collected.append(value)
-    logits = np.concatenate(logits).astype(np.float64)
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    inside, total = np.concatenate(inside).astype(np.float64), np.concatenate(total).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        grad_camo = np.where(total > 0, inside / np.where(total > 0, total, 1.0), np.nan)
-    return shifted / shifted.sum(axis=1, keepdims=True), grad_camo
+    grad_camo, _ = score_ratio(np.concatenate(inside), np.concatenate(total))
+    return softmax(np.concatenate(logits)), grad_camo

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from gradcamo.cam import score_ratio
+from gradcamo.cam import score_ratio, softmax
 from gradcamo.data.read import ImageSource
 from gradcamo.errors import InputError
 from gradcamo.localisation import localisation_metrics
@@ -263,12 +263,6 @@ def _padded_to(feed, batch_size):
             for name, value in feed.items()}
 
 
-def _softmax_at(logits, columns):
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
-    return probabilities[np.arange(len(logits)), columns]
-
-
 def key_columns(block, objects, index):
     """The key columns (:data:`gradcamo.scorer.sink.KEY_FIELDS`) of the rows of ``objects[index]`` of ``block``."""
     n = len(index)
@@ -316,7 +310,7 @@ def unit_table(spec, block, objects, scored):
         "target_name": [spec.class_names[t] for t in target],
         "method": [spec.methods[m] for m in scored["method"]],
         "logit_target": logits[np.arange(n), target].astype(np.float32),
-        "prob_target": _softmax_at(logits.astype(np.float64), target).astype(np.float32),
+        "prob_target": softmax(logits)[np.arange(n), target].astype(np.float32),
         "cam_inside": inside,
         "cam_total": total,
         "grad_camo": value,
