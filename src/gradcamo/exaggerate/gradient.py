@@ -17,7 +17,7 @@ from gradcamo.cam import softmax
 from gradcamo.errors import InputError
 from gradcamo.exaggerate.direction import Direction, auroc, zscore_parameters
 from gradcamo.model_file import file_sha256
-from gradcamo.scorer.session import create_session
+from gradcamo.scorer.session import create_session, run_in_batches
 
 BATCH_SIZE = 64
 
@@ -52,14 +52,9 @@ def read_latent_shift(path, latent_size, input_shape):
 
 def latent_gradients(session, codes, target):
     """Logits (M, K) and d logit[target] / d z (M, L) of each code, float64."""
-    logits, gradients = [], []
-    for begin in range(0, len(codes), BATCH_SIZE):
-        batch = np.ascontiguousarray(codes[begin:begin + BATCH_SIZE], dtype=np.float32)
-        out = session.run([contract.LOGITS, contract.LATENT_GRADIENT],
-                          {contract.LATENT_CODE: batch, contract.TARGET: np.full(len(batch), target, dtype=np.int64)})
-        logits.append(out[0])
-        gradients.append(out[1])
-    return np.concatenate(logits).astype(np.float64), np.concatenate(gradients).astype(np.float64)
+    feed = {contract.LATENT_CODE: codes, contract.TARGET: np.full(len(codes), target, dtype=np.int64)}
+    logits, gradients = run_in_batches(session, [contract.LOGITS, contract.LATENT_GRADIENT], feed, BATCH_SIZE)
+    return logits.astype(np.float64), gradients.astype(np.float64)
 
 
 def gradient_direction(path, description, codes, is_high, chosen, *, device="auto"):

@@ -12,6 +12,7 @@ from gradcamo.cam import score_ratio, softmax
 from gradcamo.errors import InputError
 from gradcamo.model_file import read_model_info
 from gradcamo.scorer.head import CAM_INSIDE, CAM_TOTAL, MASK
+from gradcamo.scorer.session import run_in_batches
 from gradcamo.visual.recompute import cam_session
 
 DEFAULT_STEPS = "-4:4:1"
@@ -74,14 +75,11 @@ def shift_codes(codes, step, steps):
     return shifted.astype(np.float32)
 
 
-def decode(session, codes, *, batch_size=64, advance=lambda n: None):
+def decode(session, codes, *, batch_size=64, advance=None):
     """Decode (M, L) codes with a ``decoder.onnx`` session into (M, C, [D,] H, W) float32 images."""
-    parts = []
-    for begin in range(0, len(codes), batch_size):
-        batch = np.ascontiguousarray(codes[begin:begin + batch_size], dtype=np.float32)
-        parts.append(session.run([contract.IMAGE], {contract.LATENT_CODE: batch})[0])
-        advance(len(batch))
-    return np.concatenate(parts)
+    feed = {contract.LATENT_CODE: codes}
+    (images,) = run_in_batches(session, [contract.IMAGE], feed, batch_size, advance)
+    return images
 
 
 def differences(decoded, steps):
@@ -142,16 +140,7 @@ def classify(info, images, masks, *, batch_size=64):
     spatial = tuple(info.input_shape[1:])
     session = cam_session(str(info.path), info.sha256, spatial, CONVENTION, METHOD)
     masks = np.broadcast_to(masks[:, None], (len(masks), *spatial)) if len(spatial) == 3 else masks
-    logits, inside, total = [], [], []
-    for begin in range(0, len(images), batch_size):
-        batch = slice(begin, begin + batch_size)
-        n = len(images[batch])
-        out = session.run([contract.LOGITS, CAM_INSIDE, CAM_TOTAL], {
-            contract.IMAGE: np.ascontiguousarray(images[batch], dtype=np.float32),
-            contract.TARGET: np.full(n, -1, dtype=np.int64),
-            MASK: np.ascontiguousarray(masks[batch], dtype=np.float32),
-        })
-        for collected, value in zip((logits, inside, total), out):
-            collected.append(value)
-    grad_camo, _ = score_ratio(np.concatenate(inside), np.concatenate(total))
-    return softmax(np.concatenate(logits)), grad_camo
+    feed = {contract.IMAGE: images, contract.TARGET: np.full(len(images), -1, np.int64), MASK: masks}
+    logits, inside, total = run_in_batches(session, [contract.LOGITS, CAM_INSIDE, CAM_TOTAL], feed, batch_size)
+    grad_camo, _ = score_ratio(inside, total)
+    return softmax(logits), grad_camo

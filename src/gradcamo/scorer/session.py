@@ -4,6 +4,7 @@ import functools
 import logging
 import os
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 
@@ -96,6 +97,41 @@ def build_scoring_session(model_path, crop_spatial, convention, device, threads,
     session = create_session(headed.SerializeToString(), device=device, threads=threads)
     LOGGER.info("onnxruntime session on %s (pid %d)", session.get_providers()[0], os.getpid())
     return session
+
+
+ONNX_TENSOR_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
+"""numpy types of the graph inputs gradcamo's graphs take."""
+
+
+def run_in_batches(session, output_names, feed, batch_size, advance=None):
+    """Run ``session`` on arrays held in memory, ``batch_size`` rows at a time.
+
+    Parameters
+    ----------
+    session : onnxruntime.InferenceSession
+    output_names : sequence of str
+    feed : dict of str to ndarray
+        Inputs with the same number of rows, sliced together; each batch is cast to the
+        graph's input type (float32 or int64) as it is run, so e.g. bool masks stay bool here.
+    batch_size : int
+    advance : callable, optional
+        Called with the rows of each batch run (progress).
+
+    Returns
+    -------
+    list of ndarray
+        Each output, the batches' rows concatenated.
+    """
+    types = {graph_input.name: ONNX_TENSOR_TYPES[graph_input.type] for graph_input in session.get_inputs()}
+    rows = len(next(iter(feed.values())))
+    parts = []
+    for begin in range(0, rows, batch_size):
+        batch = {name: np.ascontiguousarray(value[begin:begin + batch_size], dtype=types[name])
+                 for name, value in feed.items()}
+        parts.append(session.run(list(output_names), batch))
+        if advance is not None:
+            advance(len(next(iter(batch.values()))))
+    return [np.concatenate(column) for column in zip(*parts)]
 
 
 @functools.lru_cache(maxsize=4)
