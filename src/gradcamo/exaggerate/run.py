@@ -100,12 +100,12 @@ def _write_images(directory, arrays, steps):
         group.create_array(name, shape=array.shape, chunks=chunks, dtype=array.dtype)[...] = array
 
 
-def _find_direction(kind, argument, groups, chosen, info, device):
+def _find_direction(kind, argument, groups, chosen, latent_shift, device):
+    """The direction; ``latent_shift`` is the description of the ``gradient:FILE`` graph (else None)."""
     if kind == "feature":
         return feature_direction(groups.codes, groups.is_high, argument)
     if kind == "gradient":
-        description = read_latent_shift(argument, info.latent_size, info.input_shape)
-        return gradient_direction(argument, description, groups.codes, groups.is_high, chosen, device=device)
+        return gradient_direction(argument, latent_shift, groups.codes, groups.is_high, chosen, device=device)
     return lda_direction(groups.codes, groups.is_high, groups.keys["Metadata_Plate"],
                          [w if w is not None else image for w, image in zip(groups.keys["Metadata_Well"],
                                                                            groups.keys["Metadata_Image"])])
@@ -160,12 +160,11 @@ def exaggerate(
     info = read_autoencoder(ae_dir)
     classifier = open_classifier(model, info.input_shape) if model is not None else None
     kind, argument = parse_direction(direction, info.latent_size)
-    if kind == "gradient":
-        read_latent_shift(argument, info.latent_size, info.input_shape)
+    latent_shift = read_latent_shift(argument, info.latent_size, info.input_shape) if kind == "gradient" else None
     check_latents(latents, info.latent_size, ae_dir)
     groups = read_groups(latents, high, low, info.latent_size)
     chosen, group_names = choose_cells(groups.is_high, cells, seed)
-    found = _find_direction(kind, argument, groups, chosen, info, device)
+    found = _find_direction(kind, argument, groups, chosen, latent_shift, device)
     LOGGER.info("%s direction between %d high and %d low cells: AUROC %s", direction, int(groups.is_high.sum()),
                 int((~groups.is_high).sum()), "n/a" if found.summary["auroc"] is None else f"{found.summary['auroc']:.3f}")
     if found.summary["auroc"] is None:
