@@ -24,9 +24,11 @@ from gradcamo.signals import children_ignore_sigint
 
 LOGGER = logging.getLogger(__name__)
 TASK_THREADS_PER_LOCAL_WORKER = min(4, max(2, (os.cpu_count() or 1) // 4))
-"""Tasks a local worker runs at once: while one task's batches run (the session takes one batch at a
-time), the others read, decompress and cut. 2 on up to 11 cores, 4 from 16 (TinyCNN2d on a
-16-core machine: 1 thread 6.4k cells/s, 2 threads 9.1k, 4 threads 10.9k)."""
+"""Tasks a local worker runs at once, so that reading, decompressing and cutting overlap inference
+(on CPU each task infers with its share of the cores, :func:`gradcamo.scorer.worker.session_threads`;
+on CUDA they take turns at the GPU). 2 on up to 11 cores, 4 from 16 (TinyCNN2d on a 16-core
+machine, measured when tasks took turns at one session: 1 thread 6.4k cells/s, 2 threads 9.1k,
+4 threads 10.9k)."""
 LOCAL_ALLOWED_FAILURES = 1
 """Worker deaths a task may take part in on a local cluster before it fails (Dask's default: 3):
 a unit that kills its worker twice is recorded as failed and the run goes on."""

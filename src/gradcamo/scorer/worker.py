@@ -10,8 +10,8 @@ Task threads overlap reading with inference. On CUDA they take turns at the GPU 
 others read, decompress and cut. On CPU each runs its own batches with its share of the
 worker's cores (:func:`session_threads`): with one pool of all cores and one batch at a
 time, every operator waited for the pool thread that a reading task had preempted (on 2
-cores, resnet18 5x64x64 end to end went from 651 to 819 cells/s, EfficientNet3dSmall
-5x8x32x32 from 506 to 606).
+cores, resnet18 5x64x64 end to end went from 696 to 817 cells/s, EfficientNet3dSmall
+5x8x32x32 from 447 to 611).
 """
 
 import contextlib
@@ -71,10 +71,10 @@ def session_threads(requested=None):
     """onnxruntime threads of one task thread's batches on this worker's CPU.
 
     The worker's cores (``requested``, i.e. ``--threads``; else ``OMP_NUM_THREADS``, which local
-    worker processes get; else the cores this process may run on) shared by its task threads,
-    which run their batches at the same time; at least 1.
+    worker processes get; else the machine's cores, as the pipeline counts them) shared by its
+    task threads, which run their batches at the same time; at least 1.
     """
-    cores = requested or int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
+    cores = requested or int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1
     try:
         tasks = get_worker().state.nthreads
     except ValueError:  # outside a Dask worker: one caller
