@@ -91,6 +91,9 @@ def export_command(
     factory_kwargs: Optional[str] = typer.Option(None, "--factory-kwargs", help="JSON object of factory "
                                                  "keyword arguments, e.g. '{\"num_classes\": 4}'."),
     opset: int = typer.Option(18, "--opset", min=18, help="ONNX opset version."),
+    channel_names: Optional[str] = typer.Option(None, "--channel-names", help="Names of the input channels the "
+                                                "model was trained on, in order, e.g. DNA,ER,RNA,AGP,Mito; "
+                                                "`score` then picks a store's channels by name."),
     quiet: bool = QUIET_OPTION,
 ):
     """Turn a PyTorch classifier into one ONNX graph returning logits, activations and gradients.
@@ -113,6 +116,7 @@ def export_command(
     result = export_model(
         network, target_layer, shape, output, class_names=class_names,
         mean=mean_values, std=std_values, opset=opset,
+        channel_names=channel_names.split(",") if channel_names else None,
     )
     typer.echo(f"wrote {result.path} (CAM max relative error vs torch "
                f"{result.validation.cam_max_rel_error:.1e})")
@@ -128,6 +132,7 @@ def _model_table(info):
         ("spatial dims", str(info.spatial_dims)),
         ("target layer", info.target_layer),
         ("classes", ", ".join(info.class_names)),
+        ("channel names", ", ".join(info.channel_names) or "none (channels matched by position)"),
         ("preprocessing", json.dumps(info.preprocessing)),
         ("validation", json.dumps(info.validation)),
         ("opset", str(info.opset)),
@@ -216,8 +221,9 @@ def score_command(
     model: str = typer.Option(..., "--model", "-m", help="Model file from `gradcamo export`."),
     output: str = DATASET_OUTPUT_OPTION,
     labels: Optional[str] = LABELS_OPTION,
-    channels: Optional[str] = typer.Option(None, "--channels", help="Channels fed to the model, in order, "
-                                           "e.g. 0,1,2 (default: all)."),
+    channels: Optional[str] = typer.Option(None, "--channels", help="Channels fed to the model, in order: "
+                                           "indices (0,1,2) or the store's channel names (DNA,ER,Mito). Default: "
+                                           "by name where the model and the store name them, else all."),
     target: str = typer.Option("predicted", "--target", help="Class to explain: predicted, all, an index or a name."),
     batch_size: int = BATCH_SIZE_OPTION,
     device: str = DEVICE_OPTION,
@@ -230,6 +236,8 @@ def score_command(
     timepoint: int = TIMEPOINT_OPTION,
     overwrite: bool = DATASET_OVERWRITE_OPTION,
     max_failures: int = MAX_FAILURES_OPTION,
+    site_base: int = typer.Option(0, "--site-base", help="Metadata_Site of plate fields that `gradcamo import` "
+                                  "did not record a site for: the field index from 0 or from 1."),
     quiet: bool = QUIET_OPTION,
 ):
     """Score every segmented cell: the share of the model's Grad-CAM attention inside the cell.
@@ -244,13 +252,14 @@ def score_command(
     if quiet:
         _configure_logging(quiet)
     summary = score(
-        inputs, model, output, labels=labels, channels=_parse_numbers(channels, "--channels", int),
+        inputs, model, output, labels=labels, channels=channels.split(",") if channels else None,
         target=target, batch_size=batch_size, device=device, workers=workers, threads=threads,
         scheduler=scheduler, convention=convention, methods=method, overwrite=overwrite, timepoint=timepoint,
-        progress=_show_progress(), max_failures=max_failures,
+        progress=_show_progress(), max_failures=max_failures, site_base=site_base,
     )
     _report_run(summary, max_failures, holds="scores",
-                wrote=f"{summary.rows} rows for {summary.cells} cells of {summary.images} images")
+                wrote=f"{summary.rows} rows for {summary.cells} cells of {summary.images} images; "
+                f"{summary.channel_note}")
 
 
 def _report_run(summary, max_failures, *, holds, wrote):
@@ -278,6 +287,40 @@ def _report_failures(summary, max_failures):
         typer.echo(f"error: {count} of {summary.units} work units failed ({listed}); their cells are not in "
                    "the dataset; run the same command again to retry them", err=True)
     raise typer.Exit(3)
+
+
+@app.command("import")
+def import_command(
+    load_data: str = typer.Argument(..., metavar="LOAD_DATA.csv", help="CellProfiler LoadData CSV: Metadata_Plate, "
+                                    "Metadata_Well, Metadata_Site, FileName_/PathName_<Channel>, "
+                                    "ObjectsFileName_/ObjectsPathName_<Objects>."),
+    output: str = typer.Option(..., "--output", "-o", help="Directory for one <Metadata_Plate>.zarr per plate."),
+    channels: Optional[str] = typer.Option(None, "--channels", help="Channels to import, in order, e.g. "
+                                           "DNA,ER,RNA,AGP,Mito (default: every FileName_ column)."),
+    objects: Optional[str] = typer.Option(None, "--objects", help="Label images to import, e.g. Cells,Nuclei "
+                                          "(default: every ObjectsFileName_ column)."),
+    base_dir: Optional[str] = typer.Option(None, "--base-dir", help="Folder the CSV's PathName_ values are "
+                                           "relative to (default: the CSV's folder); rebases a moved screen."),
+    threads: int = typer.Option(8, "--threads", help="Fields written at once."),
+    quiet: bool = QUIET_OPTION,
+):
+    """Turn a screen of per-channel TIFFs listed in a LoadData CSV into OME-Zarr 0.5 plates to score.
+
+    The whole CSV is checked before anything is written. Re-running the same command keeps the
+    fields already written and writes the rest. See docs/screens.md.
+    """
+    from gradcamo.data.importer import import_loaddata
+
+    if quiet:
+        _configure_logging(quiet)
+    summary = import_loaddata(
+        load_data, output, channels=channels.split(",") if channels else None,
+        objects=objects.split(",") if objects else None, base_dir=base_dir, threads=threads,
+        progress=_show_progress(),
+    )
+    typer.echo(f"wrote {summary.fields} fields ({summary.fields_resumed} kept from before) of "
+               f"{len(summary.plates)} plates to {summary.output} in {summary.seconds:.1f} s: "
+               + ", ".join(pathlib.Path(plate).name for plate in summary.plates))
 
 
 @app.command("query")

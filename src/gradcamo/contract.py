@@ -36,6 +36,9 @@ META_VALIDATION = "gradcamo.validation"
 META_TORCH_VERSION = "gradcamo.torch_version"
 META_WEIGHTS_SHA256 = "gradcamo.weights_sha256"
 META_GRADCAMO_VERSION = "gradcamo.version"
+META_CHANNEL_NAMES = "gradcamo.channel_names"
+"""Optional: JSON list of the names of the model's input channels (``export --channel-names``), which
+``score`` matches to a store's ``omero.channels[].label``."""
 REQUIRED_METADATA = (
     META_FORMAT_VERSION,
     META_TARGET_LAYER,

@@ -29,6 +29,8 @@ class ModelInfo:
     opset: int
     inputs: dict
     outputs: dict
+    channel_names: tuple = ()
+    """The names of the input channels the model was trained on (empty when it records none)."""
 
 
 def file_sha256(path):
@@ -112,4 +114,6 @@ def read_model_info(path):
         opset=opset,
         inputs=inputs,
         outputs=outputs,
+        channel_names=tuple(_json_field(metadata, contract.META_CHANNEL_NAMES, path))
+        if contract.META_CHANNEL_NAMES in metadata else (),
     )

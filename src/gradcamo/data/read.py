@@ -46,6 +46,8 @@ class ImageSource:
     label_axes: tuple
     labels: zarr.Array
     label_name: str
+    channel_labels: tuple = ()
+    """The image's ``omero.channels[].label`` (empty when the store names no channels)."""
 
     @property
     def spatial_axes(self):
@@ -99,7 +101,25 @@ def _well_name(plate, well):
     return f"{row}{int(column):02d}" if str(column).isdigit() else f"{row}{column}"
 
 
-def _plate_images(store, root, plate):
+RECORD = "gradcamo"
+"""Attribute in which ``gradcamo import`` records a field's source (``site``, files)."""
+
+
+def recorded_site(group):
+    """The source's site number that ``gradcamo import`` recorded on a field group, else None."""
+    record = dict(group.attrs).get(RECORD)
+    site = record.get("site") if isinstance(record, dict) else None
+    return site if isinstance(site, int) and not isinstance(site, bool) else None
+
+
+def channel_labels(group):
+    """The ``omero.channels[].label`` of an image group; empty unless every channel has a label."""
+    channels = (ome_metadata(group).get("omero") or {}).get("channels") or []
+    labels = tuple(c.get("label") if isinstance(c, dict) else None for c in channels)
+    return labels if labels and all(isinstance(label, str) and label for label in labels) else ()
+
+
+def _plate_images(store, root, plate, site_base=0):
     plate_name = plate.get("name") or pathlib.PurePosixPath(store.rstrip("/")).stem
     refs = []
     for well in plate.get("wells", []):
@@ -107,12 +127,15 @@ def _plate_images(store, root, plate):
         well_meta = ome_metadata(_open_group(store, well_path, "well")).get("well", {})
         for site, field in enumerate(well_meta.get("images", [])):
             field_path = _check_inner_path(store, f"{well_path}/{field['path']}")
-            refs.append(ImageRef(store, field_path, plate_name, _well_name(plate, well), site))
+            refs.append(ImageRef(store, field_path, plate_name, _well_name(plate, well), site + site_base))
     return refs
 
 
-def discover_images(store):
+def discover_images(store, site_base=0):
     """List the images of one input: itself, or every field of every well of a plate.
+
+    A field's ``site`` is its index in the well plus ``site_base``; :func:`open_image`
+    replaces it by the site that ``gradcamo import`` recorded, where there is one.
 
     Raises
     ------
@@ -126,7 +149,7 @@ def discover_images(store):
         root = _open_group(store, "", "OME-Zarr group")
         metadata = ome_metadata(root)
         if "plate" in metadata:
-            return _plate_images(store, root, metadata["plate"])
+            return _plate_images(store, root, metadata["plate"], site_base)
     if "multiscales" in metadata:
         return [ImageRef(store, "")]
     raise InputError(f"{store}: not OME-Zarr (no 'multiscales' or 'plate' metadata)")
@@ -168,6 +191,8 @@ def _choose_labels(store, group, where, label_name):
 def open_image(ref, label_name=None):
     """Open one image's level-0 array and its label image, checking they fit together.
 
+    The source's ``ref`` carries the site recorded by ``gradcamo import``, where there is one.
+
     Raises
     ------
     InputError
@@ -180,6 +205,10 @@ def open_image(ref, label_name=None):
         axes, image = _level0(ref.store, group, where)
         label_name = _choose_labels(ref.store, group, where, label_name)
         label_axes, labels = _level0(ref.store, group[f"labels/{label_name}"], f"{where} labels/{label_name}")
+        site = recorded_site(group)
+        labels_of_channels = channel_labels(group)
+    if site is not None:
+        ref = dataclasses.replace(ref, site=site)
     if image.dtype == np.bool_:
         raise InputError(f"{where}: the image has dtype bool; expected intensities (integers or floats), "
                          "not a mask")
@@ -195,4 +224,4 @@ def open_image(ref, label_name=None):
             f"{where}: image spatial shape {spatial} != labels/{label_name} shape "
             f"{dict(zip(label_axes, labels.shape))}"
         )
-    return ImageSource(ref, axes, image, label_axes, labels, label_name)
+    return ImageSource(ref, axes, image, label_axes, labels, label_name, labels_of_channels)

@@ -1,5 +1,6 @@
 """Write images with labels, and HCS plates, as OME-Zarr with ome-zarr-py (the standard writer)."""
 
+import numpy as np
 import zarr
 from ome_zarr.format import format_from_version
 from ome_zarr.writer import write_image, write_labels, write_plate_metadata, write_well_metadata
@@ -27,17 +28,50 @@ def write_image_group(group, image, labels, *, chunks=None, label_name=LABEL_NAM
     ngff_version : {"0.4", "0.5"}
         NGFF 0.4 is written on Zarr v2, 0.5 on Zarr v3.
     """
+    write_field(group, image, {label_name: labels}, chunks=chunks or labels.shape, ngff_version=ngff_version)
+
+
+def _omero(image, channel_names):
+    """``omero`` metadata naming the channels (labels), with display windows from the data."""
+    full = np.iinfo(image.dtype) if np.issubdtype(image.dtype, np.integer) else None
+    channels = []
+    for name, plane in zip(channel_names, image):
+        low, high = (float(plane.min()), float(plane.max())) if plane.size else (0.0, 0.0)
+        window = {"min": float(full.min) if full else low, "max": float(full.max) if full else high,
+                  "start": low, "end": high}
+        channels.append({"label": str(name), "color": "FFFFFF", "window": window, "active": True})
+    return {"channels": channels}
+
+
+def write_field(group, image, labels, *, chunks=None, channel_names=None, ngff_version="0.5"):
+    """Write one ``(C, [Z,] Y, X)`` image and its named label images into an open zarr group.
+
+    Parameters
+    ----------
+    group : zarr.Group
+    image : (C, [Z,] Y, X) ndarray
+    labels : dict
+        ``{name: ([Z,] Y, X) integer ndarray}``, written under ``labels/<name>``.
+    chunks : tuple of int, optional
+        Spatial chunk shape of every array; default: whole planes (one z-plane per chunk in 3D).
+    channel_names : sequence of str, optional
+        Written as ``omero.channels[].label``.
+    ngff_version : {"0.4", "0.5"}
+        NGFF 0.4 is written on Zarr v2, 0.5 on Zarr v3 (both compressed: Blosc, Zstandard).
+    """
     fmt = format_from_version(ngff_version)
-    spatial_dims = labels.ndim
-    spatial_chunks = tuple(chunks) if chunks else labels.shape
+    spatial_dims = image.ndim - 1
+    spatial_chunks = tuple(chunks) if chunks else (1,) * (spatial_dims - 2) + image.shape[-2:]
+    extra = {"omero": _omero(image, channel_names)} if channel_names is not None else {}
     write_image(
         image, group, axes=_axes(spatial_dims), fmt=fmt, scale_factors=[],
-        storage_options={"chunks": (1, *spatial_chunks)},
+        storage_options={"chunks": (1, *spatial_chunks)}, **extra,
     )
-    write_labels(
-        labels, group, name=label_name, axes=_axes(spatial_dims)[1:], fmt=fmt, scale_factors=[], scaler=None,
-        storage_options={"chunks": spatial_chunks},
-    )
+    for name, label_image in labels.items():
+        write_labels(
+            label_image, group, name=name, axes=_axes(spatial_dims)[1:], fmt=fmt, scale_factors=[], scaler=None,
+            storage_options={"chunks": spatial_chunks},
+        )
 
 
 def _open_root(path, ngff_version):

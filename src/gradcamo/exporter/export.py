@@ -123,8 +123,22 @@ def _probe(model, layer_name, input_shape):
     return logits.shape[1]
 
 
-def _metadata(*, target_layer, input_shape, class_names, mean, std, validation, weights_sha256):
+def check_channel_names(names, n_channels):
+    """Channel names for ``--channel-names``: one per input channel, non-empty, unique case-insensitively."""
+    if names is None:
+        return None
+    names = [str(name).strip() for name in names]
+    if len(names) != n_channels:
+        raise InputError(f"--channel-names: the crop has {n_channels} channels, got {len(names)} names")
+    if not all(names) or len({name.lower() for name in names}) != len(names):
+        raise InputError(f"--channel-names: names must be non-empty and unique (ignoring case), got {names}")
+    return names
+
+
+def _metadata(*, target_layer, input_shape, class_names, mean, std, validation, weights_sha256, channel_names=None):
+    named = {contract.META_CHANNEL_NAMES: json.dumps(channel_names)} if channel_names else {}
     return {
+        **named,
         contract.META_FORMAT_VERSION: str(contract.FORMAT_VERSION),
         contract.META_TARGET_LAYER: target_layer,
         contract.META_SPATIAL_DIMS: str(len(input_shape) - 1),
@@ -145,7 +159,7 @@ def _write_atomically(model_proto, path):
 
 def export_model(
     model, target_layer, input_shape, path, *, class_names=None, mean=None, std=None,
-    opset=DEFAULT_OPSET, validate=True,
+    opset=DEFAULT_OPSET, validate=True, channel_names=None,
 ):
     """Export ``model`` as one ONNX graph returning logits, activations and gradients.
 
@@ -167,6 +181,9 @@ def export_model(
         ONNX opset.
     validate : bool
         Compare ORT with torch autograd on seeded inputs and refuse to write on disagreement.
+    channel_names : sequence of str, optional
+        The input channels the model was trained on, in order (``DNA, ER, RNA, AGP, Mito``);
+        recorded as ``gradcamo.channel_names`` so that ``score`` picks a store's channels by name.
 
     Returns
     -------
@@ -185,6 +202,7 @@ def export_model(
     path = _check_output_path(path)
     mean = check_channel_values(mean, input_shape[0], "--mean")
     std = check_channel_values(std, input_shape[0], "--std")
+    channel_names = check_channel_names(channel_names, input_shape[0])
     model = copy.deepcopy(model).float().eval()
     n_classes = _probe(model, target_layer, input_shape)
     if class_names is None:
@@ -213,7 +231,7 @@ def export_model(
         LOGGER.info("CAM max relative error %.2e (tolerance %.0e)", report.cam_max_rel_error, report.cam_rtol)
     metadata = _metadata(
         target_layer=target_layer, input_shape=input_shape, class_names=class_names,
-        mean=mean, std=std, validation=report, weights_sha256=hash_weights(model),
+        mean=mean, std=std, validation=report, weights_sha256=hash_weights(model), channel_names=channel_names,
     )
     onnx.helper.set_model_props(model_proto, metadata)
     _write_atomically(model_proto, path)

@@ -12,6 +12,7 @@ from distributed import Client, LocalCluster, as_completed
 from gradcamo.errors import GradcamoError, InputError, Interrupted
 from gradcamo.model_file import read_model_info
 from gradcamo.cam import CONVENTIONS, check_choice, check_methods
+from gradcamo.scorer.channels import channel_note, describe_choices
 from gradcamo.scorer.crops import merge_measurements
 from gradcamo.scorer.failures import DEFAULT_MAX_FAILURES, FailureLog, UnitFailure
 from gradcamo.scorer.plan import UNIT_MAX_BYTES, parse_targets, plan_inputs
@@ -58,6 +59,8 @@ class RunSummary:
     stage_seconds: dict = dataclasses.field(default_factory=dict)
     failures: tuple = ()
     stopped_early: bool = False
+    channel_note: str = ""
+    """How the image channels were matched to the model's (for the last line of ``score``)."""
 
 
 def _check_whole(value, argument, *, minimum=1, allow_none=True):
@@ -81,8 +84,11 @@ def check_run_options(*, inputs, batch_size, workers, threads, unit_max_bytes, t
     check_device(device)
 
 
-def plan_run(inputs, crop_shape, *, labels, channels, timepoint, block_shape, unit_max_bytes):
-    """Plan every image of ``inputs`` for crops of ``crop_shape`` (C, [D,] H, W).
+def plan_run(inputs, crop_shape, *, labels, channels, timepoint, block_shape, unit_max_bytes, site_base=0,
+             channel_names=()):
+    """Plan every image of ``inputs`` for crops of ``crop_shape`` (C, [D,] H, W); ``channel_names``
+    are the model's (matched to the stores' channel labels), ``site_base`` that of plate fields'
+    indices where no site was recorded by ``gradcamo import``.
 
     Returns
     -------
@@ -90,12 +96,17 @@ def plan_run(inputs, crop_shape, *, labels, channels, timepoint, block_shape, un
         As :func:`gradcamo.scorer.plan.plan_inputs`.
     parameters : dict
         The input parameters a dataset records (and a resumed run must repeat): labels,
-        channels, timepoint, crop shape, inputs (local paths absolute), block shape, unit budget.
+        channels, timepoint, crop shape, inputs (local paths absolute), block shape, unit budget,
+        site base and the channel mapping (:func:`gradcamo.scorer.channels.describe_choices`).
     """
     images = plan_inputs(
         [str(i) for i in inputs], tuple(crop_shape), label_name=labels,
         channels=None if channels is None else tuple(channels), timepoint=timepoint, block_shape=block_shape,
-        unit_max_bytes=unit_max_bytes,
+        unit_max_bytes=unit_max_bytes, site_base=site_base, model_channel_names=tuple(channel_names),
+    )
+    mapping = describe_choices(
+        ((image.blocks[0].layout, image.blocks[0].source.channel_labels) for image in images if image.blocks),
+        tuple(channel_names),
     )
     parameters = {
         "labels": labels, "channels": None if channels is None else list(channels),
@@ -103,6 +114,7 @@ def plan_run(inputs, crop_shape, *, labels, channels, timepoint, block_shape, un
         "inputs": [_recorded_input(str(i)) for i in inputs],
         "block_shape": None if block_shape is None else list(block_shape),
         "unit_max_bytes": unit_max_bytes,
+        "site_base": site_base, "channel_mapping": mapping,
     }
     return images, parameters
 
@@ -184,7 +196,7 @@ def score(
     inputs, model, output, *, labels=None, channels=None, target="predicted", batch_size=64,
     device="auto", workers=None, threads=None, scheduler=None, convention="raw", methods=("gradcam",),
     overwrite=False, timepoint=0, block_shape=None, progress=False, unit_max_bytes=UNIT_MAX_BYTES,
-    max_failures=DEFAULT_MAX_FAILURES,
+    max_failures=DEFAULT_MAX_FAILURES, site_base=0,
 ):
     """Score every cell of the given OME-Zarr images; write Grad-CAMO rows to ``output``.
 
@@ -198,8 +210,10 @@ def score(
         Parquet dataset directory; re-running with the same parameters resumes.
     labels : str, optional
         Label image name under ``labels/``; needed when there are several.
-    channels : sequence of int, optional
-        Image channels fed to the model, in order; default all.
+    channels : sequence of int or str, optional
+        Image channels fed to the model, in order: indices, or names of the store's channels
+        (``omero.channels[].label``, case-insensitive). Default: the model's channel names
+        matched to the store's, where both name them; else all channels in order.
     target : str or int
         ``predicted``, ``all``, a class index or a class name.
     batch_size, workers, threads : int
@@ -224,6 +238,9 @@ def score(
         Show cells, cells/s and ETA on stderr.
     max_failures : int
         Failed work units tolerated: one more stops the run early (cancelling the rest).
+    site_base : {0, 1}
+        ``Metadata_Site`` of a plate field that ``gradcamo import`` did not record a site
+        for: its index in the well plus ``site_base``.
 
     Returns
     -------
@@ -244,8 +261,12 @@ def score(
     methods = check_methods(methods)
     info = read_model_info(model)
     targets = parse_targets(target, list(info.class_names))
-    images, parameters = plan_run(inputs, info.input_shape, labels=labels, channels=channels, timepoint=timepoint,
-                                  block_shape=block_shape, unit_max_bytes=unit_max_bytes)
+    if site_base not in (0, 1) or isinstance(site_base, bool):
+        raise InputError(f"site_base: expected 0 or 1, got {site_base!r}", argument="site_base")
+    images, parameters = plan_run(
+        inputs, info.input_shape, labels=labels, channels=channels, timepoint=timepoint, block_shape=block_shape,
+        unit_max_bytes=unit_max_bytes, site_base=site_base, channel_names=info.channel_names,
+    )
     provenance = {"model_sha256": info.sha256, "target_layer": info.target_layer, "convention": convention}
     spec = ScoreSpec(
         model_path=str(os.path.abspath(model)), model_sha256=info.sha256, crop_shape=tuple(info.input_shape),
@@ -256,12 +277,13 @@ def score(
         "model_sha256": info.sha256, "target_layer": info.target_layer, "convention": convention,
         "methods": list(methods), "targets": list(targets),
     })
-    return run_units(
+    summary = run_units(
         score_unit, spec, images, output, parameters,
         record={"model": spec.model_path},  # where `cams` and `report` find it; not a parameter: may move
         overwrite=overwrite, scheduler=scheduler, workers=workers, threads=threads, progress=progress,
         max_failures=max_failures, started=started, verb="scored",
     )
+    return dataclasses.replace(summary, channel_note=channel_note(parameters["channel_mapping"], info.channel_names))
 
 
 def run_units(unit, spec, images, output, parameters, *, record, overwrite, scheduler, workers, threads, progress,

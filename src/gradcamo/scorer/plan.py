@@ -65,11 +65,12 @@ def _unit_prefix(ref):
 
 
 def plan_image(ref, crop_shape, *, label_name=None, channels=None, timepoint=0, block_shape=None,
-               unit_max_bytes=UNIT_MAX_BYTES):
+               unit_max_bytes=UNIT_MAX_BYTES, model_channel_names=()):
     """Open, check and split one image into work units.
 
     ``crop_shape`` is the model's crop ``(C, [D,] H, W)``: the image must offer C channels
-    (after ``channels``) and its spatial dimensions. The whole image is one unit when its
+    (after ``channels``, indices or names, or ``model_channel_names`` matched to the store's
+    channel labels: :func:`gradcamo.scorer.channels.choose_channels`) and its spatial dimensions. The whole image is one unit when its
     chosen channels and labels fit ``unit_max_bytes`` and no ``block_shape`` is given; else
     chunk-aligned blocks (:func:`block_grid`).
 
@@ -81,6 +82,7 @@ def plan_image(ref, crop_shape, *, label_name=None, channels=None, timepoint=0, 
     source = open_image(ref, label_name)
     layout = plan_layout(
         source, spatial_dims=len(crop_shape) - 1, n_channels=crop_shape[0], channels=channels, timepoint=timepoint,
+        model_channel_names=model_channel_names,
     )
     crop = tuple(crop_shape[1:])
     if any(c > n for c, n in zip(crop, layout.spatial_shape)):
@@ -92,16 +94,18 @@ def plan_image(ref, crop_shape, *, label_name=None, channels=None, timepoint=0, 
     nbytes = voxels * (len(layout.channels) * source.image.dtype.itemsize + source.labels.dtype.itemsize)
     if block_shape is None and nbytes <= unit_max_bytes:
         start, stop = (0,) * len(layout.spatial_shape), tuple(layout.spatial_shape)
-        return PlannedImage(ref, (Block(f"{prefix}-image", source, layout, start, stop),))
+        return PlannedImage(source.ref, (Block(f"{prefix}-image", source, layout, start, stop),))
     chunks = label_chunks(source.labels, layout.label_axes, layout.spatial_axes)
     blocks = block_grid(layout.spatial_shape, chunks, crop, block_shape=block_shape)
-    return PlannedImage(ref, tuple(
+    return PlannedImage(source.ref, tuple(
         Block(f"{prefix}-{index:05d}", source, layout, start, stop) for index, (start, stop) in enumerate(blocks)
     ))
 
 
-def plan_inputs(inputs, crop_shape, **options):
+def plan_inputs(inputs, crop_shape, site_base=0, **options):
     """Every image of every input, planned; duplicates (the same image twice) refused.
+
+    Plate fields without a site recorded by ``gradcamo import`` get their index plus ``site_base``.
 
     Images are opened and checked on a few threads (each costs a handful of small metadata
     reads, which add up over a plate of thousands of fields on a network store). A plate
@@ -109,7 +113,7 @@ def plan_inputs(inputs, crop_shape, **options):
     """
     refs, seen = [], set()
     for store in inputs:
-        for ref in discover_images(store):
+        for ref in discover_images(store, site_base):
             key = (ref.store, ref.path)
             if key in seen:
                 raise InputError(f"{ref.name}: given twice")

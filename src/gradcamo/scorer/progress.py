@@ -10,9 +10,13 @@ from rich.text import Text
 
 
 class _RateColumn(ProgressColumn):
+    def __init__(self, unit="cells"):
+        super().__init__()
+        self.unit = unit
+
     def render(self, task):
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.1f} cells/s" if speed else "… cells/s")
+        return Text(f"{speed:,.1f} {self.unit}/s" if speed else f"… {self.unit}/s")
 
 
 class _Silent:
@@ -24,8 +28,8 @@ class _Silent:
 
 
 @contextlib.contextmanager
-def cell_progress(enabled):
-    """Yield a rich Progress writing to stderr, or a silent stand-in."""
+def cell_progress(enabled, unit="cells"):
+    """Yield a rich Progress writing to stderr (counting ``unit``), or a silent stand-in."""
     if not enabled:
         yield _Silent()
         return
@@ -33,7 +37,7 @@ def cell_progress(enabled):
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        _RateColumn(),
+        _RateColumn(unit),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=Console(stderr=True)) as progress:

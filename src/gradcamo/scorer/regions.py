@@ -11,6 +11,7 @@ import numpy as np
 
 from gradcamo.data.read import ImageRef, open_image
 from gradcamo.errors import InputError
+from gradcamo.scorer.channels import choose_channels
 
 SPATIAL = ("z", "y", "x")
 
@@ -25,6 +26,8 @@ class Layout:
     spatial_shape: tuple
     channels: tuple
     timepoint: int
+    channel_match: str = "position"
+    """How ``channels`` were chosen: ``option``, ``name`` or ``position`` (:mod:`gradcamo.scorer.channels`)."""
 
 
 def _index(axes, spatial_axes, region, *, channels=None, timepoint=0):
@@ -107,8 +110,9 @@ def read_region(array, axes, spatial_axes, region, *, channels=None, timepoint=0
     return data[list(channels)] if channels is not None else data
 
 
-def plan_layout(source, *, spatial_dims, n_channels, channels=None, timepoint=0):
-    """Check an opened image against the model and choose its axes.
+def plan_layout(source, *, spatial_dims, n_channels, channels=None, timepoint=0, model_channel_names=()):
+    """Check an opened image against the model and choose its axes and channels
+    (:func:`gradcamo.scorer.channels.choose_channels`: ``channels`` are indices or names).
 
     Raises
     ------
@@ -124,6 +128,8 @@ def plan_layout(source, *, spatial_dims, n_channels, channels=None, timepoint=0)
     if spatial_dims == 2 and sizes.get("z", 1) != 1:
         raise InputError(f"{where}: the model is 2D but the image has z={sizes['z']} planes")
     available = sizes.get("c", 1)
+    choice = choose_channels(source, channels, model_channel_names)
+    channels = choice.indices
     chosen = tuple(range(available)) if channels is None else tuple(channels)
     bad = [c for c in chosen if not 0 <= c < available]
     if bad:
@@ -141,6 +147,7 @@ def plan_layout(source, *, spatial_dims, n_channels, channels=None, timepoint=0)
     return Layout(
         image_axes=source.axes, label_axes=source.label_axes, spatial_axes=spatial_axes,
         spatial_shape=tuple(sizes[a] for a in spatial_axes), channels=chosen, timepoint=timepoint,
+        channel_match=choice.match,
     )
 
 

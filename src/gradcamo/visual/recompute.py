@@ -143,6 +143,7 @@ def iter_cams(source, rows, *, batch_size=BATCH_SIZE):
         layout = plan_layout(
             image_source, spatial_dims=info.spatial_dims, n_channels=info.input_shape[0],
             channels=None if channels is None else tuple(channels), timepoint=parameters.get("timepoint", 0),
+            model_channel_names=info.channel_names,
         )
         indices = np.asarray([i for i, key in enumerate(zip(names, methods)) if key == (name, method)], dtype=np.int64)
         for begin in range(0, len(indices), batch_size):
