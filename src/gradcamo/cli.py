@@ -258,18 +258,20 @@ def score_command(
         progress=_show_progress(), max_failures=max_failures, site_base=site_base,
     )
     _report_run(summary, max_failures, holds="scores",
-                wrote=f"{summary.rows} rows for {summary.cells} cells of {summary.images} images; "
-                f"{summary.channel_note}")
+                wrote=f"{summary.rows} rows for {summary.cells} cells of {summary.images} images",
+                note=summary.channel_note)
 
 
-def _report_run(summary, max_failures, *, holds, wrote):
-    """The summary line of a run that streamed cells into a dataset; the failed units, if any (exit code 3)."""
+def _report_run(summary, max_failures, *, holds, wrote, note=""):
+    """The summary line of a run that streamed cells into a dataset (``note`` appended); the failed units, if
+    any (exit code 3)."""
+    note = f"; {note}" if note else ""
     if summary.units_resumed == summary.units:
         typer.echo(f"nothing to do: {summary.output} already holds the {holds} of all {summary.units} work units "
-                   f"of {summary.images} images")
+                   f"of {summary.images} images{note}")
         return
     typer.echo(f"wrote {wrote} to {summary.output} ({summary.units_resumed} of {summary.units} work units resumed, "
-               f"{summary.seconds:.1f} s)")
+               f"{summary.seconds:.1f} s){note}")
     if summary.failures:
         _report_failures(summary, max_failures)
 

@@ -36,10 +36,11 @@ def _by_name(name, labels, lookup, where, *, model):
     if index is None:
         raise InputError(f"{where}: the store has several channels named {name!r} ({', '.join(labels)}); "
                          "pick them by index with --channels")
+    if index < 0 and model:
+        raise InputError(f"{where}: the model expects {name}; the store has {', '.join(labels)}")
     if index < 0:
-        expects = f"the model expects {name}" if model else f"channels: no channel {name!r}"
-        raise InputError(f"{where}: {expects}; the store has {', '.join(labels)}",
-                         argument=None if model else "channels")
+        raise InputError(f"channels: no channel {name!r} in {where}; the store has {', '.join(labels)}",
+                         argument="channels")
     return index
 
 
