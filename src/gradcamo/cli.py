@@ -146,7 +146,7 @@ def _model_table(info):
 
 def _store_table(path, described):
     table = Table(title=str(path))
-    columns = ("image", "plate", "well", "site", "axes", "shape", "chunks", "dtype", "labels")
+    columns = ("image", "plate", "well", "site", "axes", "shape", "chunks", "dtype", "channels", "labels")
     for column in columns:
         table.add_column(column)
     for image in described:
@@ -158,16 +158,18 @@ def _store_table(path, described):
 
 
 def _describe_store(path):
-    from gradcamo.data.read import discover_images, open_image
+    from gradcamo.data.read import discover_images, label_names, open_image
 
     described = []
     for ref in discover_images(path):
-        source = open_image(ref)
+        names = label_names(ref)
+        source = open_image(ref, names[0] if names else None)
         described.append({
-            "image": ref.name, "plate": ref.plate, "well": ref.well, "site": ref.site,
+            "image": ref.name, "plate": ref.plate, "well": ref.well, "site": source.ref.site,
             "axes": list(source.axes), "shape": list(source.image.shape),
             "chunks": list(source.image.chunks), "dtype": str(source.image.dtype),
-            "labels": source.label_name, "label_dtype": str(source.labels.dtype),
+            "labels": ", ".join(names), "label_dtype": str(source.labels.dtype),
+            "channels": list(source.channel_labels),
         })
     return described
 

@@ -65,6 +65,11 @@ def test_import_score_and_join_a_jump_like_screen(tmp_path, capsys, screen, name
     assert field.attrs["gradcamo"]["files"]["DNA"].endswith("rB03_s2_DNA.tiff")
     assert sorted(field["labels"].attrs["ome"]["labels"]) == ["Cells", "Nuclei"]
     assert field["s0"].compressors  # chunks are compressed
+    code, out, _ = run(capsys, "inspect", plate, "--json")
+    described = {image["image"]: image for image in json.loads(out)}
+    assert described[f"{PLATE}.zarr/B/3/1"]["site"] == 2 and described[f"{PLATE}.zarr/B/3/1"]["well"] == "B03"
+    assert described[f"{PLATE}.zarr/B/3/1"]["channels"] == list(CHANNELS)
+    assert described[f"{PLATE}.zarr/B/3/1"]["labels"] == "Cells, Nuclei"
 
     code, out, err = run(capsys, "score", plate, "-m", named_model, "-o", tmp_path / "scores", "--labels", "Cells",
                          "--threads", 1)

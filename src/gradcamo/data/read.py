@@ -173,10 +173,18 @@ def _level0(store, group, where):
     return axes, array
 
 
+def _label_names(group):
+    return list(ome_metadata(group["labels"]).get("labels", [])) if "labels" in group else []
+
+
+def label_names(ref):
+    """The names of an image's label images (``labels/``), as its metadata lists them."""
+    with _readable(ref.name):
+        return _label_names(_open_group(ref.store, ref.path, "image group"))
+
+
 def _choose_labels(store, group, where, label_name):
-    names = []
-    if "labels" in group:
-        names = list(ome_metadata(group["labels"]).get("labels", []))
+    names = _label_names(group)
     if not names:
         raise InputError(f"{where}: no label images (labels/ group); segment the cells first")
     if label_name is None:
