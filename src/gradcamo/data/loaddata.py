@@ -230,5 +230,15 @@ def read_loaddata(csv_path, *, channels=None, objects=None, base_dir=None):
 
 
 def read_tiff(info):
-    """The pixels of a checked TIFF, ``([Z,] Y, X)``."""
-    return tifffile.imread(info.path).reshape(info.shape)
+    """The pixels of a checked TIFF, ``([Z,] Y, X)``.
+
+    Raises
+    ------
+    InputError
+        The file changed or is damaged past its header.
+    """
+    try:
+        return tifffile.imread(info.path).reshape(info.shape)
+    except (tifffile.TiffFileError, OSError, ValueError) as error:
+        raise InputError(f"{info.path}: cannot be read ({describe(error)}); fields written so far are kept, "
+                         "run the same command again once it is fixed") from error
