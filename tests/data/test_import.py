@@ -14,7 +14,10 @@ from skimage.measure import regionprops
 
 from gradcamo.cli import main
 from gradcamo.data.synthetic import make_cells
-from gradcamo.data.write import write_plate
+from gradcamo.data.read import discover_images, open_image
+from gradcamo.data.write import write_field, write_plate
+from gradcamo.errors import InputError
+from gradcamo.scorer.channels import choose_channels
 from tests.reference import reference_crops, torch_gradcamo
 from tests.screens import CHANNELS, PLATE, make_screen, make_site, read_csv, write_csv
 from tests.tiny_models import CROP_2D, export_tiny, tiny_classifier
@@ -258,3 +261,15 @@ def test_export_records_channel_names_and_inspect_shows_them(tmp_path, capsys, n
         export_tiny(tmp_path / "bad.onnx", 2, channel_names=["DNA", "ER"])
     with pytest.raises(ValueError, match="unique"):
         export_tiny(tmp_path / "bad.onnx", 2, channel_names=["DNA", "dna", "ER"])
+
+
+def test_channel_names_that_repeat_are_refused_when_asked_for(tmp_path):
+    image, labels = make_cells((20, 20), 2, n_channels=3, radius=4, seed=1)
+    write_field(zarr.open_group(str(tmp_path / "img.zarr"), mode="w", zarr_format=3), image, {"cells": labels},
+                channel_names=["DNA", "dna", "ER"])
+    source = open_image(discover_images(tmp_path / "img.zarr")[0])
+    assert source.channel_labels == ("DNA", "dna", "ER")
+    assert choose_channels(source, None, ("er",)).indices == (2,)
+    assert choose_channels(source, ["ER", 1, "0"], ()).indices == (2, 1, 0)
+    with pytest.raises(InputError, match="several channels named 'DNA'"):
+        choose_channels(source, None, ("ER", "DNA"))

@@ -44,6 +44,14 @@ def _by_name(name, labels, lookup, where, *, model):
     return index
 
 
+def parse_channels(requested):
+    """``--channels`` as a tuple of indices (ints; strings of digits too) and names (other strings); None stays None."""
+    if requested is None:
+        return None
+    return tuple(int(item) if isinstance(item, int) or str(item).strip().lstrip("-").isdigit() else str(item).strip()
+                 for item in requested)
+
+
 def choose_channels(source, requested=None, model_names=()):
     """Decide the channels of one opened image (:class:`gradcamo.data.read.ImageSource`).
 
@@ -70,15 +78,14 @@ def choose_channels(source, requested=None, model_names=()):
     lookup = _lookup(labels)
     if requested is not None:
         indices = []
-        for item in requested:
-            text = str(item).strip()
-            if isinstance(item, int) or text.lstrip("-").isdigit():
-                indices.append(int(text))
+        for item in parse_channels(requested):
+            if isinstance(item, int):
+                indices.append(item)
             elif not labels:
-                raise InputError(f"channels: {text!r} is a name, but {where} does not name its channels "
+                raise InputError(f"channels: {item!r} is a name, but {where} does not name its channels "
                                  "(omero.channels[].label); give indices", argument="channels")
             else:
-                indices.append(_by_name(text, labels, lookup, where, model=False))
+                indices.append(_by_name(item, labels, lookup, where, model=False))
         return ChannelChoice(tuple(indices), "option")
     if model_names and labels:
         return ChannelChoice(tuple(_by_name(name, labels, lookup, where, model=True) for name in model_names), "name")

@@ -12,7 +12,7 @@ from distributed import Client, LocalCluster, as_completed
 from gradcamo.errors import GradcamoError, InputError, Interrupted
 from gradcamo.model_file import read_model_info
 from gradcamo.cam import CONVENTIONS, check_choice, check_methods
-from gradcamo.scorer.channels import channel_note, describe_choices
+from gradcamo.scorer.channels import channel_note, describe_choices, parse_channels
 from gradcamo.scorer.crops import merge_measurements
 from gradcamo.scorer.failures import DEFAULT_MAX_FAILURES, FailureLog, UnitFailure
 from gradcamo.scorer.plan import UNIT_MAX_BYTES, parse_targets, plan_inputs
@@ -101,7 +101,7 @@ def plan_run(inputs, crop_shape, *, labels, channels, timepoint, block_shape, un
     """
     images = plan_inputs(
         [str(i) for i in inputs], tuple(crop_shape), label_name=labels,
-        channels=None if channels is None else tuple(channels), timepoint=timepoint, block_shape=block_shape,
+        channels=parse_channels(channels), timepoint=timepoint, block_shape=block_shape,
         unit_max_bytes=unit_max_bytes, site_base=site_base, model_channel_names=tuple(channel_names),
     )
     mapping = describe_choices(
@@ -109,7 +109,7 @@ def plan_run(inputs, crop_shape, *, labels, channels, timepoint, block_shape, un
         tuple(channel_names),
     )
     parameters = {
-        "labels": labels, "channels": None if channels is None else list(channels),
+        "labels": labels, "channels": None if channels is None else list(parse_channels(channels)),
         "timepoint": timepoint, "crop_shape": list(crop_shape),
         "inputs": [_recorded_input(str(i)) for i in inputs],
         "block_shape": None if block_shape is None else list(block_shape),

@@ -70,9 +70,10 @@ def plan_image(ref, crop_shape, *, label_name=None, channels=None, timepoint=0, 
 
     ``crop_shape`` is the model's crop ``(C, [D,] H, W)``: the image must offer C channels
     (after ``channels``, indices or names, or ``model_channel_names`` matched to the store's
-    channel labels: :func:`gradcamo.scorer.channels.choose_channels`) and its spatial dimensions. The whole image is one unit when its
-    chosen channels and labels fit ``unit_max_bytes`` and no ``block_shape`` is given; else
-    chunk-aligned blocks (:func:`block_grid`).
+    channel labels: :func:`gradcamo.scorer.channels.choose_channels`) and its spatial
+    dimensions. The whole image is one unit when its chosen channels and labels fit
+    ``unit_max_bytes`` and no ``block_shape`` is given; else chunk-aligned blocks
+    (:func:`block_grid`).
 
     Raises
     ------
