@@ -116,7 +116,7 @@ def test_an_output_in_place_of_a_file_or_under_one(tmp_path, capsys, scored, mod
 SCORE_OPTIONS = {
     "model is a directory": (lambda s, m: [str(s[0]), "-m", str(s[1])], "is a directory; expected an .onnx file"),
     "input is the model file": (lambda s, m: [str(m), "-m", str(m)], "m.onnx: OME-Zarr group not found"),
-    "empty channel in --channels": (lambda s, m: [str(s[0]), "-m", str(m), "--channels", "0,,1"], "--channels: expected comma-separated ints"),
+    "empty channel in --channels": (lambda s, m: [str(s[0]), "-m", str(m), "--channels", "0,,1"], "--channels: expected comma-separated channel indices or names, got '0,,1'"),
     "negative channel": (lambda s, m: [str(s[0]), "-m", str(m), "--channels", "-1,0,1"], "--channels: [-1] out of range"),
     "class index out of range": (lambda s, m: [str(s[0]), "-m", str(m), "--target", "7"], "--target: class index 7 out of range 0..2"),
     "negative threads": (lambda s, m: [str(s[0]), "-m", str(m), "--threads", "0"], "--threads: expected a whole number >= 1, got 0"),

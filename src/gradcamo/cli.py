@@ -151,7 +151,7 @@ def _store_table(path, described):
         table.add_column(column)
     for image in described:
         table.add_row(*[
-            "".join(v) if k == "axes" else "x".join(map(str, v)) if isinstance(v, list) else "" if v is None else str(v)
+            "".join(v) if k == "axes" else ", ".join(v) if k == "channels" else "x".join(map(str, v)) if isinstance(v, list) else "" if v is None else str(v)
             for k, v in ((c, image[c]) for c in columns)
         ])
     return table

@@ -29,7 +29,7 @@ from ome_zarr.writer import write_plate_metadata, write_well_metadata
 from gradcamo.data.loaddata import read_loaddata, read_tiff
 from gradcamo.data.read import RECORD
 from gradcamo.data.write import write_field
-from gradcamo.errors import InputError
+from gradcamo.errors import InputError, Interrupted
 from gradcamo.scorer.progress import cell_progress
 
 IMPORT_THREADS = 8
@@ -158,6 +158,9 @@ def import_loaddata(csv_path, output, *, channels=None, objects=None, base_dir=N
     InputError
         A bad CSV (naming its line and file) or an output holding other data where a plate
         goes; found before anything is written.
+    Interrupted
+        SIGINT/SIGTERM (or KeyboardInterrupt): the fields being written are finished, the
+        others left for the next run; the message says how many are done.
     """
     started = time.time()
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
@@ -175,16 +178,21 @@ def import_loaddata(csv_path, output, *, channels=None, objects=None, base_dir=N
             well.mkdir(parents=True, exist_ok=True)
             for stale in well.glob(".*.tmp-*"):  # left by an import that was killed
                 shutil.rmtree(stale, ignore_errors=True)
+    done = 0
     with cell_progress(progress, unit="fields") as bar, concurrent.futures.ThreadPoolExecutor(threads) as pool:
         task = bar.add_task("imported", total=len(todo))
         futures = [pool.submit(_write_field, field, path, screen) for field, path in todo]
         try:
             for future in concurrent.futures.as_completed(futures):
                 future.result()
+                done += 1
                 bar.update(task, advance=1)
-        except BaseException:
+        except BaseException as stop:
             for future in futures:
                 future.cancel()
+            if isinstance(stop, (KeyboardInterrupt, Interrupted)):
+                raise Interrupted(f"{len(finished) + done} of {len(placed)} fields imported, kept in {output}; run "
+                                  "the same command again to import the rest") from stop
             raise
     for store, wells in stores.items():
         _write_metadata(store, wells, screen)

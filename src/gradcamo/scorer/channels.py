@@ -45,9 +45,18 @@ def _by_name(name, labels, lookup, where, *, model):
 
 
 def parse_channels(requested):
-    """``--channels`` as a tuple of indices (ints; strings of digits too) and names (other strings); None stays None."""
+    """``--channels`` as a tuple of indices (ints; strings of digits too) and names (other strings); None stays None.
+
+    Raises
+    ------
+    InputError
+        An empty item (``0,,1``).
+    """
     if requested is None:
         return None
+    if any(not str(item).strip() for item in requested):
+        raise InputError(f"channels: expected comma-separated channel indices or names, got "
+                         f"{','.join(map(str, requested))!r}", argument="channels")
     return tuple(int(item) if isinstance(item, int) or str(item).strip().lstrip("-").isdigit() else str(item).strip()
                  for item in requested)
 
