@@ -200,8 +200,11 @@ def test_multi_page_tiffs_become_z_stacks_and_base_dir_rebases(tmp_path, capsys)
     for name, data in [*planes.items(), *labels.items()]:
         tifffile.imwrite(moved / f"{name}.tif", data, photometric="minisblack")  # pages: a z-stack
         prefix = "Objects" if name in labels else ""
-        record.update({f"{prefix}FileName_{name}": f"{name}.tif", f"{prefix}PathName_{name}": "/gone/screen"})
+        folder = "/gone/screen" if prefix else "s3://cellpainting-gallery/screen"  # JUMP's CSVs give URLs
+        record.update({f"{prefix}FileName_{name}": f"{name}.tif", f"{prefix}PathName_{name}": folder})
     write_csv(tmp_path / "load_data.csv", list(record), [record])
+    code, _, err = run(capsys, "import", tmp_path / "load_data.csv", "-o", tmp_path / "zarr", "--channels", "mito")
+    assert code == 2 and "line 2 FileName_Mito: s3://cellpainting-gallery/screen/Mito.tif is remote" in err
     code, out, err = run(capsys, "import", tmp_path / "load_data.csv", "-o", tmp_path / "zarr",
                          "--base-dir", moved, "--channels", "mito,DNA", "--objects", "Nuclei")
     assert code == 0, err

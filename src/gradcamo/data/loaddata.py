@@ -4,8 +4,8 @@ A LoadData CSV has one row per site (field of view): ``Metadata_Plate``, ``Metad
 (``B03``), ``Metadata_Site`` and, per channel ``<Channel>``, ``FileName_<Channel>`` and
 ``PathName_<Channel>``; per object set ``<Objects>`` (label images, e.g. ``Cells``,
 ``Nuclei``), ``ObjectsFileName_<Objects>`` and ``ObjectsPathName_<Objects>``. A relative
-``PathName_`` is relative to the CSV's folder; ``base_dir`` rebases relative paths and
-absolute paths that no longer exist (a moved screen).
+``PathName_`` is relative to the CSV's folder; ``base_dir`` rebases relative paths, absolute
+paths that no longer exist (a moved screen) and URLs (a downloaded one).
 
 Every row is checked (columns, keys, files, TIFF headers, shapes) before a byte is written;
 the first problem is an :class:`~gradcamo.errors.InputError` naming the CSV line and file.
@@ -104,17 +104,26 @@ def _names(header, prefix, path_prefix, kind, chosen, csv_name):
     return tuple(names)
 
 
-def _resolve(folder, name, csv_folder, base_dir):
+def _resolve(folder, name, csv_folder, base_dir, where):
+    """The local path of a file the CSV lists; a URL (``s3://bucket/...``, as JUMP's CSVs have) is rebased under
+    ``base_dir`` like an absolute path that no longer exists."""
+    url = f"{folder.rstrip('/')}/{name}" if "://" in folder else None
+    if url:
+        folder = "/" + folder.split("://", 1)[1].lstrip("/")
     path = pathlib.Path(folder) / name if folder else pathlib.Path(name)
-    if path.is_absolute():
-        if base_dir is not None and not path.exists():
-            # a moved screen: keep the path's tail that exists under base_dir
-            for start in range(1, len(path.parts)):
-                candidate = pathlib.Path(base_dir, *path.parts[start:])
-                if candidate.exists():
-                    return candidate
-        return path
-    return pathlib.Path(base_dir if base_dir is not None else csv_folder) / path
+    if not path.is_absolute():
+        return pathlib.Path(base_dir if base_dir is not None else csv_folder) / path
+    if base_dir is not None and (url or not path.exists()):
+        # a moved or downloaded screen: the path's longest tail that exists under base_dir
+        for start in range(1, len(path.parts)):
+            candidate = pathlib.Path(base_dir, *path.parts[start:])
+            if candidate.exists():
+                return candidate
+    if url:
+        raise InputError(f"{where}: {url} is remote and "
+                         + (f"not found under {base_dir}" if base_dir is not None else "not read from there")
+                         + "; download the screen and give --base-dir (the folder holding the copy)")
+    return path
 
 
 def _tiff_info(path, where, *, labels):
@@ -157,8 +166,9 @@ def _field(values, line, csv_path, channel_names, object_names, base_dir):
         file_name = values[prefix + name].strip()
         if not file_name:
             raise InputError(f"{where}: {prefix}{name} is empty")
-        path = _resolve(values[path_prefix + name].strip(), file_name, csv_path.parent, base_dir)
-        return _tiff_info(path, f"{where} {prefix}{name}", labels=labels)
+        column = f"{where} {prefix}{name}"
+        path = _resolve(values[path_prefix + name].strip(), file_name, csv_path.parent, base_dir, column)
+        return _tiff_info(path, column, labels=labels)
 
     channels = tuple(tiff("FileName_", "PathName_", name, False) for name in channel_names)
     objects = tuple(tiff("ObjectsFileName_", "ObjectsPathName_", name, True) for name in object_names)
@@ -181,8 +191,9 @@ def read_loaddata(csv_path, *, channels=None, objects=None, base_dir=None):
     objects : sequence of str, optional
         Label images to import (``ObjectsFileName_<name>``); default: all.
     base_dir : str or os.PathLike, optional
-        Folder that relative ``PathName_`` values (and absolute ones that do not exist) are
-        taken from, for a screen moved since the CSV was written; default: the CSV's folder.
+        Folder that relative ``PathName_`` values (and absolute ones that do not exist, and
+        URLs such as ``s3://bucket/...``) are taken from, for a screen moved or downloaded
+        since the CSV was written; default: the CSV's folder.
 
     Returns
     -------
