@@ -15,6 +15,7 @@ _LAZY = {
     "export_autoencoder": "gradcamo.exaggerate.autoencoder",
     "read_autoencoder": "gradcamo.exaggerate.autoencoder",
     "encode": "gradcamo.exaggerate.encode",
+    "import_loaddata": "gradcamo.data.importer",
 }
 __all__ = ["__version__", *_LAZY]
 
