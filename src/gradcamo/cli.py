@@ -300,7 +300,8 @@ def import_command(
                                     "ObjectsFileName_/ObjectsPathName_<Objects>."),
     output: str = typer.Option(..., "--output", "-o", help="Directory for one <Metadata_Plate>.zarr per plate."),
     channels: Optional[str] = typer.Option(None, "--channels", help="Channels to import, in order, e.g. "
-                                           "DNA,ER,RNA,AGP,Mito (default: every FileName_ column)."),
+                                           "DNA,ER,RNA,AGP,Mito; NAME=COLUMN names one in the store, e.g. "
+                                           "DNA=OrigDNA (default: every FileName_ column)."),
     objects: Optional[str] = typer.Option(None, "--objects", help="Label images to import, e.g. Cells,Nuclei "
                                           "(default: every ObjectsFileName_ column)."),
     base_dir: Optional[str] = typer.Option(None, "--base-dir", help="Folder the CSV's PathName_ values are "

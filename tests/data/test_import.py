@@ -206,13 +206,15 @@ def test_multi_page_tiffs_become_z_stacks_and_base_dir_rebases(tmp_path, capsys)
     code, _, err = run(capsys, "import", tmp_path / "load_data.csv", "-o", tmp_path / "zarr", "--channels", "mito")
     assert code == 2 and "line 2 FileName_Mito: s3://cellpainting-gallery/screen/Mito.tif is remote" in err
     code, out, err = run(capsys, "import", tmp_path / "load_data.csv", "-o", tmp_path / "zarr",
-                         "--base-dir", moved, "--channels", "mito,DNA", "--objects", "Nuclei")
+                         "--base-dir", moved, "--channels", "mito,Hoechst=dna", "--objects", "Nuclei")
     assert code == 0, err
     field = zarr.open_group(str(tmp_path / "zarr" / "P.zarr" / "A" / "1" / "0"), mode="r")
     assert [a["name"] for a in field.attrs["ome"]["multiscales"][0]["axes"]] == ["c", "z", "y", "x"]
     np.testing.assert_array_equal(field["s0"][:], np.stack([planes["Mito"], planes["DNA"]]))
     np.testing.assert_array_equal(field["labels/Nuclei/s0"][:], labels["Nuclei"])
     assert list(field["labels"].attrs["ome"]["labels"]) == ["Nuclei"]
+    assert [c["label"] for c in field.attrs["ome"]["omero"]["channels"]] == ["Mito", "Hoechst"]
+    assert field.attrs["gradcamo"]["files"]["Hoechst"] == str(moved / "DNA.tif")
     assert field.attrs["gradcamo"]["site"] == 0
 
 

@@ -75,6 +75,9 @@ class Screen:
     csv: pathlib.Path
     channel_names: tuple
     object_names: tuple
+    channel_columns: tuple
+    """The CSV's name of each channel (``FileName_<column>``), where ``NAME=column`` renamed it."""
+    object_columns: tuple
     fields: tuple
 
     def plates(self):
@@ -87,21 +90,25 @@ class Screen:
 
 
 def _names(header, prefix, path_prefix, kind, chosen, csv_name):
-    """The names ``X`` with both ``prefix + X`` and ``path_prefix + X`` columns, or the ``chosen`` ones (checked)."""
+    """``(names, columns)``: the ``X`` with both ``prefix + X`` and ``path_prefix + X`` columns, or the ``chosen``
+    ones (``X``, or ``NAME=X`` to name column ``X`` ``NAME``), checked."""
     available = [column[len(prefix):] for column in header if column.startswith(prefix) and column != prefix]
-    if chosen is None:
-        names = available
-    else:
-        lower = {name.lower(): name for name in available}
-        names = [lower.get(name.lower(), name) for name in chosen]
-    for name in names:
-        for column in (prefix + name, path_prefix + name):
-            if column not in header:
+    lower = {name.lower(): name for name in available}
+    pairs = []
+    for item in available if chosen is None else chosen:
+        name, _, column = (part.strip() for part in item.partition("="))
+        column = lower.get((column or name).lower(), column or name)
+        pairs.append((name if "=" in item else column, column))
+    names, columns = (tuple(side) for side in zip(*pairs)) if pairs else ((), ())
+    for column in columns:
+        for full in (prefix + column, path_prefix + column):
+            if full not in header:
                 listed = ", ".join(available) or "none"
-                raise InputError(f"{csv_name}: no column {column} (the {kind}s with {prefix} columns: {listed})")
-    if len(set(n.lower() for n in names)) != len(names):
-        raise InputError(f"{csv_name}: {kind} names repeat: {', '.join(names)}")
-    return tuple(names)
+                raise InputError(f"{csv_name}: no column {full} (the {kind}s with {prefix} columns: {listed})")
+    if not all(names) or len({name.lower() for name in names}) != len(names):
+        raise InputError(f"{csv_name}: {kind} names must be non-empty and unique (ignoring case), got "
+                         f"{', '.join(names)}")
+    return names, columns
 
 
 def _resolve(folder, name, csv_folder, base_dir, where):
@@ -148,6 +155,7 @@ def _tiff_info(path, where, *, labels):
 
 
 def _field(values, line, csv_path, channel_names, object_names, base_dir):
+    """One checked row; ``channel_names`` and ``object_names`` are the CSV's column names."""
     where = f"{csv_path.name} line {line}"
     for key in KEYS:
         if not values.get(key, "").strip():
@@ -186,10 +194,11 @@ def read_loaddata(csv_path, *, channels=None, objects=None, base_dir=None):
     ----------
     csv_path : str or os.PathLike
     channels : sequence of str, optional
-        Channels to import, in order (names as in ``FileName_<name>``, case-insensitive);
-        default: every channel of the CSV, in column order.
+        Channels to import, in order: ``name`` as in ``FileName_<name>`` (case-insensitive), or
+        ``NAME=name`` to call that channel ``NAME`` in the store (``DNA=OrigDNA``); default:
+        every channel of the CSV, in column order.
     objects : sequence of str, optional
-        Label images to import (``ObjectsFileName_<name>``); default: all.
+        Label images to import (``ObjectsFileName_<name>``, or ``NAME=name``); default: all.
     base_dir : str or os.PathLike, optional
         Folder that relative ``PathName_`` values (and absolute ones that do not exist, and
         URLs such as ``s3://bucket/...``) are taken from, for a screen moved or downloaded
@@ -219,8 +228,9 @@ def read_loaddata(csv_path, *, channels=None, objects=None, base_dir=None):
         if missing:
             raise InputError(f"{csv_path.name}: no column {', '.join(missing)}; a LoadData CSV names each site by "
                              f"{', '.join(KEYS)}")
-        channel_names = _names(header, "FileName_", "PathName_", "channel", channels, csv_path.name)
-        object_names = _names(header, "ObjectsFileName_", "ObjectsPathName_", "object", objects, csv_path.name)
+        channel_names, channel_columns = _names(header, "FileName_", "PathName_", "channel", channels, csv_path.name)
+        object_names, object_columns = _names(header, "ObjectsFileName_", "ObjectsPathName_", "object", objects,
+                                              csv_path.name)
         if not channel_names:
             raise InputError(f"{csv_path.name}: no FileName_<channel> and PathName_<channel> columns")
         fields, seen = [], {}
@@ -228,7 +238,7 @@ def read_loaddata(csv_path, *, channels=None, objects=None, base_dir=None):
             if None in values or any(value is None for value in values.values()):
                 raise InputError(f"{csv_path.name} line {reader.line_num}: {len(header)} columns in the header, "
                                  "another number in this row")
-            field = _field(values, reader.line_num, csv_path, channel_names, object_names, base_dir)
+            field = _field(values, reader.line_num, csv_path, channel_columns, object_columns, base_dir)
             key = (field.plate, field.well, field.site)
             if key in seen:
                 raise InputError(f"{csv_path.name} line {field.line}: plate {field.plate}, well {field.well}, site "
@@ -237,7 +247,7 @@ def read_loaddata(csv_path, *, channels=None, objects=None, base_dir=None):
             fields.append(field)
     if not fields:
         raise InputError(f"{csv_path.name}: no rows")
-    return Screen(csv_path, channel_names, object_names, tuple(fields))
+    return Screen(csv_path, channel_names, object_names, channel_columns, object_columns, tuple(fields))
 
 
 def read_tiff(info):
