@@ -63,9 +63,9 @@ def make_screen(root, *, shape=(40, 40), n_cells=5, wells=WELLS, sites=SITES, pl
 
 def write_csv(path, header, rows):
     with open(path, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=header)
-        writer.writeheader()
-        writer.writerows(rows)
+        writer = csv.writer(stream)
+        writer.writerow(header)
+        writer.writerows([*(row.get(column, "") for column in header), *row.get(None, [])] for row in rows)
 
 
 def read_csv(path):

@@ -170,6 +170,13 @@ def _bad(case, root, csv_path):
         (root / "broken.tiff").write_bytes(b"II*\x00 not really a TIFF")
         records[3].update(FileName_Mito="broken.tiff", PathName_Mito=str(root))
         expected = ["line 5", "FileName_Mito", "broken.tiff is not a readable TIFF"]
+    elif case == "a row too long":
+        records[2][None] = ["extra"]
+        expected = ["line 4: 17 columns in the header, another number in this row"]
+    elif case == "not text":
+        bad = root / "bad.csv"
+        bad.write_bytes(b"Metadata_Plate,\xff\xfe\n")
+        return bad, ["bad.csv: not a readable CSV (UnicodeDecodeError"]
     else:  # a label image of floats
         tifffile.imwrite(root / "float.tiff", np.zeros((40, 40), np.float32))
         records[0].update(ObjectsFileName_Cells="float.tiff", ObjectsPathName_Cells=str(root))
@@ -181,7 +188,8 @@ def _bad(case, root, csv_path):
 
 
 @pytest.mark.parametrize("case", ["missing column", "missing file", "channel shape", "label shape",
-                                  "duplicate site", "site not an integer", "unreadable tiff", "float labels"])
+                                  "duplicate site", "site not an integer", "unreadable tiff", "float labels",
+                                  "a row too long", "not text"])
 def test_a_bad_csv_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, screen, case):
     bad, expected = _bad(case, tmp_path, screen[0])
     code, out, err = run(capsys, "import", bad, "-o", tmp_path / "zarr")
@@ -205,6 +213,8 @@ def test_multi_page_tiffs_become_z_stacks_and_base_dir_rebases(tmp_path, capsys)
     write_csv(tmp_path / "load_data.csv", list(record), [record])
     code, _, err = run(capsys, "import", tmp_path / "load_data.csv", "-o", tmp_path / "zarr", "--channels", "mito")
     assert code == 2 and "line 2 FileName_Mito: s3://cellpainting-gallery/screen/Mito.tif is remote" in err
+    code, _, err = run(capsys, "import", tmp_path / "load_data.csv", "-o", tmp_path / "zarr", "--objects", "a/b=Cells")
+    assert code == 2 and "load_data.csv: object name 'a/b' cannot name a label image" in err
     code, out, err = run(capsys, "import", tmp_path / "load_data.csv", "-o", tmp_path / "zarr",
                          "--base-dir", moved, "--channels", "mito,Hoechst=dna", "--objects", "Nuclei")
     assert code == 0, err

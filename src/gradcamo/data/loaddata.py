@@ -24,6 +24,7 @@ from gradcamo.errors import InputError, describe
 KEYS = ("Metadata_Plate", "Metadata_Well", "Metadata_Site")
 _WELL = re.compile(r"^([A-Za-z]{1,2})0*(\d{1,3})$")
 _PLATE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+"""Plate and object names: they name a store and a label group."""
 _STACK_AXES = ("Z", "I", "Q")
 """tifffile's names for the first axis of a multi-page grey-level TIFF read as a z-stack."""
 
@@ -187,6 +188,39 @@ def _field(values, line, csv_path, channel_names, object_names, base_dir):
     return SourceField(line, plate, well.group(1).upper(), int(well.group(2)), int(site_text), channels, objects)
 
 
+def _read_rows(csv_path, channels, objects, base_dir):
+    """The checked names and fields of a LoadData CSV (:func:`read_loaddata`)."""
+    with open(csv_path, newline="", encoding="utf-8-sig") as stream:
+        reader = csv.DictReader(stream)
+        header = reader.fieldnames or []
+        missing = [key for key in KEYS if key not in header]
+        if missing:
+            raise InputError(f"{csv_path.name}: no column {', '.join(missing)}; a LoadData CSV names each site by "
+                             f"{', '.join(KEYS)}")
+        channel_names, channel_columns = _names(header, "FileName_", "PathName_", "channel", channels, csv_path.name)
+        object_names, object_columns = _names(header, "ObjectsFileName_", "ObjectsPathName_", "object", objects,
+                                              csv_path.name)
+        bad = [name for name in object_names if not _PLATE.match(name)]
+        if bad:
+            raise InputError(f"{csv_path.name}: object name {bad[0]!r} cannot name a label image; use letters, digits, "
+                             "'_', '-', '.'")
+        if not channel_names:
+            raise InputError(f"{csv_path.name}: no FileName_<channel> and PathName_<channel> columns")
+        fields, seen = [], {}
+        for values in reader:
+            if None in values or any(value is None for value in values.values()):
+                raise InputError(f"{csv_path.name} line {reader.line_num}: {len(header)} columns in the header, "
+                                 "another number in this row")
+            field = _field(values, reader.line_num, csv_path, channel_columns, object_columns, base_dir)
+            key = (field.plate, field.well, field.site)
+            if key in seen:
+                raise InputError(f"{csv_path.name} line {field.line}: plate {field.plate}, well {field.well}, site "
+                                 f"{field.site} is also on line {seen[key]}")
+            seen[key] = field.line
+            fields.append(field)
+    return channel_names, object_names, channel_columns, object_columns, fields
+
+
 def read_loaddata(csv_path, *, channels=None, objects=None, base_dir=None):
     """Read and check a LoadData CSV.
 
@@ -221,30 +255,11 @@ def read_loaddata(csv_path, *, channels=None, objects=None, base_dir=None):
         raise InputError(f"{csv_path}: no such file")
     if base_dir is not None and not pathlib.Path(base_dir).is_dir():
         raise InputError(f"base_dir: {base_dir} is not a directory", argument="base_dir")
-    with open(csv_path, newline="", encoding="utf-8-sig") as stream:
-        reader = csv.DictReader(stream)
-        header = reader.fieldnames or []
-        missing = [key for key in KEYS if key not in header]
-        if missing:
-            raise InputError(f"{csv_path.name}: no column {', '.join(missing)}; a LoadData CSV names each site by "
-                             f"{', '.join(KEYS)}")
-        channel_names, channel_columns = _names(header, "FileName_", "PathName_", "channel", channels, csv_path.name)
-        object_names, object_columns = _names(header, "ObjectsFileName_", "ObjectsPathName_", "object", objects,
-                                              csv_path.name)
-        if not channel_names:
-            raise InputError(f"{csv_path.name}: no FileName_<channel> and PathName_<channel> columns")
-        fields, seen = [], {}
-        for values in reader:
-            if None in values or any(value is None for value in values.values()):
-                raise InputError(f"{csv_path.name} line {reader.line_num}: {len(header)} columns in the header, "
-                                 "another number in this row")
-            field = _field(values, reader.line_num, csv_path, channel_columns, object_columns, base_dir)
-            key = (field.plate, field.well, field.site)
-            if key in seen:
-                raise InputError(f"{csv_path.name} line {field.line}: plate {field.plate}, well {field.well}, site "
-                                 f"{field.site} is also on line {seen[key]}")
-            seen[key] = field.line
-            fields.append(field)
+    try:
+        channel_names, object_names, channel_columns, object_columns, fields = _read_rows(
+            csv_path, channels, objects, base_dir)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise InputError(f"{csv_path.name}: not a readable CSV ({describe(error)})") from error
     if not fields:
         raise InputError(f"{csv_path.name}: no rows")
     return Screen(csv_path, channel_names, object_names, channel_columns, object_columns, tuple(fields))
