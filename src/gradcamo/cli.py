@@ -230,6 +230,10 @@ def score_command(
     timepoint: int = TIMEPOINT_OPTION,
     overwrite: bool = DATASET_OVERWRITE_OPTION,
     max_failures: int = MAX_FAILURES_OPTION,
+    center_labels: Optional[str] = typer.Option(None, "--center-labels", help="Label image whose object k centres "
+                                                "the crop of cell k (e.g. Nuclei); the score's mask stays the cell's."),
+    features: bool = typer.Option(False, "--features", help="Also write the target layer's activations averaged "
+                                  "over space (feature_0..), from the same pass."),
     quiet: bool = QUIET_OPTION,
 ):
     """Score every segmented cell: the share of the model's Grad-CAM attention inside the cell.
@@ -247,10 +251,12 @@ def score_command(
         inputs, model, output, labels=labels, channels=_parse_numbers(channels, "--channels", int),
         target=target, batch_size=batch_size, device=device, workers=workers, threads=threads,
         scheduler=scheduler, convention=convention, methods=method, overwrite=overwrite, timepoint=timepoint,
-        progress=_show_progress(), max_failures=max_failures,
+        progress=_show_progress(), max_failures=max_failures, centre_labels=center_labels, features=features,
     )
+    skipped = ("" if summary.cells_without_centre is None else
+               f", {summary.cells_without_centre} cells without a {center_labels} object skipped")
     _report_run(summary, max_failures, holds="scores",
-                wrote=f"{summary.rows} rows for {summary.cells} cells of {summary.images} images")
+                wrote=f"{summary.rows} rows for {summary.cells} cells of {summary.images} images{skipped}")
 
 
 def _report_run(summary, max_failures, *, holds, wrote):
@@ -278,6 +284,23 @@ def _report_failures(summary, max_failures):
         typer.echo(f"error: {count} of {summary.units} work units failed ({listed}); their cells are not in "
                    "the dataset; run the same command again to retry them", err=True)
     raise typer.Exit(3)
+
+
+@app.command("profiles")
+def profiles_command(
+    scores: str = typer.Argument(..., help="Score dataset directory (from `gradcamo score`)."),
+    output: str = typer.Option(..., "--output", "-o", help="Parquet file to write."),
+    method: Optional[str] = typer.Option(None, "--method", help="CAM method to take (needed if several)."),
+):
+    """One row per cell in CellProfiler naming, for pycytominer and copairs.
+
+    Metadata_Plate/Well/Site/ObjectNumber/Image keys, Cells_GradCAMO_<metric> scores and
+    Cells_DeepProfile_<k> features (score --features).
+    """
+    from gradcamo.results.profiles import write_profiles
+
+    rows = write_profiles(scores, output, method=method)
+    typer.echo(f"wrote {rows} cell profiles to {output}")
 
 
 @app.command("query")
