@@ -82,3 +82,16 @@ def test_several_methods_need_one_chosen(scores):
         profile_table(scores)
     with pytest.raises(InputError, match=r"holds no 'layercam' rows \(scored with gradcam, hirescam\)"):
         profile_table(scores, method="layercam")
+
+
+def test_one_target_gives_one_set_of_score_columns(tmp_path, model_2d):
+    from gradcamo.data.write import write_image_store
+
+    store = write_image_store(tmp_path / "cells.zarr", *make_cells((40, 36), 4, n_channels=3, radius=5, seed=3))
+    score([store], model_2d, tmp_path / "scores", workers=1, threads=1)
+    profiles = profile_table(tmp_path / "scores").to_pandas()
+    rows = score_rows(tmp_path / "scores").sort_values("Metadata_ObjectNumber")
+    assert not any(c.startswith("Cells_DeepProfile_") for c in profiles.columns)
+    np.testing.assert_array_equal(profiles.Cells_GradCAMO_grad_camo, rows.grad_camo)
+    np.testing.assert_array_equal(profiles.Cells_GradCAMO_pointing_hit, rows.pointing_hit.astype(float))
+    assert profiles.Metadata_Plate.isna().all() and (profiles.Metadata_Site == 0).all()

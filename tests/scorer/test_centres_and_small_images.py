@@ -127,3 +127,23 @@ def test_features_are_the_mean_of_the_target_layer_activations(tmp_path, request
         rows = frame[frame.Metadata_ObjectNumber == cell][names].to_numpy()
         assert len(rows) == 3  # one per target, the same features
         np.testing.assert_allclose(rows, np.repeat(expected[None], 3, axis=0), rtol=1e-4, atol=1e-5)
+
+
+def test_cams_recompute_nucleus_centred_crops(tmp_path, model_2d):
+    """`cams` cuts its crops where the scorer did: a crop at the cell's centroid would score differently and
+    be refused as changed inputs."""
+    from gradcamo.visual.recompute import iter_cams
+    from gradcamo.visual.source import open_source
+
+    image, labels = make_cells((40, 36), 5, n_channels=3, radius=5, seed=21)
+    nuclei = nuclei_of(labels)
+    store = with_nuclei(write_image_store(tmp_path / "cells.zarr", image, labels), nuclei)
+    score([store], model_2d, tmp_path / "scores", labels="cells", centre_labels="nuclei", workers=1, threads=1)
+    frame = read_rows(tmp_path / "scores")
+    rows = {column: frame[column].tolist() for column in frame.columns}
+    batches = list(iter_cams(open_source(tmp_path / "scores"), rows))
+    crops = {int(cell): x[0] for cell, _, x, _, _ in reference_crops(image, labels, CROP_2D, nuclei)}
+    for batch in batches:
+        for row, crop in zip(batch.rows, batch.image):
+            np.testing.assert_array_equal(crop, crops[rows["Metadata_ObjectNumber"][row]])
+    assert sum(len(b.rows) for b in batches) == len(frame)
