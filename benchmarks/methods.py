@@ -1,14 +1,17 @@
-"""Scoring with all five CAM methods together vs Grad-CAM alone, on the suite's resnet18, in one run.
+"""Scoring with all five CAM methods together, or with ``--features``, vs Grad-CAM alone, on the suite's
+resnet18, in one run.
 
-Two ratios, each (median seconds with ``gradcam,hirescam,gradcam++,xgradcam,layercam``) /
-(median seconds with ``gradcam``), the candidates timed round-robin:
+Two ratios per extra, each (median seconds with ``gradcam,hirescam,gradcam++,xgradcam,layercam``,
+or with Grad-CAM and ``features=True``) / (median seconds with ``gradcam``), the candidates timed
+round-robin:
 
 - ``head``: the scorer's headed ONNX graph alone (one forward/backward pass, every method's
   CAM, resize, masked sums and localisation counts) on the same crops and masks, per batch;
 - ``end_to_end``: one ``gradcamo.score`` call on the same synthetic plate (Zarr in, five
   times the rows out), as ``run.py`` times it.
 
-Goal (issue #16): < 1.15. Usage::
+Goals: all methods < 1.15 (issue #16); features <= 1.1 (issue 21: the pooled target-layer
+activations, 512 float32 columns for resnet18, from the same pass). Usage::
 
     python benchmarks/methods.py                 # ~3 min on 2 cores
     python benchmarks/methods.py --quick         # 5x64x64 crops, fewer cells and repeats
@@ -33,7 +36,9 @@ from gradcamo.scorer.session import build_scoring_session  # noqa: E402
 
 MODEL = "resnet18"
 BATCH_SIZE = 64
-CANDIDATES = {"gradcam": ("gradcam",), "all_methods": METHODS}
+CANDIDATES = {"gradcam": ("gradcam",), "all_methods": METHODS, "features": ("gradcam",)}
+EXTRAS = {"all_methods": 1.15, "features": 1.1}
+"""Candidates compared with ``gradcam``, and their goals."""
 
 
 def _head_runs(model_path, crops, masks):
@@ -42,10 +47,12 @@ def _head_runs(model_path, crops, masks):
     for name, methods in CANDIDATES.items():
         session = build_scoring_session(str(model_path), crops.shape[2:], "raw", "cpu", None, methods)
 
-        def run(session=session):
+        outputs = head.HEAD_OUTPUTS + head.METRIC_OUTPUTS + ((head.FEATURES,) if name == "features" else ())
+
+        def run(session=session, outputs=outputs):
             for begin in range(0, len(crops), BATCH_SIZE):
                 batch = slice(begin, begin + BATCH_SIZE)
-                session.run(list(head.HEAD_OUTPUTS + head.METRIC_OUTPUTS),
+                session.run(list(outputs),
                             {"image": crops[batch], "target": np.full(len(crops[batch]), -1),
                              head.MASK: masks[batch].astype(np.float32)})
         runs[name] = run
@@ -54,15 +61,13 @@ def _head_runs(model_path, crops, masks):
 
 def _end_to_end_runs(plate, model_path, scratch, cells):
     """{candidate: callable running one ``gradcamo.score`` of the plate}; each checks its row count."""
-    def run(methods):
-        summary = endtoend.score_once(plate, model_path, scratch, methods=methods, batch_size=BATCH_SIZE, workers=1)
+    def run(methods, features):
+        summary = endtoend.score_once(plate, model_path, scratch, methods=methods, batch_size=BATCH_SIZE, workers=1,
+                                      features=features)
         if (summary.cells, summary.rows) != (cells, cells * len(methods)):
             raise RuntimeError(f"{methods}: scored {summary.cells} cells in {summary.rows} rows, expected {cells}")
-    return {name: lambda methods=methods: run(methods) for name, methods in CANDIDATES.items()}
-
-
-def _ratio(timings):
-    return timings["all_methods"][0] / timings["gradcam"][0]
+    return {name: lambda methods=methods, features=name == "features": run(methods, features)
+            for name, methods in CANDIDATES.items()}
 
 
 def main(argv=None):
@@ -90,13 +95,16 @@ def main(argv=None):
         "model": MODEL, "shape": list(shape), "cells": len(crops), "batch_size": BATCH_SIZE, "repeats": repeats,
         "seconds": {"head": {k: v for k, (v, _) in head_times.items()},
                     "end_to_end": {k: v for k, (v, _) in end_times.items()}},
-        "ratio_all_methods_over_gradcam": {"head": _ratio(head_times), "end_to_end": _ratio(end_times)},
+        **{f"ratio_{extra}_over_gradcam": {kind: times[extra][0] / times["gradcam"][0]
+                                           for kind, times in (("head", head_times), ("end_to_end", end_times))}
+           for extra in EXTRAS},
         "machine": common.machine_record(),
     }
-    for kind, ratio in result["ratio_all_methods_over_gradcam"].items():
-        seconds = result["seconds"][kind]
-        print(f"{kind:>11}: gradcam {seconds['gradcam']:.3f} s, all five {seconds['all_methods']:.3f} s, "
-              f"ratio {ratio:.3f} (goal < 1.15)")
+    for extra, goal in EXTRAS.items():
+        for kind, ratio in result[f"ratio_{extra}_over_gradcam"].items():
+            seconds = result["seconds"][kind]
+            print(f"{kind:>11}: gradcam {seconds['gradcam']:.3f} s, {extra} {seconds[extra]:.3f} s, "
+                  f"ratio {ratio:.3f} (goal <= {goal})")
     print(common.format_record(result["machine"]))
     if args.output:
         args.output.write_text(json.dumps(result, indent=1, default=str))

@@ -220,27 +220,32 @@ def signed_cam_scale(reference):
     return np.abs(signed).reshape(len(signed), -1).max(axis=1)
 
 
-def reference_crops(image, labels, crop_shape):
+def reference_crops(image, labels, crop_shape, centre_labels=None):
     """(cell, centroid, crop (1, C, *S) float32, mask, pad fraction) per cell, cut from the zero-padded
-    whole image by DESIGN.md's rule, one cell at a time."""
+    whole image by DESIGN.md's rule, one cell at a time; with ``centre_labels``, centred on the centroid
+    of the object of the same id there (cells without one are left out)."""
     crop = np.asarray(crop_shape[1:])
     pad = [(0, 0)] + [(int(c), int(c)) for c in crop]
     padded_image = np.pad(image.astype(np.float32), pad)
     padded_labels = np.pad(labels, pad[1:])
     for cell in np.unique(labels)[1:]:
-        centroid = np.argwhere(labels == cell).mean(axis=0)
+        centre_of = labels if centre_labels is None else centre_labels
+        if not (centre_of == cell).any():
+            continue
+        centroid = np.argwhere(centre_of == cell).mean(axis=0)
         start = np.floor(centroid + 0.5).astype(int) - crop // 2 + crop
         window = tuple(slice(s, s + c) for s, c in zip(start, crop))
         outside = np.pad(np.ones(labels.shape, bool), pad[1:])[window]
         yield cell, centroid, padded_image[(slice(None),) + window][None], padded_labels[window] == cell, 1 - outside.mean()
 
 
-def reference_rows(model_path, image, labels, crop_shape, targets, convention="raw", method="gradcam"):
+def reference_rows(model_path, image, labels, crop_shape, targets, convention="raw", method="gradcam",
+                   centre_labels=None):
     """{(object, target): (grad_camo, cam_inside, cam_total, predicted, pad)}, cell by cell."""
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     crop = np.asarray(crop_shape[1:])
     rows = {}
-    for cell, _, x, mask, pad_fraction in reference_crops(image, labels, crop_shape):
+    for cell, _, x, mask, pad_fraction in reference_crops(image, labels, crop_shape, centre_labels):
         for target in targets:
             logits, activations, gradients = session.run(None, {"image": x, "target": np.array([target])})
             cam = crop_cam(activations, gradients, tuple(crop), convention=convention, method=method)

@@ -240,6 +240,10 @@ def score_command(
     max_failures: int = MAX_FAILURES_OPTION,
     site_base: int = typer.Option(0, "--site-base", help="Metadata_Site of plate fields that `gradcamo import` "
                                   "did not record a site for: the field index from 0 or from 1."),
+    center_labels: Optional[str] = typer.Option(None, "--center-labels", help="Label image whose object k centres "
+                                                "the crop of cell k (e.g. Nuclei); the score's mask stays the cell's."),
+    features: bool = typer.Option(False, "--features", help="Also write the target layer's activations averaged "
+                                  "over space (feature_0..), from the same pass."),
     quiet: bool = QUIET_OPTION,
 ):
     """Score every segmented cell: the share of the model's Grad-CAM attention inside the cell.
@@ -257,10 +261,13 @@ def score_command(
         inputs, model, output, labels=labels, channels=channels.split(",") if channels else None,
         target=target, batch_size=batch_size, device=device, workers=workers, threads=threads,
         scheduler=scheduler, convention=convention, methods=method, overwrite=overwrite, timepoint=timepoint,
-        progress=_show_progress(), max_failures=max_failures, site_base=site_base,
+        progress=_show_progress(), max_failures=max_failures, site_base=site_base, centre_labels=center_labels,
+        features=features,
     )
+    skipped = ("" if summary.cells_without_centre is None else
+               f", {summary.cells_without_centre} cells without a {center_labels} object skipped")
     _report_run(summary, max_failures, holds="scores",
-                wrote=f"{summary.rows} rows for {summary.cells} cells of {summary.images} images",
+                wrote=f"{summary.rows} rows for {summary.cells} cells of {summary.images} images{skipped}",
                 note=summary.channel_note)
 
 
@@ -326,6 +333,23 @@ def import_command(
     typer.echo(f"wrote {summary.fields} fields ({summary.fields_resumed} kept from before) of "
                f"{len(summary.plates)} plates to {summary.output} in {summary.seconds:.1f} s: "
                + ", ".join(pathlib.Path(plate).name for plate in summary.plates))
+
+
+@app.command("profiles")
+def profiles_command(
+    scores: str = typer.Argument(..., help="Score dataset directory (from `gradcamo score`)."),
+    output: str = typer.Option(..., "--output", "-o", help="Parquet file to write."),
+    method: Optional[str] = typer.Option(None, "--method", help="CAM method to take (needed if several)."),
+):
+    """One row per cell in CellProfiler naming, for pycytominer and copairs.
+
+    Metadata_Plate/Well/Site/ObjectNumber/Image keys, Cells_GradCAMO_<metric> scores and
+    Cells_DeepProfile_<k> features (score --features).
+    """
+    from gradcamo.results.profiles import write_profiles
+
+    rows = write_profiles(scores, output, method=method)
+    typer.echo(f"wrote {rows} cell profiles to {output}")
 
 
 @app.command("query")

@@ -9,6 +9,7 @@ import duckdb
 import numpy as np
 import pytest
 import torch
+import zarr
 
 from gradcamo.cli import main
 from gradcamo.data.synthetic import make_cells
@@ -130,8 +131,6 @@ BAD_INPUT = [
      r"--channels: \[5\] out of range for cells.zarr with 3 channels"),
     ("too few channels", lambda ae, t: ["-a", str(ae[2].directory), "--channels", "0,1"],
      r"cells.zarr: .*the model takes 3; pick them with --channels"),
-    ("crop larger than the image", lambda ae, t: ["-a", str(ae["big"].directory)],
-     r"cells.zarr: the model's crop \(32, 32\) is larger than the image \(24, 24\)"),
     ("3D autoencoder, 2D image", lambda ae, t: ["-a", str(ae[3].directory)],
      r"cells.zarr: the model is 3D but the image has no z axis"),
 ]
@@ -148,3 +147,11 @@ def test_bad_input_exits_2_with_one_line_and_no_output(case, autoencoders, small
     assert error.startswith("error: ") and error.count("\n") == 1, error
     assert re.search(pattern, error), error
     assert not (tmp_path / "latents").exists()
+
+
+def test_an_image_smaller_than_the_crop_is_encoded_zero_padded(autoencoders, small_store, tmp_path):
+    """The crop rule pads an image smaller than the crop like any edge cell (32 x 32 crops of a 24 x 24 image)."""
+    encode([small_store], autoencoders["big"].directory, tmp_path / "latents", workers=1, threads=1)
+    frame = read_latents(tmp_path / "latents")
+    labels = zarr.open_group(str(small_store), mode="r")["labels/cells/s0"][...]
+    assert len(frame) == len(np.unique(labels)) - 1 and frame.edge_padded.all()

@@ -85,9 +85,6 @@ BAD_INPUTS = {
     "text model": (lambda t, c, s, m: ([s, "-m", _bad_model(t, "text")], "text.onnx")),
     "model without contract": (lambda t, c, s, m: ([s, "-m", _bad_model(t, "plain")], "plain.onnx")),
     "missing model": (lambda t, c, s, m: ([s, "-m", t / "absent.onnx"], "absent.onnx")),
-    "crop larger than image": (
-        lambda t, c, s, m: ([_write_raw(t / "small.zarr", c[0][:, :10, :10], c[1][:10, :10]), "-m", m], "larger")
-    ),
     "batch size 0": (lambda t, c, s, m: ([s, "-m", m, "--batch-size", "0"], "--batch-size")),
     "negative workers": (lambda t, c, s, m: ([s, "-m", m, "--workers", "-1"], "--workers")),
     "unknown target": (lambda t, c, s, m: ([s, "-m", m, "--target", "zebra"], "'zebra'")),

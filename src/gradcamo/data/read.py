@@ -1,7 +1,10 @@
 """Find the images of OME-Zarr inputs (single images and HCS plates) and open them lazily.
 
 Reads NGFF 0.4 (Zarr v2, metadata at the top of ``.zattrs``) and 0.5 (Zarr v3, metadata
-under ``ome``) with zarr-python alone. Paths found in metadata never leave the store.
+under ``ome``) with zarr-python alone; any other NGFF version is refused by name. Stores are
+read as their writers left them: consolidated metadata is not used (a writer that adds
+labels after consolidating leaves it stale), axis names are read case-insensitively (iohub
+writes ``T, C, Z, Y, X``) and in any order. Paths found in metadata never leave the store.
 """
 
 import contextlib
@@ -17,6 +20,10 @@ from gradcamo.data.remote import open_store, read_errors
 from gradcamo.errors import InputError, UnreadableError, describe
 
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+NGFF_VERSIONS = ("0.4", "0.5")
+"""The OME-Zarr (NGFF) versions read."""
+AXES = ("t", "c", "z", "y", "x")
+"""Axis names read (in any order and case); another axis must have size 1."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +55,9 @@ class ImageSource:
     label_name: str
     channel_labels: tuple = ()
     """The image's ``omero.channels[].label`` (empty when the store names no channels)."""
+    centres: object = None
+    """Level 0 of the label image whose objects centre the crops (``--center-labels``), or None."""
+    centre_name: object = None
 
     @property
     def spatial_axes(self):
@@ -58,6 +68,31 @@ def ome_metadata(group):
     """The OME metadata of a group, whichever NGFF version wrote it."""
     attributes = dict(group.attrs)
     return dict(attributes.get("ome", attributes))
+
+
+def check_ngff_version(group, section, where):
+    """The NGFF version a group's metadata declares for ``section`` (``multiscales``, ``plate``,
+    ``well``), or None where it declares none (0.4 makes the version optional).
+
+    0.5 declares it once, as ``ome.version``; 0.4 inside the section (``multiscales[0].version``,
+    ``plate.version``, ``well.version``).
+
+    Raises
+    ------
+    InputError
+        A version other than :data:`NGFF_VERSIONS`.
+    """
+    attributes = dict(group.attrs)
+    if "ome" in attributes:
+        version = dict(attributes["ome"]).get("version")
+    else:
+        entry = attributes.get(section)
+        entry = entry[0] if isinstance(entry, list) and entry else entry
+        version = entry.get("version") if isinstance(entry, dict) else None
+    if version is not None and str(version) not in NGFF_VERSIONS:
+        raise InputError(f"{where}: OME-Zarr (NGFF) version {version} is not read; gradcamo reads "
+                         f"{' and '.join(NGFF_VERSIONS)}; convert the store (e.g. with ome-zarr-py or ngff-zarr)")
+    return None if version is None else str(version)
 
 
 @contextlib.contextmanager
@@ -77,7 +112,8 @@ def _readable(location):
 
 def _open_group(store, path, what):
     try:
-        return zarr.open_group(open_store(store), path=path or None, mode="r")
+        # Consolidated metadata is not used: stale after a writer adds groups (ngff-zarr's labels).
+        return zarr.open_group(open_store(store), path=path or None, mode="r", use_consolidated=False)
     except zarr.errors.ContainsArrayError as error:
         location = f"{store}/{path}" if path else store
         raise InputError(f"{location}: is a plain Zarr array; expected an {what} (a group with "
@@ -124,7 +160,9 @@ def _plate_images(store, root, plate, site_base=0):
     refs = []
     for well in plate.get("wells", []):
         well_path = _check_inner_path(store, well["path"])
-        well_meta = ome_metadata(_open_group(store, well_path, "well")).get("well", {})
+        well_group = _open_group(store, well_path, "well")
+        check_ngff_version(well_group, "well", f"{store}/{well_path}")
+        well_meta = ome_metadata(well_group).get("well", {})
         for site, field in enumerate(well_meta.get("images", [])):
             field_path = _check_inner_path(store, f"{well_path}/{field['path']}")
             refs.append(ImageRef(store, field_path, plate_name, _well_name(plate, well), site + site_base))
@@ -149,6 +187,7 @@ def discover_images(store, site_base=0):
         root = _open_group(store, "", "OME-Zarr group")
         metadata = ome_metadata(root)
         if "plate" in metadata:
+            check_ngff_version(root, "plate", store)
             return _plate_images(store, root, metadata["plate"], site_base)
     if "multiscales" in metadata:
         return [ImageRef(store, "")]
@@ -159,8 +198,9 @@ def _level0(store, group, where):
     multiscales = ome_metadata(group).get("multiscales")
     if not multiscales or not multiscales[0].get("datasets"):
         raise InputError(f"{where}: no 'multiscales' datasets in the metadata")
+    check_ngff_version(group, "multiscales", where)
     entry = multiscales[0]
-    axes = tuple(a["name"] if isinstance(a, dict) else a for a in entry.get("axes", []))
+    axes = tuple(str(a["name"] if isinstance(a, dict) else a).lower() for a in entry.get("axes", []))
     path = _check_inner_path(store, entry["datasets"][0]["path"])
     try:
         array = group[path]
@@ -170,6 +210,12 @@ def _level0(store, group, where):
         raise InputError(f"{where}: level 0 {path!r} is not an array")
     if len(axes) != array.ndim:
         raise InputError(f"{where}: {len(axes)} axes {axes} for a {array.ndim}-D array")
+    if len(set(axes)) != len(axes):
+        raise InputError(f"{where}: axis names {axes} repeat one (names are read case-insensitively)")
+    other = {a: n for a, n in zip(axes, array.shape) if a not in AXES and n != 1}
+    if other:
+        raise InputError(f"{where}: axes {other} are not read (gradcamo reads {', '.join(AXES)}; others must "
+                         "have size 1)")
     return axes, array
 
 
@@ -196,10 +242,25 @@ def _choose_labels(store, group, where, label_name):
     return _check_inner_path(store, label_name)
 
 
-def open_image(ref, label_name=None):
+def _check_labels(where, name, axes, image, label_axes, labels):
+    """Refuse a label image that is not integer or whose spatial shape differs from the image's."""
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"{where}: labels/{name} has dtype {labels.dtype}; label images must be integers")
+    spatial = {a: n for a, n in zip(axes, image.shape) if a in ("z", "y", "x")}
+    label_spatial = {a: n for a, n in zip(label_axes, labels.shape) if a in ("z", "y", "x")}
+    extra = {a: n for a, n in zip(label_axes, labels.shape) if a not in ("z", "y", "x") and n != 1}
+    if spatial != label_spatial or extra:
+        raise InputError(
+            f"{where}: image spatial shape {spatial} != labels/{name} shape {dict(zip(label_axes, labels.shape))}"
+        )
+
+
+def open_image(ref, label_name=None, centre_name=None):
     """Open one image's level-0 array and its label image, checking they fit together.
 
     The source's ``ref`` carries the site recorded by ``gradcamo import``, where there is one.
+    With ``centre_name``, also the label image whose objects centre the crops (matched to
+    the scored objects by id).
 
     Raises
     ------
@@ -208,6 +269,7 @@ def open_image(ref, label_name=None):
         spatial shape mismatch, non-integer labels, a boolean image.
     """
     where = ref.name
+    centres = None
     with _readable(where):
         group = _open_group(ref.store, ref.path, "image group")
         axes, image = _level0(ref.store, group, where)
@@ -215,21 +277,18 @@ def open_image(ref, label_name=None):
         label_axes, labels = _level0(ref.store, group[f"labels/{label_name}"], f"{where} labels/{label_name}")
         site = recorded_site(group)
         labels_of_channels = channel_labels(group)
+        if centre_name is not None:
+            centre_name = _choose_labels(ref.store, group, where, centre_name)
+            centre_axes, centres = _level0(ref.store, group[f"labels/{centre_name}"], f"{where} labels/{centre_name}")
     if site is not None:
         ref = dataclasses.replace(ref, site=site)
     if image.dtype == np.bool_:
         raise InputError(f"{where}: the image has dtype bool; expected intensities (integers or floats), "
                          "not a mask")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise InputError(
-            f"{where}: labels/{label_name} has dtype {labels.dtype}; label images must be integers"
-        )
-    spatial = {a: n for a, n in zip(axes, image.shape) if a in ("z", "y", "x")}
-    label_spatial = {a: n for a, n in zip(label_axes, labels.shape) if a in ("z", "y", "x")}
-    extra = {a: n for a, n in zip(label_axes, labels.shape) if a not in ("z", "y", "x") and n != 1}
-    if spatial != label_spatial or extra:
-        raise InputError(
-            f"{where}: image spatial shape {spatial} != labels/{label_name} shape "
-            f"{dict(zip(label_axes, labels.shape))}"
-        )
-    return ImageSource(ref, axes, image, label_axes, labels, label_name, labels_of_channels)
+    _check_labels(where, label_name, axes, image, label_axes, labels)
+    if centres is not None:
+        _check_labels(where, centre_name, axes, image, centre_axes, centres)
+        if centre_axes != label_axes:
+            raise InputError(f"{where}: labels/{centre_name} has axes {centre_axes}, labels/{label_name} "
+                             f"{label_axes}; the label images must share their axes")
+    return ImageSource(ref, axes, image, label_axes, labels, label_name, labels_of_channels, centres, centre_name)

@@ -24,6 +24,8 @@ CAM_TOTAL = "cam_total"
 MASK_VOXELS = "mask_voxels"
 RANK_COUNTS = "rank_counts"
 PEAK_VALUES = "peak_values"
+FEATURES = "features"
+"""Per sample (not per row): the target layer's activations averaged over space, ``[batch, C]``."""
 HEAD_OUTPUTS = (contract.LOGITS, CAM_INSIDE, CAM_TOTAL)
 METRIC_OUTPUTS = (MASK_VOXELS, RANK_COUNTS, PEAK_VALUES)
 """Inputs of :func:`gradcamo.localisation.localisation_metrics`: voxel counts (int64), peak values (float32)."""
@@ -213,6 +215,7 @@ def _head_nodes(layer_spatial, crop_spatial, convention, methods):
     g = _Graph()
     spatial_dims = len(crop_spatial)
     layer_axes = g.constant("layer_axes", list(range(2, 2 + spatial_dims)))
+    g.op("ReduceMean", [contract.ACTIVATIONS, layer_axes], FEATURES, final=True, keepdims=0)
     crops = _crop_cams(g, _layer_cams(g, methods, layer_axes), convention, layer_spatial, crop_spatial)
     map_axes = g.constant("crop_axes", list(range(2, 2 + spatial_dims)))
     flat_rows = g.constant("flat_rows", [-1])
@@ -240,6 +243,12 @@ def _layer_spatial(graph, spatial_dims):
     return tuple(d.dim_value for d in dims)
 
 
+def _layer_channels(graph):
+    """The target layer's channel count as the graph declares it (a name where it is not static)."""
+    dim = next(o for o in graph.output if o.name == contract.ACTIVATIONS).type.tensor_type.shape.dim[1]
+    return dim.dim_value if dim.HasField("dim_value") else "channels"
+
+
 def append_score_head(model, *, crop_spatial, convention="raw", methods=("gradcam",)):
     """Return a copy of a gradcamo graph whose outputs are logits and per-row sums and counts.
 
@@ -260,7 +269,8 @@ def append_score_head(model, *, crop_spatial, convention="raw", methods=("gradca
         outputs ``logits`` ``[batch, K]``, then per row (``batch * len(methods)``):
         ``cam_inside`` and ``cam_total`` float32, ``mask_voxels`` int64, ``rank_counts``
         int64 ``[rows, 4]`` and ``peak_values`` float32 ``[rows, 2]``
-        (:mod:`gradcamo.localisation`).
+        (:mod:`gradcamo.localisation`); then per sample ``features`` float32 ``[batch, C]``,
+        the target layer's activations averaged over space.
 
     Raises
     ------
@@ -282,6 +292,7 @@ def append_score_head(model, *, crop_spatial, convention="raw", methods=("gradca
         helper.make_tensor_value_info(MASK, TensorProto.FLOAT, [contract.BATCH_AXIS, *crop_spatial])
     )
     logits = next(o for o in graph.output if o.name == contract.LOGITS)
+    channels = _layer_channels(graph)
     rows = "rows"
     del graph.output[:]
     graph.output.extend([
@@ -291,5 +302,6 @@ def append_score_head(model, *, crop_spatial, convention="raw", methods=("gradca
         helper.make_tensor_value_info(MASK_VOXELS, TensorProto.INT64, [rows]),
         helper.make_tensor_value_info(RANK_COUNTS, TensorProto.INT64, [rows, 4]),
         helper.make_tensor_value_info(PEAK_VALUES, TensorProto.FLOAT, [rows, 2]),
+        helper.make_tensor_value_info(FEATURES, TensorProto.FLOAT, [contract.BATCH_AXIS, channels]),
     ])
     return headed

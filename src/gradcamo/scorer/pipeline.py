@@ -13,13 +13,13 @@ from gradcamo.errors import GradcamoError, InputError, Interrupted
 from gradcamo.model_file import read_model_info
 from gradcamo.cam import CONVENTIONS, check_choice, check_methods
 from gradcamo.scorer.channels import channel_note, describe_choices, parse_channels
-from gradcamo.scorer.crops import merge_measurements
 from gradcamo.scorer.failures import DEFAULT_MAX_FAILURES, FailureLog, UnitFailure
 from gradcamo.scorer.plan import UNIT_MAX_BYTES, parse_targets, plan_inputs
 from gradcamo.scorer.progress import cell_progress
 from gradcamo.scorer.session import check_device
 from gradcamo.scorer.sink import SCORE_SCHEMA, ScoreDataset, part_files
-from gradcamo.scorer.units import STAGES, ScoreSpec, assign_objects, measure_block, score_unit
+from gradcamo.scorer.features import feature_count, score_schema
+from gradcamo.scorer.units import STAGES, ScoreSpec, assign_objects, measure_block, merge_blocks, score_unit
 from gradcamo.scorer.worker import PLUGIN_NAME, ScorerPlugin
 from gradcamo.signals import children_ignore_sigint
 
@@ -61,6 +61,8 @@ class RunSummary:
     stopped_early: bool = False
     channel_note: str = ""
     """How the image channels were matched to the model's (for the last line of ``score``)."""
+    cells_without_centre: object = None
+    """With centre labels: cells left out for want of a centre object (None without)."""
 
 
 def _check_whole(value, argument, *, minimum=1, allow_none=True):
@@ -85,10 +87,11 @@ def check_run_options(*, inputs, batch_size, workers, threads, unit_max_bytes, t
 
 
 def plan_run(inputs, crop_shape, *, labels, channels, timepoint, block_shape, unit_max_bytes, site_base=0,
-             channel_names=()):
+             channel_names=(), centre_labels=None):
     """Plan every image of ``inputs`` for crops of ``crop_shape`` (C, [D,] H, W); ``channel_names``
     are the model's (matched to the stores' channel labels), ``site_base`` that of plate fields'
-    indices where no site was recorded by ``gradcamo import``.
+    indices where no site was recorded by ``gradcamo import``; ``centre_labels`` names the label
+    image whose objects centre the crops.
 
     Returns
     -------
@@ -97,12 +100,14 @@ def plan_run(inputs, crop_shape, *, labels, channels, timepoint, block_shape, un
     parameters : dict
         The input parameters a dataset records (and a resumed run must repeat): labels,
         channels, timepoint, crop shape, inputs (local paths absolute), block shape, unit budget,
-        site base and the channel mapping (:func:`gradcamo.scorer.channels.describe_choices`).
+        site base and the channel mapping (:func:`gradcamo.scorer.channels.describe_choices`)
+        (and the centre labels, when given).
     """
     images = plan_inputs(
         [str(i) for i in inputs], tuple(crop_shape), label_name=labels,
         channels=parse_channels(channels), timepoint=timepoint, block_shape=block_shape,
         unit_max_bytes=unit_max_bytes, site_base=site_base, model_channel_names=tuple(channel_names),
+        centre_labels=centre_labels,
     )
     mapping = describe_choices(
         ((image.blocks[0].layout, image.blocks[0].source.channel_labels) for image in images if image.blocks),
@@ -116,6 +121,8 @@ def plan_run(inputs, crop_shape, *, labels, channels, timepoint, block_shape, un
         "unit_max_bytes": unit_max_bytes,
         "site_base": site_base, "channel_mapping": mapping,
     }
+    if centre_labels is not None:
+        parameters["center_labels"] = centre_labels
     return images, parameters
 
 
@@ -196,7 +203,7 @@ def score(
     inputs, model, output, *, labels=None, channels=None, target="predicted", batch_size=64,
     device="auto", workers=None, threads=None, scheduler=None, convention="raw", methods=("gradcam",),
     overwrite=False, timepoint=0, block_shape=None, progress=False, unit_max_bytes=UNIT_MAX_BYTES,
-    max_failures=DEFAULT_MAX_FAILURES, site_base=0,
+    max_failures=DEFAULT_MAX_FAILURES, site_base=0, centre_labels=None, features=False,
 ):
     """Score every cell of the given OME-Zarr images; write Grad-CAMO rows to ``output``.
 
@@ -241,6 +248,11 @@ def score(
     site_base : {0, 1}
         ``Metadata_Site`` of a plate field that ``gradcamo import`` did not record a site
         for: its index in the well plus ``site_base``.
+    centre_labels : str, optional
+        Label image whose object k centres the crop of cell k (the Grad-CAMO mask stays the
+        cell's); cells without a centre object are left out and counted.
+    features : bool
+        Also write the target layer's activations averaged over space (``feature_0..``).
 
     Returns
     -------
@@ -263,25 +275,30 @@ def score(
     targets = parse_targets(target, list(info.class_names))
     if site_base not in (0, 1) or isinstance(site_base, bool):
         raise InputError(f"site_base: expected 0 or 1, got {site_base!r}", argument="site_base")
+    n_features = feature_count(info) if features else 0
     images, parameters = plan_run(
         inputs, info.input_shape, labels=labels, channels=channels, timepoint=timepoint, block_shape=block_shape,
         unit_max_bytes=unit_max_bytes, site_base=site_base, channel_names=info.channel_names,
+        centre_labels=centre_labels,
     )
     provenance = {"model_sha256": info.sha256, "target_layer": info.target_layer, "convention": convention}
     spec = ScoreSpec(
         model_path=str(os.path.abspath(model)), model_sha256=info.sha256, crop_shape=tuple(info.input_shape),
         convention=convention, device=device, threads=threads, batch_size=batch_size, targets=targets,
         label_name=labels, class_names=tuple(info.class_names), provenance=provenance, methods=methods,
+        centre_labels=centre_labels, features=n_features,
     )
     parameters.update({
         "model_sha256": info.sha256, "target_layer": info.target_layer, "convention": convention,
         "methods": list(methods), "targets": list(targets),
     })
+    if features:
+        parameters["features"] = n_features
     summary = run_units(
         score_unit, spec, images, output, parameters,
         record={"model": spec.model_path},  # where `cams` and `report` find it; not a parameter: may move
         overwrite=overwrite, scheduler=scheduler, workers=workers, threads=threads, progress=progress,
-        max_failures=max_failures, started=started, verb="scored",
+        max_failures=max_failures, started=started, verb="scored", schema=score_schema(n_features),
     )
     return dataclasses.replace(summary, channel_note=channel_note(parameters["channel_mapping"], info.channel_names))
 
@@ -324,6 +341,8 @@ def run_units(unit, spec, images, output, parameters, *, record, overwrite, sche
         dataset.record(**record)
         done = dataset.completed_units()
         counts = {"images": len(images), "units": sum(len(i.blocks) or 1 for i in images), "cells": 0, "rows": 0}
+        if getattr(spec, "centre_labels", None) is not None:
+            counts["cells_without_centre"] = 0
         providers, stages = set(), dict.fromkeys(STAGES, 0.0)
         failures = FailureLog(max_failures)
         for image in images:
@@ -344,6 +363,8 @@ def run_units(unit, spec, images, output, parameters, *, record, overwrite, sche
                     writer.write(block.unit_id, result.table)
                     counts["cells"] += result.cells
                     counts["rows"] += result.table.num_rows
+                    if "cells_without_centre" in counts:
+                        counts["cells_without_centre"] += result.without_centre
                     providers.update([result.provider] if result.provider else [])
                     for stage, seconds in result.seconds.items():
                         stages[stage] += seconds
@@ -372,6 +393,7 @@ def run_units(unit, spec, images, output, parameters, *, record, overwrite, sche
         units_resumed=len(done), cells=counts["cells"], rows=counts["rows"], seconds=time.time() - started,
         providers=tuple(counts["providers"]), stage_seconds=with_stages,
         failures=tuple(failures.failures), stopped_early=failures.exceeded,
+        cells_without_centre=counts.get("cells_without_centre"),
     )
     LOGGER.info(
         "%s %d cells (%d rows) in %.1f s on %s", verb, summary.cells, summary.rows, summary.seconds,
@@ -397,7 +419,7 @@ def _work_items(client, images, spec, done, ndim, failures):
             continue
         futures = client.map(measure_block, image.blocks, pure=False)
         try:
-            measured = merge_measurements(client.gather(futures), ndim)
+            measured = merge_blocks(client.gather(futures), ndim)
         except GradcamoError:
             raise
         except Exception as error:

@@ -65,7 +65,7 @@ def _unit_prefix(ref):
 
 
 def plan_image(ref, crop_shape, *, label_name=None, channels=None, timepoint=0, block_shape=None,
-               unit_max_bytes=UNIT_MAX_BYTES, model_channel_names=()):
+               unit_max_bytes=UNIT_MAX_BYTES, model_channel_names=(), centre_labels=None):
     """Open, check and split one image into work units.
 
     ``crop_shape`` is the model's crop ``(C, [D,] H, W)``: the image must offer C channels
@@ -73,26 +73,25 @@ def plan_image(ref, crop_shape, *, label_name=None, channels=None, timepoint=0, 
     channel labels: :func:`gradcamo.scorer.channels.choose_channels`) and its spatial
     dimensions. The whole image is one unit when its chosen channels and labels fit
     ``unit_max_bytes`` and no ``block_shape`` is given; else chunk-aligned blocks
-    (:func:`block_grid`).
+    (:func:`block_grid`). An image smaller than the crop is scored like any edge cell: its
+    crops are padded with zeros. ``centre_labels`` names the label image whose objects centre
+    the crops.
 
     Raises
     ------
     InputError
-        As :func:`gradcamo.scorer.regions.plan_layout`, or a crop larger than the image.
+        As :func:`gradcamo.scorer.regions.plan_layout`.
     """
-    source = open_image(ref, label_name)
+    source = open_image(ref, label_name, centre_labels)
     layout = plan_layout(
         source, spatial_dims=len(crop_shape) - 1, n_channels=crop_shape[0], channels=channels, timepoint=timepoint,
         model_channel_names=model_channel_names,
     )
     crop = tuple(crop_shape[1:])
-    if any(c > n for c, n in zip(crop, layout.spatial_shape)):
-        raise InputError(
-            f"{ref.name}: the model's crop {crop} is larger than the image {layout.spatial_shape}"
-        )
     prefix = _unit_prefix(ref)
     voxels = int(np.prod(layout.spatial_shape))
-    nbytes = voxels * (len(layout.channels) * source.image.dtype.itemsize + source.labels.dtype.itemsize)
+    label_bytes = source.labels.dtype.itemsize + (0 if source.centres is None else source.centres.dtype.itemsize)
+    nbytes = voxels * (len(layout.channels) * source.image.dtype.itemsize + label_bytes)
     if block_shape is None and nbytes <= unit_max_bytes:
         start, stop = (0,) * len(layout.spatial_shape), tuple(layout.spatial_shape)
         return PlannedImage(source.ref, (Block(f"{prefix}-image", source, layout, start, stop),))

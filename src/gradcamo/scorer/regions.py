@@ -101,13 +101,17 @@ class ChunkCache:
 def read_region(array, axes, spatial_axes, region, *, channels=None, timepoint=0, cache=None):
     """Read ``region`` (one slice per spatial axis) as ``([C,] *spatial)`` in canonical order.
 
+    The array's axes may come in any order; an image without a ``c`` axis is one channel.
+
     With a :class:`ChunkCache`, the chunks come from (and go to) the cache.
     """
     index, kept = _index(axes, spatial_axes, region, channels=channels, timepoint=timepoint)
     data = cache.read(array, index) if cache is not None else np.asarray(array[index])
-    order = (["c"] if channels is not None else []) + list(spatial_axes)
+    order = (["c"] if "c" in kept else []) + list(spatial_axes)
     data = np.transpose(data, [kept.index(a) for a in order])
-    return data[list(channels)] if channels is not None else data
+    if channels is None:
+        return data
+    return data[list(channels)] if "c" in kept else data[None]  # no c axis: one channel
 
 
 def plan_layout(source, *, spatial_dims, n_channels, channels=None, timepoint=0, model_channel_names=()):
@@ -142,8 +146,6 @@ def plan_layout(source, *, spatial_dims, n_channels, channels=None, timepoint=0,
     if not 0 <= timepoint < sizes.get("t", 1):
         raise InputError(f"timepoint: {timepoint} out of range for {where} with t={sizes.get('t', 1)}",
                          argument="timepoint")
-    if "c" not in sizes:
-        raise InputError(f"{where}: the image has no 'c' axis")
     return Layout(
         image_axes=source.axes, label_axes=source.label_axes, spatial_axes=spatial_axes,
         spatial_shape=tuple(sizes[a] for a in spatial_axes), channels=chosen, timepoint=timepoint,

@@ -22,7 +22,8 @@ from gradcamo.data.read import ImageSource
 from gradcamo.errors import InputError
 from gradcamo.localisation import localisation_metrics
 from gradcamo.scorer import head
-from gradcamo.scorer.crops import CropCutter, Measurements, crop_starts, measure_objects
+from gradcamo.scorer.crops import CropCutter, Measurements, crop_starts, measure_objects, merge_measurements
+from gradcamo.scorer.features import feature_columns, score_schema
 from gradcamo.scorer.regions import Layout, read_region
 from gradcamo.scorer.session import CUDA, scoring_session
 from gradcamo.scorer.sink import make_table
@@ -48,6 +49,10 @@ class ScoreSpec:
     class_names: tuple
     provenance: dict
     methods: tuple = ("gradcam",)
+    centre_labels: object = None
+    """Label image whose object k centres the crop of cell k (``--center-labels``), or None."""
+    features: int = 0
+    """Feature columns (the target layer's channels) written per row; 0 without ``--features``."""
 
     @property
     def crop_spatial(self):
@@ -85,15 +90,46 @@ class Block:
 
 @dataclasses.dataclass(frozen=True)
 class Objects:
-    """The objects a block scores: label ids, voxel counts, centroids (whole-image coordinates)."""
+    """The objects a block scores: label ids, voxel counts, centroids (whole-image coordinates).
+
+    ``centres``: where each crop is centred, when another label image gives the centres
+    (NaN rows: no centre object of that id); None: at the centroids. ``without_centre``:
+    objects of the unit left out for want of a centre object (:meth:`centred`).
+    """
 
     ids: np.ndarray
     voxels: np.ndarray
     centroids: np.ndarray
+    centres: object = None
+    without_centre: int = 0
 
     @classmethod
-    def of(cls, measurements, chosen=slice(None)):
-        return cls(measurements.ids[chosen], measurements.voxels[chosen], measurements.centroids[chosen])
+    def of(cls, measurements, chosen=slice(None), centres=None):
+        """The ``chosen`` objects of ``measurements``; with ``centres`` (Measurements of the centre label
+        image), each centred on the centre object of its id."""
+        objects = cls(measurements.ids, measurements.voxels, measurements.centroids)
+        if centres is not None:
+            matched = np.full(objects.centroids.shape, np.nan)
+            found = np.isin(objects.ids, centres.ids)
+            matched[found] = centres.centroids[np.searchsorted(centres.ids, objects.ids[found])]
+            objects = dataclasses.replace(objects, centres=matched)
+        return objects.subset(chosen)
+
+    def subset(self, chosen):
+        return Objects(self.ids[chosen], self.voxels[chosen], self.centroids[chosen],
+                       None if self.centres is None else self.centres[chosen], self.without_centre)
+
+    @property
+    def crop_centres(self):
+        """(n, ndim) float64: where the crops are centred (NaN rows: no centre object)."""
+        return self.centroids if self.centres is None else self.centres
+
+    def centred(self):
+        """The objects with a crop centre; those without are counted in ``without_centre``."""
+        has = np.isfinite(self.crop_centres).all(axis=1)
+        if has.all():
+            return self
+        return dataclasses.replace(self.subset(has), without_centre=self.without_centre + int((~has).sum()))
 
     def __len__(self):
         return len(self.ids)
@@ -107,33 +143,55 @@ class UnitResult:
     cells: int
     provider: object
     seconds: dict
+    without_centre: int = 0
+    """Cells left out for want of a centre object (``--center-labels``)."""
 
 
 def _slices(start, stop):
     return tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
 
 
-def _read_labels(source, layout, start, stop, cache=None):
-    labels = read_region(source.labels, layout.label_axes, layout.spatial_axes, _slices(start, stop), cache=cache)
+def _read_labels(source, layout, start, stop, cache=None, centres=False):
+    array, name = (source.centres, source.centre_name) if centres else (source.labels, source.label_name)
+    labels = read_region(array, layout.label_axes, layout.spatial_axes, _slices(start, stop), cache=cache)
     if labels.size and np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
         raise InputError(
-            f"{source.ref.name}: labels/{source.label_name} holds negative ids (e.g. {int(labels.min())}); "
+            f"{source.ref.name}: labels/{name} holds negative ids (e.g. {int(labels.min())}); "
             "label ids must be 0 (background) or positive"
         )
     return labels
 
 
 def measure_block(block):
-    """Pass 1 of a blocked image: voxel counts and coordinate sums of the objects in ``block``."""
-    labels = _read_labels(block.source, block.layout, block.start, block.stop, cache=worker_state().chunks)
-    return measure_objects(labels, offset=block.start)
+    """Pass 1 of a blocked image: voxel counts and coordinate sums of the objects in ``block``; with
+    centre labels, a pair: those of the scored objects and those of the centre objects."""
+    cache = worker_state().chunks
+    cells = measure_objects(_read_labels(block.source, block.layout, block.start, block.stop, cache=cache),
+                            offset=block.start)
+    if block.source.centres is None:
+        return cells
+    centres = _read_labels(block.source, block.layout, block.start, block.stop, cache=cache, centres=True)
+    return cells, measure_objects(centres, offset=block.start)
 
 
-def assign_objects(blocks, measurements):
-    """Pair each block with the objects whose crop centre it holds (one image's merged measurements)."""
-    centres = np.floor(measurements.centroids + 0.5).astype(np.int64)
+def merge_blocks(parts, ndim):
+    """One image's :class:`Objects` from the :func:`measure_block` results of all its blocks."""
+    if parts and isinstance(parts[0], tuple):
+        cells, centres = zip(*parts)
+        return Objects.of(merge_measurements(cells, ndim), centres=merge_measurements(centres, ndim))
+    return Objects.of(merge_measurements(parts, ndim))
+
+
+def assign_objects(blocks, objects):
+    """Pair each block with the objects whose crop centre it holds (one image's merged :class:`Objects`).
+
+    An object without a centre object goes to the block holding its centroid, which counts it
+    as left out.
+    """
+    centres = objects.crop_centres
+    centres = np.floor(np.where(np.isfinite(centres), centres, objects.centroids) + 0.5).astype(np.int64)
     return [
-        (block, Objects.of(measurements, np.all((centres >= block.start) & (centres < block.stop), axis=1)))
+        (block, objects.subset(np.all((centres >= block.start) & (centres < block.stop), axis=1)))
         for block in blocks
     ]
 
@@ -168,6 +226,7 @@ def read_unit(block, objects, crop_spatial, clock):
     Returns
     -------
     objects : Objects
+        Those with a crop centre (:meth:`Objects.centred`).
     cutter : CropCutter or None
         Cuts the objects' crops and masks; None when there are no objects.
     """
@@ -189,11 +248,15 @@ def read_unit(block, objects, crop_spatial, clock):
     )
     clock.lap("read")
     if objects is None:
-        objects = Objects.of(measure_objects(labels))
+        centres = None
+        if source.centres is not None:
+            centres = measure_objects(_read_labels(source, layout, region_start, region_stop, centres=True))
+        objects = Objects.of(measure_objects(labels), centres=centres)
         clock.lap("measure")
+    objects = objects.centred()
     if not len(objects):
         return objects, None
-    return objects, CropCutter(image, labels, crop_starts(objects.centroids, crop) - region_start, crop)
+    return objects, CropCutter(image, labels, crop_starts(objects.crop_centres, crop) - region_start, crop)
 
 
 def padded_for(session, feed, batch_size):
@@ -220,13 +283,14 @@ def score_unit(spec, block, objects=None):
     clock = StageClock()
     objects, cutter = read_unit(block, objects, spec.crop_spatial, clock)
     if not len(objects):
-        return UnitResult(unit_table(spec, block, objects, None), 0, None, clock.seconds)
+        return UnitResult(unit_table(spec, block, objects, None), 0, None, clock.seconds, objects.without_centre)
 
     session = state.session(scoring_session, *spec.session_arguments(session_threads(spec.threads)))
     targets = np.asarray(spec.targets, dtype=np.int64)
     pair_object = np.repeat(np.arange(len(objects)), len(targets))
     pair_target = np.tile(targets, len(objects))
     per_method = len(spec.methods)  # the head's rows: (pair, method), pair-major
+    fetched = head.HEAD_OUTPUTS + head.METRIC_OUTPUTS + ((head.FEATURES,) if spec.features else ())
     outputs = []
     for begin in range(0, len(pair_object), spec.batch_size):
         chosen = pair_object[begin:begin + spec.batch_size]
@@ -237,18 +301,22 @@ def score_unit(spec, block, objects=None):
         clock.lap("cut")
         with state.batch_slot(session):
             clock.lap("wait")
-            logits, *rows = session.run(list(head.HEAD_OUTPUTS + head.METRIC_OUTPUTS), feed)
-            outputs.append([logits[:len(chosen)], *(row[:len(chosen) * per_method] for row in rows)])
+            logits, *rows = session.run(list(fetched), feed)
+            per_row = len(head.HEAD_OUTPUTS + head.METRIC_OUTPUTS) - 1  # all but logits; then per sample
+            outputs.append([logits[:len(chosen)], *(row[:len(chosen) * per_method] for row in rows[:per_row]),
+                            *(row[:len(chosen)] for row in rows[per_row:])])
             clock.lap("infer")
-    logits, inside, total, voxels, ranks, peaks = (np.concatenate(column) for column in zip(*outputs))
+    logits, inside, total, voxels, ranks, peaks, *features = (np.concatenate(column) for column in zip(*outputs))
     row_pair = np.repeat(np.arange(len(pair_object)), per_method)
     scored = {"object": pair_object[row_pair], "target": pair_target[row_pair], "logits": logits[row_pair],
               "method": np.tile(np.arange(per_method), len(pair_object)), "inside": inside, "total": total,
               "mask_voxels": voxels, "rank_counts": ranks, "peak_values": peaks,
               "pad": cutter.pad_fractions[pair_object[row_pair]]}
+    if features:
+        scored["features"] = features[0][row_pair]
     table = unit_table(spec, block, objects, scored)
     clock.lap("table")
-    return UnitResult(table, len(objects), session.get_providers()[0], clock.seconds)
+    return UnitResult(table, len(objects), session.get_providers()[0], clock.seconds, objects.without_centre)
 
 
 def _padded_to(feed, batch_size):
@@ -288,10 +356,12 @@ def unit_table(spec, block, objects, scored):
     ``scored`` holds, per (object, target, method) row: ``object`` (index into ``objects``),
     ``target`` (requested class, -1 = predicted), ``logits``, ``inside``, ``total`` (the
     head's outputs: ``method`` indexes ``spec.methods``; ``mask_voxels``, ``rank_counts``,
-    ``peak_values`` feed the localisation metrics) and ``pad`` (pad fraction of the crop).
+    ``peak_values`` feed the localisation metrics), ``pad`` (pad fraction of the crop) and, with
+    ``spec.features``, ``features`` (the row's pooled activations, ``(rows, C)``).
     """
+    schema = score_schema(spec.features)
     if scored is None:
-        return make_table({}, provenance=spec.provenance)
+        return make_table({}, provenance=spec.provenance, schema=schema)
     index = scored["object"]
     n = len(index)
     logits = scored["logits"]
@@ -321,8 +391,9 @@ def unit_table(spec, block, objects, scored):
         "enrichment": metrics.enrichment,
         "rank_accuracy": metrics.rank_accuracy,
         "pointing_hit": np.ma.MaskedArray(metrics.pointing_hit, mask=~metrics.pointing_known),
-    }, provenance=spec.provenance)
+        **(feature_columns(scored["features"]) if spec.features else {}),
+    }, provenance=spec.provenance, schema=schema)
 
 
 __all__ = ["Block", "Measurements", "Objects", "ScoreSpec", "StageClock", "UnitResult", "assign_objects",
-           "key_columns", "measure_block", "padded_for", "read_unit", "score_unit", "unit_table"]
+           "key_columns", "measure_block", "merge_blocks", "padded_for", "read_unit", "score_unit", "unit_table"]

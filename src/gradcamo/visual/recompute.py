@@ -1,6 +1,7 @@
 """Recompute the crops, masks and CAMs of chosen score rows, exactly as ``score`` computed them.
 
-The crops are cut with the scorer's own functions (centroid -> :func:`crop_starts`, region
+The crops are cut with the scorer's own functions (centroid, or the centre object's centroid
+with ``--center-labels`` -> :func:`crop_starts`, region
 read with :func:`read_region`, zero-padded :func:`cut_window`), and the CAM is the tensor
 of the scorer's own graph (:func:`append_score_head`) whose masked sums are ``cam_inside``
 and ``cam_total``: the map is exposed as an extra output, nothing is computed twice.
@@ -16,7 +17,7 @@ from onnx import helper
 from gradcamo import contract
 from gradcamo.data.read import open_image
 from gradcamo.errors import InputError
-from gradcamo.scorer.crops import crop_starts, cut_window
+from gradcamo.scorer.crops import crop_starts, cut_window, measure_objects
 from gradcamo.scorer.head import CAM_INSIDE, CAM_TOTAL, MASK, append_score_head
 from gradcamo.scorer.regions import plan_layout, read_region
 from gradcamo.scorer.session import create_session
@@ -92,6 +93,18 @@ def _centroids(rows, spatial_dims):
     return np.stack([np.asarray(rows[axis], dtype=np.float64) for axis in axes], axis=1)
 
 
+def _centres_from(image_source, layout, ids):
+    """Crop centres of a dataset scored with ``--center-labels``: the centroids of the objects of the
+    same ids in the centre label image (read whole: ``cams`` shows few cells)."""
+    whole = tuple(slice(0, n) for n in layout.spatial_shape)
+    centres = measure_objects(read_region(image_source.centres, layout.label_axes, layout.spatial_axes, whole))
+    found = np.isin(ids, centres.ids)
+    if not found.all():
+        raise InputError(f"{image_source.ref.name}: object {ids[~found][0]} has no centre object in "
+                         f"labels/{image_source.centre_name}: the labels changed since scoring")
+    return centres.centroids[np.searchsorted(centres.ids, ids)]
+
+
 def _check_scores(source, rows, indices, inside, total):
     empty = ~(total > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -132,20 +145,26 @@ def iter_cams(source, rows, *, batch_size=BATCH_SIZE):
     info = source.model
     crop = np.asarray(info.input_shape[1:], dtype=np.int64)
     channels = parameters.get("channels")
-    starts = crop_starts(_centroids(rows, info.spatial_dims), crop)
+    centroids = _centroids(rows, info.spatial_dims)
+    centre_labels = parameters.get("center_labels")
     names = list(rows["Metadata_Image"])
     methods = list(rows.get("method") or ["gradcam"] * len(names))
     for name, method in dict.fromkeys(zip(names, methods)):
         session = cam_session(str(info.path), info.sha256, tuple(int(c) for c in crop), parameters["convention"], method)
         if name not in source.images:
             raise InputError(f"{source.directory}: image {name} is not among the recorded inputs")
-        image_source = open_image(source.images[name], parameters.get("labels"))
+        image_source = open_image(source.images[name], parameters.get("labels"), centre_labels)
         layout = plan_layout(
             image_source, spatial_dims=info.spatial_dims, n_channels=info.input_shape[0],
             channels=None if channels is None else tuple(channels), timepoint=parameters.get("timepoint", 0),
             model_channel_names=info.channel_names,
         )
         indices = np.asarray([i for i, key in enumerate(zip(names, methods)) if key == (name, method)], dtype=np.int64)
+        centres = centroids[indices]
+        if centre_labels is not None:
+            ids = np.asarray(rows["Metadata_ObjectNumber"], dtype=np.int64)[indices]
+            centres = _centres_from(image_source, layout, ids)
+        starts = dict(zip(indices.tolist(), crop_starts(centres, crop)))
         for begin in range(0, len(indices), batch_size):
             chosen = indices[begin:begin + batch_size]
             cut = [_cut(image_source, layout, starts[i], crop) for i in chosen]
