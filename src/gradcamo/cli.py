@@ -152,7 +152,8 @@ def _store_table(path, described):
     return table
 
 
-def _describe_store(path):
+def _describe_store(path, check=False):
+    from gradcamo.data.chunks import find_missing_chunks
     from gradcamo.data.read import discover_images, open_image
 
     described = []
@@ -164,23 +165,46 @@ def _describe_store(path):
             "chunks": list(source.image.chunks), "dtype": str(source.image.dtype),
             "labels": source.label_name, "label_dtype": str(source.labels.dtype),
         })
+        if check:  # HTTP servers cannot be listed: ask for each chunk
+            missing = find_missing_chunks(source.image, listable=not path.startswith(("http://", "https://")))
+            described[-1]["missing_chunks"] = [f"{source.image.store.array_name}/{key}" for key in missing]
     return described
+
+
+def _report_check(described):
+    """``inspect --check``: one line per missing image chunk and exit code 3, or one line saying all are there."""
+    missing = [(image["image"], chunk) for image in described for chunk in image["missing_chunks"]]
+    for _, chunk in missing:
+        typer.echo(f"missing: {chunk}", err=True)
+    if not missing:
+        typer.echo(f"checked: no image chunk is missing in {len(described)} image{'s' * (len(described) != 1)}",
+                   err=True)
+        return
+    images = len({image for image, _ in missing})
+    typer.echo(f"error: {len(missing)} image chunk{'s' * (len(missing) != 1)} missing in {images} "
+               f"image{'s' * (images != 1)}; copy the store again (score fails their work units), or score "
+               "with --missing-chunks zeros if it is sparse on purpose", err=True)
+    raise typer.Exit(3)
 
 
 @app.command("inspect")
 def inspect_command(
     path: str = typer.Argument(..., help="A gradcamo model file (.onnx) or an OME-Zarr image or plate."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    check: bool = typer.Option(False, "--check", help="Store: list every image chunk that is missing (exit code 3 "
+                               "if any), to verify a copy before scoring."),
 ):
     """Show what a model file holds (contract, crop shape, classes, validation) or what images a store holds."""
     from gradcamo.model_file import read_model_info
 
     if _is_store(path):
-        described = _describe_store(path)
+        described = _describe_store(path, check)
         if as_json:
             typer.echo(json.dumps(described, indent=2))
         else:
             Console().print(_store_table(path, described))
+        if check:
+            _report_check(described)
         return
     info = read_model_info(path)
     if as_json:
@@ -230,6 +254,9 @@ def score_command(
     timepoint: int = TIMEPOINT_OPTION,
     overwrite: bool = DATASET_OVERWRITE_OPTION,
     max_failures: int = MAX_FAILURES_OPTION,
+    missing_chunks: str = typer.Option("error", "--missing-chunks", help="An image chunk the store lacks: error "
+                                       "(fails its work unit) or zeros (read as the fill value, counted and "
+                                       "flagged; for stores sparse on purpose)."),
     quiet: bool = QUIET_OPTION,
 ):
     """Score every segmented cell: the share of the model's Grad-CAM attention inside the cell.
@@ -247,7 +274,7 @@ def score_command(
         inputs, model, output, labels=labels, channels=_parse_numbers(channels, "--channels", int),
         target=target, batch_size=batch_size, device=device, workers=workers, threads=threads,
         scheduler=scheduler, convention=convention, methods=method, overwrite=overwrite, timepoint=timepoint,
-        progress=_show_progress(), max_failures=max_failures,
+        progress=_show_progress(), max_failures=max_failures, missing_chunks=missing_chunks,
     )
     _report_run(summary, max_failures, holds="scores",
                 wrote=f"{summary.rows} rows for {summary.cells} cells of {summary.images} images")
@@ -260,9 +287,18 @@ def _report_run(summary, max_failures, *, holds, wrote):
                    f"of {summary.images} images")
         return
     typer.echo(f"wrote {wrote} to {summary.output} ({summary.units_resumed} of {summary.units} work units resumed, "
-               f"{summary.seconds:.1f} s)")
+               f"{summary.seconds:.1f} s){_read_as_zeros(summary.missing_chunks)}")
     if summary.failures:
         _report_failures(summary, max_failures)
+
+
+def _read_as_zeros(missing):
+    """What the summary line says of image chunks read as the fill value (``--missing-chunks zeros``)."""
+    if not missing:
+        return ""
+    from gradcamo.results.datasets import describe_missing_chunks
+
+    return f"; {describe_missing_chunks(missing)}"
 
 
 def _report_failures(summary, max_failures):

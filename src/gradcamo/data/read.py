@@ -13,6 +13,7 @@ import numpy as np
 import zarr
 import zarr.errors
 
+from gradcamo.data.chunks import check_mode, strict_array
 from gradcamo.data.remote import open_store, read_errors
 from gradcamo.errors import InputError, UnreadableError, describe
 
@@ -165,8 +166,13 @@ def _choose_labels(store, group, where, label_name):
     return _check_inner_path(store, label_name)
 
 
-def open_image(ref, label_name=None):
+def open_image(ref, label_name=None, *, missing_chunks="error"):
     """Open one image's level-0 array and its label image, checking they fit together.
+
+    Reading a chunk that the image array's store does not hold raises
+    :class:`gradcamo.data.chunks.MissingChunkError`, or with ``missing_chunks="zeros"`` gives
+    the fill value (counted: :func:`gradcamo.data.chunks.chunks_read_as_fill`); absent label
+    chunks are background.
 
     Raises
     ------
@@ -175,6 +181,7 @@ def open_image(ref, label_name=None):
         spatial shape mismatch, non-integer labels, a boolean image.
     """
     where = ref.name
+    check_mode(missing_chunks)
     with _readable(where):
         group = _open_group(ref.store, ref.path, "image group")
         axes, image = _level0(ref.store, group, where)
@@ -195,4 +202,6 @@ def open_image(ref, label_name=None):
             f"{where}: image spatial shape {spatial} != labels/{label_name} shape "
             f"{dict(zip(label_axes, labels.shape))}"
         )
+    store_name = pathlib.PurePosixPath(ref.store.rstrip("/")).name
+    image = strict_array(image, f"{store_name}/{image.path}", missing_chunks)
     return ImageSource(ref, axes, image, label_axes, labels, label_name)

@@ -9,6 +9,7 @@ import time
 
 from distributed import Client, LocalCluster, as_completed
 
+from gradcamo.data.chunks import check_mode
 from gradcamo.errors import GradcamoError, InputError, Interrupted
 from gradcamo.model_file import read_model_info
 from gradcamo.cam import CONVENTIONS, check_choice, check_methods
@@ -58,6 +59,8 @@ class RunSummary:
     stage_seconds: dict = dataclasses.field(default_factory=dict)
     failures: tuple = ()
     stopped_early: bool = False
+    missing_chunks: dict = dataclasses.field(default_factory=dict)
+    """Image name -> image chunks read as the fill value (``--missing-chunks zeros``), this run's and the kept parts'."""
 
 
 def _check_whole(value, argument, *, minimum=1, allow_none=True):
@@ -81,7 +84,8 @@ def check_run_options(*, inputs, batch_size, workers, threads, unit_max_bytes, t
     check_device(device)
 
 
-def plan_run(inputs, crop_shape, *, labels, channels, timepoint, block_shape, unit_max_bytes):
+def plan_run(inputs, crop_shape, *, labels, channels, timepoint, block_shape, unit_max_bytes,
+             missing_chunks="error"):
     """Plan every image of ``inputs`` for crops of ``crop_shape`` (C, [D,] H, W).
 
     Returns
@@ -95,7 +99,7 @@ def plan_run(inputs, crop_shape, *, labels, channels, timepoint, block_shape, un
     images = plan_inputs(
         [str(i) for i in inputs], tuple(crop_shape), label_name=labels,
         channels=None if channels is None else tuple(channels), timepoint=timepoint, block_shape=block_shape,
-        unit_max_bytes=unit_max_bytes,
+        unit_max_bytes=unit_max_bytes, missing_chunks=missing_chunks,
     )
     parameters = {
         "labels": labels, "channels": None if channels is None else list(channels),
@@ -184,7 +188,7 @@ def score(
     inputs, model, output, *, labels=None, channels=None, target="predicted", batch_size=64,
     device="auto", workers=None, threads=None, scheduler=None, convention="raw", methods=("gradcam",),
     overwrite=False, timepoint=0, block_shape=None, progress=False, unit_max_bytes=UNIT_MAX_BYTES,
-    max_failures=DEFAULT_MAX_FAILURES,
+    max_failures=DEFAULT_MAX_FAILURES, missing_chunks="error",
 ):
     """Score every cell of the given OME-Zarr images; write Grad-CAMO rows to ``output``.
 
@@ -224,6 +228,10 @@ def score(
         Show cells, cells/s and ETA on stderr.
     max_failures : int
         Failed work units tolerated: one more stops the run early (cancelling the rest).
+    missing_chunks : {"error", "zeros"}
+        An image chunk the store lacks fails its unit, or is read as the fill value: then
+        counted per image (``RunSummary.missing_chunks``, ``_gradcamo.json``) and its unit's
+        rows flagged (``missing_chunks``). Not a parameter: a re-run may change it.
 
     Returns
     -------
@@ -241,11 +249,13 @@ def score(
     check_run_options(inputs=inputs, batch_size=batch_size, workers=workers, threads=threads,
                       unit_max_bytes=unit_max_bytes, timepoint=timepoint, max_failures=max_failures, device=device)
     check_choice("convention", convention, CONVENTIONS)
+    check_mode(missing_chunks)
     methods = check_methods(methods)
     info = read_model_info(model)
     targets = parse_targets(target, list(info.class_names))
     images, parameters = plan_run(inputs, info.input_shape, labels=labels, channels=channels, timepoint=timepoint,
-                                  block_shape=block_shape, unit_max_bytes=unit_max_bytes)
+                                  block_shape=block_shape, unit_max_bytes=unit_max_bytes,
+                                  missing_chunks=missing_chunks)
     provenance = {"model_sha256": info.sha256, "target_layer": info.target_layer, "convention": convention}
     spec = ScoreSpec(
         model_path=str(os.path.abspath(model)), model_sha256=info.sha256, crop_shape=tuple(info.input_shape),
@@ -304,6 +314,7 @@ def run_units(unit, spec, images, output, parameters, *, record, overwrite, sche
         counts = {"images": len(images), "units": sum(len(i.blocks) or 1 for i in images), "cells": 0, "rows": 0}
         providers, stages = set(), dict.fromkeys(STAGES, 0.0)
         failures = FailureLog(max_failures)
+        missing = {image: set(chunks) for image, chunks in dataset.missing_chunks().items()}
         for image in images:
             if not image.blocks:  # a plate field that could not be opened
                 failures.record(UnitFailure.unopened(image))
@@ -326,6 +337,8 @@ def run_units(unit, spec, images, output, parameters, *, record, overwrite, sche
                     for stage, seconds in result.seconds.items():
                         stages[stage] += seconds
                     finished_images[block.ref] += 1
+                    if result.missing_chunks:
+                        missing.setdefault(block.ref.name, set()).update(result.missing_chunks)
                     estimate = counts["cells"] / len(finished_images) * len(todo) if finished_images else None
                     bar.update(task, advance=result.cells, total=max(estimate or 0, counts["cells"]) or None)
 
@@ -344,12 +357,15 @@ def run_units(unit, spec, images, output, parameters, *, record, overwrite, sche
             client.close()
             if cluster is not None:
                 cluster.close()
+        missing = {image: sorted(chunks) for image, chunks in sorted(missing.items())}
+        if missing:
+            dataset.record(missing_chunks=missing)
         dataset.finish(counts, failures=failures.to_json(), stopped_early=failures.exceeded)
     summary = RunSummary(
         output=str(output), images=len(images), units=counts["units"],
         units_resumed=len(done), cells=counts["cells"], rows=counts["rows"], seconds=time.time() - started,
         providers=tuple(counts["providers"]), stage_seconds=with_stages,
-        failures=tuple(failures.failures), stopped_early=failures.exceeded,
+        failures=tuple(failures.failures), stopped_early=failures.exceeded, missing_chunks=missing,
     )
     LOGGER.info(
         "%s %d cells (%d rows) in %.1f s on %s", verb, summary.cells, summary.rows, summary.seconds,

@@ -65,20 +65,21 @@ def _unit_prefix(ref):
 
 
 def plan_image(ref, crop_shape, *, label_name=None, channels=None, timepoint=0, block_shape=None,
-               unit_max_bytes=UNIT_MAX_BYTES):
+               unit_max_bytes=UNIT_MAX_BYTES, missing_chunks="error"):
     """Open, check and split one image into work units.
 
     ``crop_shape`` is the model's crop ``(C, [D,] H, W)``: the image must offer C channels
     (after ``channels``) and its spatial dimensions. The whole image is one unit when its
     chosen channels and labels fit ``unit_max_bytes`` and no ``block_shape`` is given; else
-    chunk-aligned blocks (:func:`block_grid`).
+    chunk-aligned blocks (:func:`block_grid`). ``missing_chunks`` is what reading a chunk the
+    image's store lacks does (:func:`gradcamo.data.read.open_image`).
 
     Raises
     ------
     InputError
         As :func:`gradcamo.scorer.regions.plan_layout`, or a crop larger than the image.
     """
-    source = open_image(ref, label_name)
+    source = open_image(ref, label_name, missing_chunks=missing_chunks)
     layout = plan_layout(
         source, spatial_dims=len(crop_shape) - 1, n_channels=crop_shape[0], channels=channels, timepoint=timepoint,
     )

@@ -27,7 +27,7 @@ class Layout:
     timepoint: int
 
 
-def _index(axes, spatial_axes, region, *, channels=None, timepoint=0):
+def region_index(axes, spatial_axes, region, *, channels=None, timepoint=0):
     """numpy index in the array's own axis order, and the order of the result's axes."""
     index, kept = [], []
     for axis in axes:
@@ -100,7 +100,7 @@ def read_region(array, axes, spatial_axes, region, *, channels=None, timepoint=0
 
     With a :class:`ChunkCache`, the chunks come from (and go to) the cache.
     """
-    index, kept = _index(axes, spatial_axes, region, channels=channels, timepoint=timepoint)
+    index, kept = region_index(axes, spatial_axes, region, channels=channels, timepoint=timepoint)
     data = cache.read(array, index) if cache is not None else np.asarray(array[index])
     order = (["c"] if channels is not None else []) + list(spatial_axes)
     data = np.transpose(data, [kept.index(a) for a in order])
