@@ -113,6 +113,16 @@ def test_zeros_reads_it_as_the_fill_value_counted_and_flagged(incomplete, model_
     assert main(["summary", str(output)]) == 0
     assert "1 missing image chunk read as zeros" in " ".join(capsys.readouterr().err.split())
 
+    # cams reads the image recorded under missing_chunks as it was scored (its score check holds) ...
+    assert main(["cams", str(output), "-o", str(tmp_path / "cams"), "--where", "missing_chunks", "--limit", "2",
+                 "-q"]) == 0
+    # ... and any other image strictly
+    for chunk in (incomplete / "A/1/0/s0/c/0").glob("*/*"):
+        chunk.unlink()
+    assert main(["cams", str(output), "-o", str(tmp_path / "cams-a01"), "--where",
+                 "Metadata_Image = 'plate.zarr/A/1/0'", "--limit", "1", "-q"]) == 2
+    assert "plate.zarr/A/1/0/s0 chunk c/0/" in capsys.readouterr().err
+
 
 def _rows_of_field(store, model, output):
     assert main(_argv(store, model, output)) == 0
@@ -193,3 +203,9 @@ def test_sharded_arrays_a_missing_shard_is_missing_an_empty_inner_chunk_is_not(t
     with pytest.raises(MissingChunkError, match="^img.zarr/s0 chunk c/2/1/0 is missing"):
         source.image[2, 30:32, 5:7]
     assert (source.image[:2] == image[:2]).all()
+
+
+def test_an_unknown_mode_is_one_line_exit_2_and_writes_nothing(plate, model_2d, tmp_path, capsys):
+    assert main(_argv(plate, model_2d, tmp_path / "scores", "--missing-chunks", "maybe")) == 2
+    assert capsys.readouterr().err == "error: --missing-chunks: expected one of error, zeros, got 'maybe'\n"
+    assert not (tmp_path / "scores").exists()
