@@ -23,6 +23,8 @@ class Dropper:
         self._lock = threading.Lock()
         self.remaining = count
         self.dropped = []
+        self.requested = []
+        """Every request whose path matches ``pattern``, dropped or not."""
         self.pattern = pattern
 
     def arm(self, count):
@@ -32,6 +34,8 @@ class Dropper:
     def take(self, path):
         """True (and one fewer left) when the request for ``path`` is to be dropped."""
         with self._lock:
+            if self.pattern.search(path.split("?")[0]):
+                self.requested.append(path)
             if self.remaining > 0 and self.pattern.search(path.split("?")[0]):
                 self.remaining -= 1
                 self.dropped.append(path)

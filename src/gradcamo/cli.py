@@ -157,7 +157,8 @@ def _store_table(path, described):
     return table
 
 
-def _describe_store(path):
+def _describe_store(path, check=False):
+    from gradcamo.data.chunks import find_missing_chunks
     from gradcamo.data.read import discover_images, label_names, open_image
 
     described = []
@@ -171,23 +172,46 @@ def _describe_store(path):
             "labels": ", ".join(names), "label_dtype": str(source.labels.dtype),
             "channels": list(source.channel_labels),
         })
+        if check:  # HTTP servers cannot be listed: ask for each chunk
+            missing = find_missing_chunks(source.image, listable=not path.startswith(("http://", "https://")))
+            described[-1]["missing_chunks"] = [f"{source.image.store.array_name}/{key}" for key in missing]
     return described
+
+
+def _report_check(described):
+    """``inspect --check``: one line per missing image chunk and exit code 3, or one line saying all are there."""
+    missing = [(image["image"], chunk) for image in described for chunk in image["missing_chunks"]]
+    for _, chunk in missing:
+        typer.echo(f"missing: {chunk}", err=True)
+    if not missing:
+        typer.echo(f"checked: no image chunk is missing in {len(described)} image{'s' * (len(described) != 1)}",
+                   err=True)
+        return
+    images = len({image for image, _ in missing})
+    typer.echo(f"error: {len(missing)} image chunk{'s' * (len(missing) != 1)} missing in {images} "
+               f"image{'s' * (images != 1)}; copy the store again (score fails their work units), or score "
+               "with --missing-chunks zeros if it is sparse on purpose", err=True)
+    raise typer.Exit(3)
 
 
 @app.command("inspect")
 def inspect_command(
     path: str = typer.Argument(..., help="A gradcamo model file (.onnx) or an OME-Zarr image or plate."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    check: bool = typer.Option(False, "--check", help="Store: list every image chunk that is missing (exit code 3 "
+                               "if any), to verify a copy before scoring."),
 ):
     """Show what a model file holds (contract, crop shape, classes, validation) or what images a store holds."""
     from gradcamo.model_file import read_model_info
 
     if _is_store(path):
-        described = _describe_store(path)
+        described = _describe_store(path, check)
         if as_json:
             typer.echo(json.dumps(described, indent=2))
         else:
             Console().print(_store_table(path, described))
+        if check:
+            _report_check(described)
         return
     info = read_model_info(path)
     if as_json:
@@ -244,6 +268,9 @@ def score_command(
                                                 "the crop of cell k (e.g. Nuclei); the score's mask stays the cell's."),
     features: bool = typer.Option(False, "--features", help="Also write the target layer's activations averaged "
                                   "over space (feature_0..), from the same pass."),
+    missing_chunks: str = typer.Option("error", "--missing-chunks", help="An image chunk the store lacks: error "
+                                       "(fails its work unit) or zeros (read as the fill value, counted and "
+                                       "flagged; for stores sparse on purpose)."),
     quiet: bool = QUIET_OPTION,
 ):
     """Score every segmented cell: the share of the model's Grad-CAM attention inside the cell.
@@ -262,7 +289,7 @@ def score_command(
         target=target, batch_size=batch_size, device=device, workers=workers, threads=threads,
         scheduler=scheduler, convention=convention, methods=method, overwrite=overwrite, timepoint=timepoint,
         progress=_show_progress(), max_failures=max_failures, site_base=site_base, centre_labels=center_labels,
-        features=features,
+        features=features, missing_chunks=missing_chunks,
     )
     skipped = ("" if summary.cells_without_centre is None else
                f", {summary.cells_without_centre} cells without a {center_labels} object skipped")
@@ -280,9 +307,18 @@ def _report_run(summary, max_failures, *, holds, wrote, note=""):
                    f"of {summary.images} images{note}")
         return
     typer.echo(f"wrote {wrote} to {summary.output} ({summary.units_resumed} of {summary.units} work units resumed, "
-               f"{summary.seconds:.1f} s){note}")
+               f"{summary.seconds:.1f} s){_read_as_zeros(summary.missing_chunks)}{note}")
     if summary.failures:
         _report_failures(summary, max_failures)
+
+
+def _read_as_zeros(missing):
+    """What the summary line says of image chunks read as the fill value (``--missing-chunks zeros``)."""
+    if not missing:
+        return ""
+    from gradcamo.results.datasets import describe_missing_chunks
+
+    return f"; {describe_missing_chunks(missing)}"
 
 
 def _report_failures(summary, max_failures):

@@ -4,6 +4,7 @@ server that drops connections for a while, unreachable servers and missing objec
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -197,3 +198,48 @@ def test_a_damaged_chunk_object_on_s3_fails_its_unit_only(s3_configured, plate, 
     assert err.startswith("failed: plate.zarr/A/2/0 (whole image): RuntimeError: Zstd decompression error")
     assert "(unreadable chunk: plate.zarr/A/2/0/s0/c/1/0/1)" in err.splitlines()[0]
     _assert_rows(tmp_path / "scores", local_rows[local_rows.Metadata_Well != "A02"])
+
+
+GONE = "A/2/0/s0/c/1/0/1"
+MISSING = ("failed: plate.zarr/A/2/0 (whole image): MissingChunkError: plate.zarr/A/2/0/s0 chunk c/1/0/1 is missing; "
+           "the store is incomplete (copy it again), or pass --missing-chunks zeros if it is sparse on purpose")
+
+
+def _ours(err):
+    """gradcamo's lines on stderr (not the test server's tracebacks of connections the client reset)."""
+    return [line for line in err.splitlines() if line.startswith(("failed: ", "missing: ", "error: "))]
+
+
+def test_an_image_chunk_the_server_answers_404_for_fails_its_unit_without_retries(plate, model_2d, local_rows,
+                                                                                 tmp_path, capsys):
+    """The same as a chunk file not copied: the unit fails, named; the 404 is asked once by the unit and
+    once by the search for the unit's bad chunks, never retried; ``inspect --check`` (a HEAD per chunk:
+    HTTP cannot be listed) lists it."""
+    copy = shutil.copytree(plate, tmp_path / "www" / "plate.zarr")
+    (copy / GONE).unlink()
+    watch = Dropper(0, pattern=re.compile(f"/plate.zarr/{GONE}$"))
+    with http_server(copy.parent, dropper=watch) as url:
+        code = main(["score", f"{url}/plate.zarr", "-m", str(model_2d), "-o", str(tmp_path / "scores"),
+                     "--target", "all", "-q"])
+        assert code == 3 and _ours(capsys.readouterr().err)[0] == MISSING
+        assert len(watch.requested) == 2
+        _assert_rows(tmp_path / "scores", local_rows[local_rows.Metadata_Well != "A02"])
+        code, out, err = _inspect(capsys, f"{url}/plate.zarr")
+        assert code == 0 and "missing_chunks" not in out
+        assert main(["inspect", f"{url}/plate.zarr", "--check"]) == 3
+    assert _ours(capsys.readouterr().err)[0] == f"missing: plate.zarr/{GONE}"
+
+
+def test_an_image_chunk_missing_from_s3_fails_its_unit_and_check_lists_it(s3_configured, plate, model_2d,
+                                                                          local_rows, tmp_path, capsys):
+    """S3 answers NoSuchKey: the unit fails, named; ``inspect --check`` lists the bucket once per image."""
+    upload(s3_configured, plate, "holes", "plate.zarr")
+    s3_filesystem(s3_configured).rm(f"holes/plate.zarr/{GONE}")
+    assert main(["score", "s3://holes/plate.zarr", "-m", str(model_2d), "-o", str(tmp_path / "scores"),
+                 "--target", "all", "-q"]) == 3
+    assert _ours(capsys.readouterr().err)[0] == MISSING
+    _assert_rows(tmp_path / "scores", local_rows[local_rows.Metadata_Well != "A02"])
+    assert main(["inspect", "s3://holes/plate.zarr", "--check"]) == 3
+    assert _ours(capsys.readouterr().err) == [f"missing: plate.zarr/{GONE}", "error: 1 image chunk missing in 1 image; "
+                                              "copy the store again (score fails their work units), or score with "
+                                              "--missing-chunks zeros if it is sparse on purpose"]

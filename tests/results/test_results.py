@@ -56,6 +56,7 @@ def random_rows(rng, n, *, plate, well, image):
         "enrichment": np.where(cam_empty, np.nan, rng.uniform(0, 3, n)),
         "rank_accuracy": np.where(cam_empty, np.nan, rng.random(n)),
         "pointing_hit": [None if e else bool(h) for e, h in zip(cam_empty, rng.random(n) < 0.5)],
+        "missing_chunks": np.zeros(n, bool),
     }
     arrays = [pa.array(columns[f.name], f.type) for f in SCHEMA if f.name in columns]
     for name, value in [("model_sha256", "ab" * 32), ("target_layer", "layer4"), ("convention", "raw")]:

@@ -34,6 +34,7 @@ def rows(n, first_object=1):
         "cam_empty": np.zeros(n, bool), "edge_padded": np.zeros(n, bool), "pad_fraction": np.zeros(n),
         "method": ["gradcam"] * n, "mask_fraction": np.full(n, 0.25), "enrichment": np.full(n, 2.0),
         "rank_accuracy": generator.random(n), "pointing_hit": [True, None, False][:1] * n,
+        "missing_chunks": np.zeros(n, bool),
     }
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import zarr
 import zarr.errors
 
+from gradcamo.data.chunks import check_mode, strict_array
 from gradcamo.data.remote import open_store, read_errors
 from gradcamo.errors import InputError, UnreadableError, describe
 
@@ -255,12 +256,15 @@ def _check_labels(where, name, axes, image, label_axes, labels):
         )
 
 
-def open_image(ref, label_name=None, centre_name=None):
+def open_image(ref, label_name=None, centre_name=None, *, missing_chunks="error"):
     """Open one image's level-0 array and its label image, checking they fit together.
 
     The source's ``ref`` carries the site recorded by ``gradcamo import``, where there is one.
     With ``centre_name``, also the label image whose objects centre the crops (matched to
-    the scored objects by id).
+    the scored objects by id). Reading a chunk that the image array's store does not hold raises
+    :class:`gradcamo.data.chunks.MissingChunkError`, or with ``missing_chunks="zeros"`` gives
+    the fill value (counted: :func:`gradcamo.data.chunks.chunks_read_as_fill`); absent label
+    chunks are background.
 
     Raises
     ------
@@ -269,6 +273,7 @@ def open_image(ref, label_name=None, centre_name=None):
         spatial shape mismatch, non-integer labels, a boolean image.
     """
     where = ref.name
+    check_mode(missing_chunks)
     centres = None
     with _readable(where):
         group = _open_group(ref.store, ref.path, "image group")
@@ -291,4 +296,6 @@ def open_image(ref, label_name=None, centre_name=None):
         if centre_axes != label_axes:
             raise InputError(f"{where}: labels/{centre_name} has axes {centre_axes}, labels/{label_name} "
                              f"{label_axes}; the label images must share their axes")
+    store_name = pathlib.PurePosixPath(ref.store.rstrip("/")).name
+    image = strict_array(image, f"{store_name}/{image.path}", missing_chunks)
     return ImageSource(ref, axes, image, label_axes, labels, label_name, labels_of_channels, centres, centre_name)

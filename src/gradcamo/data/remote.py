@@ -4,7 +4,8 @@ zarr reads a URL through fsspec; s3fs retries its own transient errors, fsspec's
 filesystem does not. :class:`RetryingStore` retries every read of a remote store that fails
 with a connection error, a timeout or an HTTP 5xx/429 answer, a few times with growing
 pauses, so a server that drops connections for a while costs time, not the run. A missing
-object is not retried (zarr reads it as an absent chunk, or the group as not found).
+object (a 404, an S3 NoSuchKey) is not retried: zarr's store answers it with nothing, which is
+a missing image chunk (:mod:`gradcamo.data.chunks`), background for labels, or a group not found.
 
 Credentials, endpoints and anonymous access come from fsspec's configuration (environment
 variables such as ``FSSPEC_S3_ENDPOINT_URL`` or ``FSSPEC_S3='{"anon": true}'``, or files in

@@ -88,6 +88,9 @@ def _check_dataset(path):
     missing = incompleteness(content)
     if missing:
         LOGGER.warning("%s: incomplete: %s", path, missing)
+    zeros = describe_missing_chunks(content.get("missing_chunks"))
+    if zeros:
+        LOGGER.warning("%s: %s", path, zeros)
 
 
 def incompleteness(manifest):
@@ -114,6 +117,30 @@ def incompleteness(manifest):
     return (f"{len(failures)} of {manifest['counts'].get('units', '?')} work units failed (first: {first.get('image')} "
             f"({first.get('block')}): {first.get('cause')}); their cells are missing; run the same "
             "`gradcamo score` command again to retry them")
+
+
+def describe_missing_chunks(missing):
+    """One sentence on the image chunks a dataset's rows were read with as the fill value.
+
+    Parameters
+    ----------
+    missing : dict
+        ``_gradcamo.json``'s ``missing_chunks``: image name -> chunk locations.
+
+    Returns
+    -------
+    str or None
+        ``"3 missing image chunks read as zeros (--missing-chunks zeros) in 1 image (plate.zarr/A/2/0: 3); the
+        rows read with them have missing_chunks = true"``; None when there were none.
+    """
+    if not missing:
+        return None
+    count = sum(len(chunks) for chunks in missing.values())
+    shown = ", ".join(f"{image}: {len(chunks)}" for image, chunks in list(missing.items())[:3])
+    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+    images = f"{len(missing)} image{'s' if len(missing) > 1 else ''}"
+    return (f"{count} missing image chunk{'s' if count > 1 else ''} read as zeros (--missing-chunks zeros) in "
+            f"{images} ({shown}{more}); the rows read with them have missing_chunks = true")
 
 
 def _unique_names(resolved):

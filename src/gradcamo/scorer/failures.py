@@ -11,6 +11,7 @@ import dataclasses
 import itertools
 import logging
 
+from gradcamo.data.chunks import MissingChunkError
 from gradcamo.data.remote import read_errors
 from gradcamo.errors import describe, first_line
 
@@ -32,10 +33,11 @@ def describe_block(block):
 
 
 def _chunk_positions(array, axes, block):
-    """Grid positions of the chunks of ``array`` that ``block`` covers (every chunk along non-spatial axes)."""
+    """Grid positions of the stored chunks (shards when sharded) of ``array`` that ``block`` covers
+    (every chunk along non-spatial axes)."""
     spatial = block.layout.spatial_axes
     ranges = []
-    for axis, size, chunk in zip(axes, array.shape, array.chunks):
+    for axis, size, chunk in zip(axes, array.shape, array.shards or array.chunks):
         if axis in spatial:
             start, stop = block.start[spatial.index(axis)], block.stop[spatial.index(axis)]
             ranges.append(range(start // chunk, (stop - 1) // chunk + 1))
@@ -45,7 +47,8 @@ def _chunk_positions(array, axes, block):
 
 
 def damaged_chunks(block):
-    """Where the image and label chunks of ``block`` that cannot be read or decoded are stored.
+    """Where the image and label chunks of ``block`` that are missing (image chunks only) or cannot be
+    read or decoded are stored.
 
     Reads the block's chunks one by one (only after its unit failed, to name the culprit).
 
@@ -58,9 +61,10 @@ def damaged_chunks(block):
     store = source.ref.name.split("/")[0]
     found = []
     for array, axes in ((source.image, block.layout.image_axes), (source.labels, block.layout.label_axes)):
+        stored = array.shards or array.chunks
         for position in _chunk_positions(array, axes, block):
             try:
-                array.blocks[position]  # read and decode this chunk alone
+                array[tuple(slice(p * c, (p + 1) * c) for p, c in zip(position, stored))]  # this chunk alone
             except Exception:  # whatever reading it raises marks it: the unit's own error is reported as is
                 found.append(f"{store}/{array.path}/{array.metadata.encode_chunk_key(position)}")
     return found
@@ -88,9 +92,14 @@ class UnitFailure:
         # a store that cannot be reached would mark every chunk: look for damaged ones only otherwise
         chunks = [] if isinstance(error, read_errors()) else damaged_chunks(block)
         cause = describe(error)
+        if isinstance(error, MissingChunkError):  # it names its own chunk: list the others
+            chunks = [chunk for chunk in chunks if chunk != error.location]
+            what = "also missing or unreadable"
+        else:
+            what = f"unreadable chunk{'s' if len(chunks) > 1 else ''}"
         if chunks:
             more = f" and {len(chunks) - SHOWN_CHUNKS} more" if len(chunks) > SHOWN_CHUNKS else ""
-            cause += f" (unreadable chunk{'s' if len(chunks) > 1 else ''}: {', '.join(chunks[:SHOWN_CHUNKS])}{more})"
+            cause += f" ({what}: {', '.join(chunks[:SHOWN_CHUNKS])}{more})"
         return cls(block.unit_id, block.ref.name, f"{stage}, {where}" if stage else where, cause)
 
     def __str__(self):

@@ -9,6 +9,7 @@ import time
 
 from distributed import Client, LocalCluster, as_completed
 
+from gradcamo.data.chunks import check_mode
 from gradcamo.errors import GradcamoError, InputError, Interrupted
 from gradcamo.model_file import read_model_info
 from gradcamo.cam import CONVENTIONS, check_choice, check_methods
@@ -63,6 +64,8 @@ class RunSummary:
     """How the image channels were matched to the model's (for the last line of ``score``)."""
     cells_without_centre: object = None
     """With centre labels: cells left out for want of a centre object (None without)."""
+    missing_chunks: dict = dataclasses.field(default_factory=dict)
+    """Image name -> image chunks read as the fill value (``--missing-chunks zeros``), this run's and the kept parts'."""
 
 
 def _check_whole(value, argument, *, minimum=1, allow_none=True):
@@ -87,11 +90,11 @@ def check_run_options(*, inputs, batch_size, workers, threads, unit_max_bytes, t
 
 
 def plan_run(inputs, crop_shape, *, labels, channels, timepoint, block_shape, unit_max_bytes, site_base=0,
-             channel_names=(), centre_labels=None):
+             channel_names=(), centre_labels=None, missing_chunks="error"):
     """Plan every image of ``inputs`` for crops of ``crop_shape`` (C, [D,] H, W); ``channel_names``
     are the model's (matched to the stores' channel labels), ``site_base`` that of plate fields'
     indices where no site was recorded by ``gradcamo import``; ``centre_labels`` names the label
-    image whose objects centre the crops.
+    image whose objects centre the crops; ``missing_chunks`` is what reading an absent image chunk does.
 
     Returns
     -------
@@ -107,7 +110,7 @@ def plan_run(inputs, crop_shape, *, labels, channels, timepoint, block_shape, un
         [str(i) for i in inputs], tuple(crop_shape), label_name=labels,
         channels=parse_channels(channels), timepoint=timepoint, block_shape=block_shape,
         unit_max_bytes=unit_max_bytes, site_base=site_base, model_channel_names=tuple(channel_names),
-        centre_labels=centre_labels,
+        centre_labels=centre_labels, missing_chunks=missing_chunks,
     )
     mapping = describe_choices(
         ((image.blocks[0].layout, image.blocks[0].source.channel_labels) for image in images if image.blocks),
@@ -203,7 +206,7 @@ def score(
     inputs, model, output, *, labels=None, channels=None, target="predicted", batch_size=64,
     device="auto", workers=None, threads=None, scheduler=None, convention="raw", methods=("gradcam",),
     overwrite=False, timepoint=0, block_shape=None, progress=False, unit_max_bytes=UNIT_MAX_BYTES,
-    max_failures=DEFAULT_MAX_FAILURES, site_base=0, centre_labels=None, features=False,
+    max_failures=DEFAULT_MAX_FAILURES, site_base=0, centre_labels=None, features=False, missing_chunks="error",
 ):
     """Score every cell of the given OME-Zarr images; write Grad-CAMO rows to ``output``.
 
@@ -253,6 +256,10 @@ def score(
         cell's); cells without a centre object are left out and counted.
     features : bool
         Also write the target layer's activations averaged over space (``feature_0..``).
+    missing_chunks : {"error", "zeros"}
+        An image chunk the store lacks fails its unit, or is read as the fill value: then
+        counted per image (``RunSummary.missing_chunks``, ``_gradcamo.json``) and its unit's
+        rows flagged (``missing_chunks``). Not a parameter: a re-run may change it.
 
     Returns
     -------
@@ -270,6 +277,7 @@ def score(
     check_run_options(inputs=inputs, batch_size=batch_size, workers=workers, threads=threads,
                       unit_max_bytes=unit_max_bytes, timepoint=timepoint, max_failures=max_failures, device=device)
     check_choice("convention", convention, CONVENTIONS)
+    check_mode(missing_chunks)
     methods = check_methods(methods)
     info = read_model_info(model)
     targets = parse_targets(target, list(info.class_names))
@@ -279,7 +287,7 @@ def score(
     images, parameters = plan_run(
         inputs, info.input_shape, labels=labels, channels=channels, timepoint=timepoint, block_shape=block_shape,
         unit_max_bytes=unit_max_bytes, site_base=site_base, channel_names=info.channel_names,
-        centre_labels=centre_labels,
+        centre_labels=centre_labels, missing_chunks=missing_chunks,
     )
     provenance = {"model_sha256": info.sha256, "target_layer": info.target_layer, "convention": convention}
     spec = ScoreSpec(
@@ -345,6 +353,7 @@ def run_units(unit, spec, images, output, parameters, *, record, overwrite, sche
             counts["cells_without_centre"] = 0
         providers, stages = set(), dict.fromkeys(STAGES, 0.0)
         failures = FailureLog(max_failures)
+        missing = {image: set(chunks) for image, chunks in dataset.missing_chunks().items()}
         for image in images:
             if not image.blocks:  # a plate field that could not be opened
                 failures.record(UnitFailure.unopened(image))
@@ -369,6 +378,8 @@ def run_units(unit, spec, images, output, parameters, *, record, overwrite, sche
                     for stage, seconds in result.seconds.items():
                         stages[stage] += seconds
                     finished_images[block.ref] += 1
+                    if result.missing_chunks:
+                        missing.setdefault(block.ref.name, set()).update(result.missing_chunks)
                     estimate = counts["cells"] / len(finished_images) * len(todo) if finished_images else None
                     bar.update(task, advance=result.cells, total=max(estimate or 0, counts["cells"]) or None)
 
@@ -387,12 +398,15 @@ def run_units(unit, spec, images, output, parameters, *, record, overwrite, sche
             client.close()
             if cluster is not None:
                 cluster.close()
+        missing = {image: sorted(chunks) for image, chunks in sorted(missing.items())}
+        if missing:
+            dataset.record(missing_chunks=missing)
         dataset.finish(counts, failures=failures.to_json(), stopped_early=failures.exceeded)
     summary = RunSummary(
         output=str(output), images=len(images), units=counts["units"],
         units_resumed=len(done), cells=counts["cells"], rows=counts["rows"], seconds=time.time() - started,
         providers=tuple(counts["providers"]), stage_seconds=with_stages,
-        failures=tuple(failures.failures), stopped_early=failures.exceeded,
+        failures=tuple(failures.failures), stopped_early=failures.exceeded, missing_chunks=missing,
         cells_without_centre=counts.get("cells_without_centre"),
     )
     LOGGER.info(

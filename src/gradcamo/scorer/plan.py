@@ -65,7 +65,7 @@ def _unit_prefix(ref):
 
 
 def plan_image(ref, crop_shape, *, label_name=None, channels=None, timepoint=0, block_shape=None,
-               unit_max_bytes=UNIT_MAX_BYTES, model_channel_names=(), centre_labels=None):
+               unit_max_bytes=UNIT_MAX_BYTES, model_channel_names=(), centre_labels=None, missing_chunks="error"):
     """Open, check and split one image into work units.
 
     ``crop_shape`` is the model's crop ``(C, [D,] H, W)``: the image must offer C channels
@@ -75,14 +75,15 @@ def plan_image(ref, crop_shape, *, label_name=None, channels=None, timepoint=0, 
     ``unit_max_bytes`` and no ``block_shape`` is given; else chunk-aligned blocks
     (:func:`block_grid`). An image smaller than the crop is scored like any edge cell: its
     crops are padded with zeros. ``centre_labels`` names the label image whose objects centre
-    the crops.
+    the crops. ``missing_chunks`` is what reading a chunk the image's store lacks does
+    (:func:`gradcamo.data.read.open_image`).
 
     Raises
     ------
     InputError
         As :func:`gradcamo.scorer.regions.plan_layout`.
     """
-    source = open_image(ref, label_name, centre_labels)
+    source = open_image(ref, label_name, centre_labels, missing_chunks=missing_chunks)
     layout = plan_layout(
         source, spatial_dims=len(crop_shape) - 1, n_channels=crop_shape[0], channels=channels, timepoint=timepoint,
         model_channel_names=model_channel_names,

@@ -30,7 +30,7 @@ class Layout:
     """How ``channels`` were chosen: ``option``, ``name`` or ``position`` (:mod:`gradcamo.scorer.channels`)."""
 
 
-def _index(axes, spatial_axes, region, *, channels=None, timepoint=0):
+def region_index(axes, spatial_axes, region, *, channels=None, timepoint=0):
     """numpy index in the array's own axis order, and the order of the result's axes."""
     index, kept = [], []
     for axis in axes:
@@ -105,7 +105,7 @@ def read_region(array, axes, spatial_axes, region, *, channels=None, timepoint=0
 
     With a :class:`ChunkCache`, the chunks come from (and go to) the cache.
     """
-    index, kept = _index(axes, spatial_axes, region, channels=channels, timepoint=timepoint)
+    index, kept = region_index(axes, spatial_axes, region, channels=channels, timepoint=timepoint)
     data = cache.read(array, index) if cache is not None else np.asarray(array[index])
     order = (["c"] if "c" in kept else []) + list(spatial_axes)
     data = np.transpose(data, [kept.index(a) for a in order])

@@ -68,6 +68,7 @@ SCORE_SCHEMA = pa.schema(
         ("enrichment", pa.float64()),
         ("rank_accuracy", pa.float64()),
         ("pointing_hit", pa.bool_()),
+        ("missing_chunks", pa.bool_()),
         ("model_sha256", _DICTIONARY),
         ("target_layer", _DICTIONARY),
         ("convention", _DICTIONARY),
@@ -241,6 +242,8 @@ class ScoreDataset:
             "finished": None,
             "counts": None,
         }
+        if (previous or {}).get("missing_chunks"):  # the kept parts' rows were read with them
+            manifest["missing_chunks"] = previous["missing_chunks"]
         _write_json_atomically(manifest_path, manifest)
         return manifest
 
@@ -263,6 +266,10 @@ class ScoreDataset:
         final = self.directory / _part_name(unit_id)
         with atomic_path(final, temporary=self.directory / f"{TEMP_PREFIX}{final.name}") as temporary:
             pq.write_table(table, temporary, write_statistics=_statistics_columns(table.schema))
+
+    def missing_chunks(self):
+        """Image name -> image chunks its rows were read with as the fill value (``--missing-chunks zeros``)."""
+        return dict(self._manifest.get("missing_chunks") or {})
 
     def record(self, **entries):
         """Write top-level manifest entries that are not parameters (they may change on resume)."""

@@ -18,13 +18,14 @@ import time
 import numpy as np
 
 from gradcamo.cam import score_ratio, softmax
+from gradcamo.data.chunks import chunks_read_as_fill
 from gradcamo.data.read import ImageSource
 from gradcamo.errors import InputError
 from gradcamo.localisation import localisation_metrics
 from gradcamo.scorer import head
 from gradcamo.scorer.crops import CropCutter, Measurements, crop_starts, measure_objects, merge_measurements
 from gradcamo.scorer.features import feature_columns, score_schema
-from gradcamo.scorer.regions import Layout, read_region
+from gradcamo.scorer.regions import Layout, read_region, region_index
 from gradcamo.scorer.session import CUDA, scoring_session
 from gradcamo.scorer.sink import make_table
 from gradcamo.scorer.worker import session_threads, worker_state
@@ -145,6 +146,8 @@ class UnitResult:
     seconds: dict
     without_centre: int = 0
     """Cells left out for want of a centre object (``--center-labels``)."""
+    missing_chunks: tuple = ()
+    """Image chunks read as the fill value (``--missing-chunks zeros``): ``store/array/key``."""
 
 
 def _slices(start, stop):
@@ -209,6 +212,28 @@ class StageClock:
         self._clock = now
 
 
+def unit_region(block, objects, crop_spatial):
+    """The spatial region ``[start, stop)`` a unit reads: the whole image (``objects`` None), or
+    the block and the halo its objects' crops reach into."""
+    layout = block.layout
+    crop = np.asarray(crop_spatial)
+    if objects is None:
+        return np.zeros(len(crop), np.int64), np.asarray(layout.spatial_shape)
+    # Crops of objects centred in [start, stop) span [start - crop//2, stop - 1 - crop//2 + crop).
+    return (np.maximum(np.asarray(block.start) - crop // 2, 0),
+            np.minimum(np.asarray(block.stop) - 1 - crop // 2 + crop, layout.spatial_shape))
+
+
+def missing_in_unit(block, objects, crop_spatial):
+    """The image chunks a unit read as the fill value (``--missing-chunks zeros``), as
+    :func:`gradcamo.data.chunks.chunks_read_as_fill` names them."""
+    layout = block.layout
+    start, stop = unit_region(block, objects, crop_spatial)
+    index, _ = region_index(layout.image_axes, layout.spatial_axes, _slices(start, stop),
+                            channels=layout.channels, timepoint=layout.timepoint)
+    return tuple(chunks_read_as_fill(block.source.image, index))
+
+
 def read_unit(block, objects, crop_spatial, clock):
     """Read a unit's region (the whole image, or the block and its halo), measure its objects if
     needed, and set up the cutting of their crops: the read, measure and cut steps of every unit.
@@ -233,14 +258,8 @@ def read_unit(block, objects, crop_spatial, clock):
     source = block.source
     layout = block.layout
     crop = np.asarray(crop_spatial)
-    if objects is None:
-        region_start, region_stop = np.zeros(len(crop), np.int64), np.asarray(layout.spatial_shape)
-        cache = None  # one read of the whole image: every chunk once
-    else:
-        cache = worker_state().chunks
-        # Crops of objects centred in [start, stop) span [start - crop//2, stop - 1 - crop//2 + crop).
-        region_start = np.maximum(np.asarray(block.start) - crop // 2, 0)
-        region_stop = np.minimum(np.asarray(block.stop) - 1 - crop // 2 + crop, layout.spatial_shape)
+    region_start, region_stop = unit_region(block, objects, crop_spatial)
+    cache = None if objects is None else worker_state().chunks  # a whole image reads every chunk once anyway
     labels = _read_labels(source, layout, region_start, region_stop, cache)
     image = read_region(
         source.image, layout.image_axes, layout.spatial_axes, _slices(region_start, region_stop),
@@ -281,9 +300,12 @@ def score_unit(spec, block, objects=None):
     """
     state = worker_state()
     clock = StageClock()
+    given = objects
     objects, cutter = read_unit(block, objects, spec.crop_spatial, clock)
+    missing = missing_in_unit(block, given, spec.crop_spatial)
     if not len(objects):
-        return UnitResult(unit_table(spec, block, objects, None), 0, None, clock.seconds, objects.without_centre)
+        return UnitResult(unit_table(spec, block, objects, None), 0, None, clock.seconds, objects.without_centre,
+                          missing)
 
     session = state.session(scoring_session, *spec.session_arguments(session_threads(spec.threads)))
     targets = np.asarray(spec.targets, dtype=np.int64)
@@ -314,9 +336,10 @@ def score_unit(spec, block, objects=None):
               "pad": cutter.pad_fractions[pair_object[row_pair]]}
     if features:
         scored["features"] = features[0][row_pair]
-    table = unit_table(spec, block, objects, scored)
+    table = unit_table(spec, block, objects, scored, missing_chunks=bool(missing))
     clock.lap("table")
-    return UnitResult(table, len(objects), session.get_providers()[0], clock.seconds, objects.without_centre)
+    return UnitResult(table, len(objects), session.get_providers()[0], clock.seconds, objects.without_centre,
+                      missing)
 
 
 def _padded_to(feed, batch_size):
@@ -350,8 +373,10 @@ def key_columns(block, objects, index):
     }
 
 
-def unit_table(spec, block, objects, scored):
+def unit_table(spec, block, objects, scored, *, missing_chunks=False):
     """The rows of one unit as an Arrow table with the score schema (0 rows when ``scored`` is None).
+
+    ``missing_chunks`` flags every row: the unit read image chunks as the fill value.
 
     ``scored`` holds, per (object, target, method) row: ``object`` (index into ``objects``),
     ``target`` (requested class, -1 = predicted), ``logits``, ``inside``, ``total`` (the
@@ -391,9 +416,11 @@ def unit_table(spec, block, objects, scored):
         "enrichment": metrics.enrichment,
         "rank_accuracy": metrics.rank_accuracy,
         "pointing_hit": np.ma.MaskedArray(metrics.pointing_hit, mask=~metrics.pointing_known),
+        "missing_chunks": np.full(n, missing_chunks),
         **(feature_columns(scored["features"]) if spec.features else {}),
     }, provenance=spec.provenance, schema=schema)
 
 
 __all__ = ["Block", "Measurements", "Objects", "ScoreSpec", "StageClock", "UnitResult", "assign_objects",
-           "key_columns", "measure_block", "merge_blocks", "padded_for", "read_unit", "score_unit", "unit_table"]
+           "key_columns", "measure_block", "merge_blocks", "missing_in_unit", "padded_for", "read_unit",
+           "score_unit", "unit_region", "unit_table"]

@@ -15,8 +15,9 @@ import onnx
 from onnx import helper
 
 from gradcamo import contract
+from gradcamo.data.chunks import MissingChunkError
 from gradcamo.data.read import open_image
-from gradcamo.errors import InputError
+from gradcamo.errors import InputError, UnreadableError
 from gradcamo.scorer.crops import crop_starts, cut_window, measure_objects
 from gradcamo.scorer.head import CAM_INSIDE, CAM_TOTAL, MASK, append_score_head
 from gradcamo.scorer.regions import plan_layout, read_region
@@ -153,7 +154,9 @@ def iter_cams(source, rows, *, batch_size=BATCH_SIZE):
         session = cam_session(str(info.path), info.sha256, tuple(int(c) for c in crop), parameters["convention"], method)
         if name not in source.images:
             raise InputError(f"{source.directory}: image {name} is not among the recorded inputs")
-        image_source = open_image(source.images[name], parameters.get("labels"), centre_labels)
+        zeros = name in (source.manifest.get("missing_chunks") or {})  # scored with missing chunks as zeros
+        image_source = open_image(source.images[name], parameters.get("labels"), centre_labels,
+                                  missing_chunks="zeros" if zeros else "error")
         layout = plan_layout(
             image_source, spatial_dims=info.spatial_dims, n_channels=info.input_shape[0],
             channels=None if channels is None else tuple(channels), timepoint=parameters.get("timepoint", 0),
@@ -167,7 +170,10 @@ def iter_cams(source, rows, *, batch_size=BATCH_SIZE):
         starts = dict(zip(indices.tolist(), crop_starts(centres, crop)))
         for begin in range(0, len(indices), batch_size):
             chosen = indices[begin:begin + batch_size]
-            cut = [_cut(image_source, layout, starts[i], crop) for i in chosen]
+            try:
+                cut = [_cut(image_source, layout, starts[i], crop) for i in chosen]
+            except MissingChunkError as error:
+                raise UnreadableError(f"{source.directory}: {error}") from None
             crops = np.stack([c[0] for c in cut])
             ids = np.asarray(rows["Metadata_ObjectNumber"])[chosen]
             masks = np.stack([c[1] == cell for c, cell in zip(cut, ids)])
