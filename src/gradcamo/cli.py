@@ -307,7 +307,7 @@ def _report_run(summary, max_failures, *, holds, wrote, note=""):
                    f"of {summary.images} images{note}")
         return
     typer.echo(f"wrote {wrote} to {summary.output} ({summary.units_resumed} of {summary.units} work units resumed, "
-               f"{summary.seconds:.1f} s){_read_as_zeros(summary.missing_chunks)}{note}")
+               f"{summary.seconds:.1f} s){note}{_read_as_zeros(summary.missing_chunks)}")
     if summary.failures:
         _report_failures(summary, max_failures)
 

@@ -250,7 +250,7 @@ def test_channels_by_name_refusals_options_and_position(tmp_path, capsys, screen
 
     code, out, err = run(capsys, "score", three, "-m", model_2d, "-o", tmp_path / "s4", "--threads", 1)
     assert code == 0, err
-    assert out.strip().endswith("channels matched by position (the model names none)")
+    assert "; channels matched by position (the model names none)" in out
 
 
 def test_site_base_for_plates_that_record_no_site(tmp_path, capsys, named_model):
@@ -259,7 +259,7 @@ def test_site_base_for_plates_that_record_no_site(tmp_path, capsys, named_model)
     code, out, err = run(capsys, "score", store, "-m", named_model, "-o", tmp_path / "scores", "--site-base", 1,
                          "--threads", 1)
     assert code == 0, err
-    assert out.strip().endswith("channels matched by position (the store names none)")
+    assert "; channels matched by position (the store names none)" in out
     assert set(rows(tmp_path / "scores").Metadata_Site) == {1, 2}
     manifest = json.loads((tmp_path / "scores" / "_gradcamo.json").read_text())
     assert manifest["parameters"]["site_base"] == 1
