@@ -231,6 +231,8 @@ def score_command(
     overwrite: bool = DATASET_OVERWRITE_OPTION,
     max_failures: int = MAX_FAILURES_OPTION,
     quiet: bool = QUIET_OPTION,
+    gpus: Optional[str] = typer.Option(None, "--gpus", help="all, or GPU numbers such as 0,1,3: one local worker "
+                                       "process per GPU (default: all visible GPUs; CUDA_VISIBLE_DEVICES applies)."),
 ):
     """Score every segmented cell: the share of the model's Grad-CAM attention inside the cell.
 
@@ -247,7 +249,7 @@ def score_command(
         inputs, model, output, labels=labels, channels=_parse_numbers(channels, "--channels", int),
         target=target, batch_size=batch_size, device=device, workers=workers, threads=threads,
         scheduler=scheduler, convention=convention, methods=method, overwrite=overwrite, timepoint=timepoint,
-        progress=_show_progress(), max_failures=max_failures,
+        progress=_show_progress(), max_failures=max_failures, gpus=gpus,
     )
     _report_run(summary, max_failures, holds="scores",
                 wrote=f"{summary.rows} rows for {summary.cells} cells of {summary.images} images")

@@ -24,6 +24,7 @@ from gradcamo.localisation import localisation_metrics
 from gradcamo.scorer import head
 from gradcamo.scorer.crops import CropCutter, Measurements, crop_starts, measure_objects
 from gradcamo.scorer.regions import Layout, read_region
+from gradcamo.scorer.resources import describe_worker, worker_device_id
 from gradcamo.scorer.session import CUDA, scoring_session
 from gradcamo.scorer.sink import make_table
 from gradcamo.scorer.worker import session_threads, worker_state
@@ -53,11 +54,12 @@ class ScoreSpec:
     def crop_spatial(self):
         return tuple(self.crop_shape[1:])
 
-    def session_arguments(self, threads):
+    def session_arguments(self, threads, device_id=None):
         """Arguments of :func:`gradcamo.scorer.session.scoring_session` (and the worker's cache key),
-        with ``threads`` onnxruntime threads (:func:`gradcamo.scorer.worker.session_threads`)."""
+        with ``threads`` onnxruntime threads (:func:`gradcamo.scorer.worker.session_threads`) on CUDA
+        device ``device_id`` (:func:`gradcamo.scorer.resources.worker_device_id`)."""
         return (self.model_path, self.model_sha256, self.crop_spatial, self.convention, self.device, threads,
-                self.methods)
+                self.methods, device_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,12 +103,14 @@ class Objects:
 
 @dataclasses.dataclass(frozen=True)
 class UnitResult:
-    """What a scored unit sends back: its finished rows, the provider used and seconds per stage."""
+    """What a scored unit sends back: its finished rows, the provider used and seconds per stage;
+    ``worker`` describes the worker that ran it (:func:`gradcamo.scorer.resources.describe_worker`)."""
 
     table: object
     cells: int
     provider: object
     seconds: dict
+    worker: object = None
 
 
 def _slices(start, stop):
@@ -222,7 +226,8 @@ def score_unit(spec, block, objects=None):
     if not len(objects):
         return UnitResult(unit_table(spec, block, objects, None), 0, None, clock.seconds)
 
-    session = state.session(scoring_session, *spec.session_arguments(session_threads(spec.threads)))
+    threads = session_threads(spec.threads)
+    session = state.session(scoring_session, *spec.session_arguments(threads, worker_device_id()))
     targets = np.asarray(spec.targets, dtype=np.int64)
     pair_object = np.repeat(np.arange(len(objects)), len(targets))
     pair_target = np.tile(targets, len(objects))
@@ -248,7 +253,8 @@ def score_unit(spec, block, objects=None):
               "pad": cutter.pad_fractions[pair_object[row_pair]]}
     table = unit_table(spec, block, objects, scored)
     clock.lap("table")
-    return UnitResult(table, len(objects), session.get_providers()[0], clock.seconds)
+    provider = session.get_providers()[0]
+    return UnitResult(table, len(objects), provider, clock.seconds, describe_worker(provider, threads))
 
 
 def _padded_to(feed, batch_size):
