@@ -235,9 +235,8 @@ def score_unit(spec, block, objects=None):
     outputs = []
     for begin in range(0, len(pair_object), spec.batch_size):
         chosen = pair_object[begin:begin + spec.batch_size]
-        crops, masks = cutter.cut(chosen, objects.ids[chosen])
-        feed = {"image": crops, "target": pair_target[begin:begin + spec.batch_size],
-                head.MASK: masks.astype(np.float32)}
+        crops, masks = cutter.cut(chosen, objects.ids[chosen], mask_dtype=np.float32)
+        feed = {"image": crops, "target": pair_target[begin:begin + spec.batch_size], head.MASK: masks}
         feed = padded_for(session, feed, spec.batch_size)
         clock.lap("cut")
         with state.batch_slot(session):
