@@ -68,7 +68,7 @@ def write_plate(path, cells, scratch):
     distinct = min(DISTINCT_FIELDS, math.ceil(cells / (FIELD // SPACING) ** 2))
     plates.write_grid_plate(template, wells=1, fields_per_well=distinct, field_shape=(FIELD, FIELD),
                             spacing=SPACING, chunks=(CHUNK, CHUNK))
-    per_field = [_field_cells(template / "A" / "1" / str(i)) for i in range(distinct)]
+    per_field = [plates.count_cells(template / "A" / "1" / str(i)) for i in range(distinct)]
     fields, total = 0, 0
     while total < cells:
         total += per_field[fields % distinct]
@@ -94,13 +94,6 @@ def write_plate(path, cells, scratch):
         list(pool.map(lambda pair: shutil.copytree(*pair), copies))
     shutil.rmtree(template)
     return total, fields
-
-
-def _field_cells(field):
-    from gradcamo.data.read import discover_images, open_image
-
-    labels = open_image(discover_images(str(field))[0]).labels[...]
-    return int(np.count_nonzero(np.bincount(labels.ravel())[1:]))
 
 
 def export_model(name, path):

@@ -5,6 +5,7 @@ would say), the run is real: two worker processes, each bound to its device numb
 sessions fall back to the CPU (``device="auto"`` without a driver).
 """
 
+import io
 import json
 
 import duckdb
@@ -15,7 +16,10 @@ from gradcamo.data.synthetic import make_cells
 from gradcamo.data.write import write_plate
 from gradcamo.scorer import resources
 from gradcamo.scorer.pipeline import score
+from gradcamo.scorer.progress import RunProgress
 from gradcamo.scorer.session import gpu_present
+from rich.console import Console
+from rich.progress import Progress
 from tests.reference import assert_matches, reference_rows
 from tests.tiny_models import CROP_2D
 
@@ -58,3 +62,16 @@ def test_gpus_with_cpu_device_or_a_scheduler_is_refused(tmp_path, plate, model_2
     for extra in (["--device", "cpu"], ["--scheduler", "tcp://127.0.0.1:1"], ["--workers", "2"]):
         code = main(["score", str(plate[0]), "-m", str(model_2d), "-o", str(tmp_path / "s"), "--gpus", "0", *extra])
         assert code == 2 and f"--gpus: not with {extra[0]}" in capsys.readouterr().err
+
+
+def test_progress_has_a_line_per_device_with_several_gpus():
+    with Progress(console=Console(file=io.StringIO())) as bar:
+        shown = RunProgress(bar, "scored", ["cuda:0", "cuda:1"])
+        for cells, device in ((100, "cuda:0"), (50, "cuda:1"), (30, "cuda:0")):
+            shown.advance(cells, 400, device)
+        assert [(t.description.strip(), t.completed) for t in bar.tasks] == [
+            ("scored", 180), ("cuda:0", 130), ("cuda:1", 50)]
+        assert bar.tasks[0].total == 400
+    with Progress(console=Console(file=io.StringIO())) as bar:
+        RunProgress(bar, "scored", ["cuda:0"]).advance(10, None, "cuda:0")
+        assert [t.completed for t in bar.tasks] == [10]  # one device: the run's line only
