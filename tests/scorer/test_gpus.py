@@ -10,6 +10,7 @@ import json
 
 import duckdb
 import numpy as np
+import onnxruntime
 import pytest
 from gradcamo.cli import main
 from gradcamo.data.synthetic import make_cells
@@ -17,7 +18,7 @@ from gradcamo.data.write import write_plate
 from gradcamo.scorer import resources
 from gradcamo.scorer.pipeline import score
 from gradcamo.scorer.progress import RunProgress
-from gradcamo.scorer.session import gpu_present
+from gradcamo.scorer.session import CUDA, gpu_present
 from rich.console import Console
 from rich.progress import Progress
 from tests.reference import assert_matches, reference_rows
@@ -34,6 +35,8 @@ def plate(tmp_path):
 
 
 @pytest.mark.skipif(gpu_present(), reason="the sessions would take the real GPUs")
+@pytest.mark.skipif(CUDA not in onnxruntime.get_available_providers(),
+                    reason="several GPUs are used by default only with onnxruntime-gpu")
 def test_every_visible_gpu_gets_its_own_worker_process(tmp_path, plate, model_2d, monkeypatch):
     store, fields = plate
     monkeypatch.setattr(resources, "list_gpus", lambda environ=None: TWO_GPUS)

@@ -319,8 +319,9 @@ def choose_gpu_workers(request, *, device, scheduler, workers, cpus):
     """The local GPU workers of a run: one per GPU, or None for the usual local cluster.
 
     ``request`` is ``--gpus`` (``all`` or ``0,1,3``). Without it: every visible GPU when there
-    are several, the device is ``auto`` or ``cuda`` and neither ``--scheduler`` nor
-    ``--workers`` is given (one GPU: the in-process worker, on device 0, starts faster).
+    are several, onnxruntime has the CUDA provider, the device is ``auto`` or ``cuda`` and
+    neither ``--scheduler`` nor ``--workers`` is given (one GPU: the in-process worker, on
+    device 0, starts faster).
 
     Raises
     ------
@@ -328,7 +329,11 @@ def choose_gpu_workers(request, *, device, scheduler, workers, cpus):
         ``--gpus`` with ``--device cpu``, ``--scheduler`` or ``--workers``; as :func:`select_gpus`.
     """
     if request is None:
-        if scheduler or workers or device == "cpu":
+        import onnxruntime
+
+        from gradcamo.scorer.session import CUDA
+
+        if scheduler or workers or device == "cpu" or CUDA not in onnxruntime.get_available_providers():
             return None
         visible = list_gpus()
         return gpu_workers(visible, cpus) if len(visible) > 1 else None
