@@ -4,8 +4,6 @@ import pathlib
 import re
 import sys
 
-import pytest
-
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "cluster.md"
 
 
@@ -14,7 +12,6 @@ def _blocks(text, language):
 
 
 def test_the_slurm_job_script_shown_is_what_dask_jobqueue_generates():
-    pytest.importorskip("dask_jobqueue")
     text = DOC.read_text()
     (recipe,) = [block for block in _blocks(text, "python") if "SLURMCluster(" in block]
     shown = _blocks(text.split("<!-- slurm-job-script -->", 1)[1], "bash")[0]

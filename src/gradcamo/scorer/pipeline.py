@@ -37,9 +37,10 @@ class RunSummary:
 
     ``stage_seconds`` sums, over all units, the seconds workers spent reading, measuring,
     cutting, inferring and building tables; with task threads overlapping, their sum can
-    exceed the wall time. ``write`` is the client's writer thread's seconds writing parts. ``failures`` lists the units that failed (their rows are missing;
-    re-running the same call retries them); ``stopped_early`` is true when more than
-    ``max_failures`` failed and the run stopped.
+    exceed the wall time. ``write`` is the client's writer thread's seconds writing parts.
+    ``failures`` lists the units that failed (their rows are missing; re-running the same
+    call retries them); ``stopped_early`` is true when more than ``max_failures`` failed and
+    the run stopped.
     """
 
     output: str
