@@ -122,7 +122,7 @@ class GpuSampler:
         tool = shutil.which("nvidia-smi")
         if tool:
             self._process = subprocess.Popen(
-                [tool, "--query-gpu=index,utilization.gpu", "--format=csv,noheader,nounits", f"-lms={SAMPLE_MS}"],
+                [tool, "--query-gpu=index,utilization.gpu", "--format=csv,noheader,nounits", f"--loop-ms={SAMPLE_MS}"],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             threading.Thread(target=self._read, daemon=True).start()
         return self
