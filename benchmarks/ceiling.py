@@ -23,7 +23,6 @@ stages' costs add up.
 """
 
 import argparse
-import json
 import pathlib
 import sys
 import tempfile
@@ -174,10 +173,8 @@ def main(argv=None):
         options = {key: value for key, value in (("workers", args.workers), ("threads", args.threads)) if value}
         record = measure(plate, model_path, cells, scratch, batch_size=args.batch_size, crop=crop, device=args.device,
                          **options)
-    print(json.dumps(record, indent=2))
+    endtoend.emit_record(record, args.output)
     print_stage_costs(record)
-    if args.output:
-        args.output.write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 

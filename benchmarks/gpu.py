@@ -250,11 +250,8 @@ def main(argv=None):
     parser.add_argument("--output", type=pathlib.Path, default=None, help="write the record as JSON here too")
     args = parser.parse_args(argv)
     args.batch_size = args.batch_size or (512 if args.device == "cuda" else 64)
-    record = run(args)
-    print(json.dumps(record, indent=2))
+    record = endtoend.emit_record(run(args), args.output)
     print_summary(record)
-    if args.output:
-        args.output.write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
