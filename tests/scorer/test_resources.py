@@ -71,7 +71,9 @@ def test_under_taskset_one_cpu_the_scorer_runs_one_thread(tmp_path, model_2d):
     code = ("import sys; from gradcamo.scorer.pipeline import score; "
             f"score([{str(store)!r}], {str(model_2d)!r}, {str(output)!r}, device='cpu')")
     environment = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK")}
-    subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], check=True, env=environment, timeout=300)
+    first_cpu = str(min(os.sched_getaffinity(0)))  # `taskset -c 0` where CPU 0 is ours
+    subprocess.run(["taskset", "-c", first_cpu, sys.executable, "-c", code], check=True, env=environment,
+                   timeout=300)
     manifest = json.loads((output / "_gradcamo.json").read_text())
     assert manifest["resources"]["usable_cpus"] == 1 and manifest["resources"]["cpu_limits"]["affinity"] == 1
     (worker,) = manifest["workers"]
