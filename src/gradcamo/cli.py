@@ -200,7 +200,8 @@ LABELS_OPTION = typer.Option(None, "--labels", help="Label image under labels/ (
 BATCH_SIZE_OPTION = typer.Option(64, "--batch-size", help="Crops per onnxruntime call.")
 DEVICE_OPTION = typer.Option("auto", "--device", help="auto (CUDA when a GPU is usable), cpu or cuda.")
 WORKERS_OPTION = typer.Option(None, "--workers", help="Local Dask worker processes (default 1).")
-THREADS_OPTION = typer.Option(None, "--threads", help="onnxruntime threads per worker (default: cores / workers).")
+THREADS_OPTION = typer.Option(None, "--threads",
+                              help="onnxruntime threads per worker (default: usable CPUs / workers).")
 SCHEDULER_OPTION = typer.Option(None, "--scheduler", help="Address of a running dask.distributed scheduler, "
                                 "e.g. tcp://10.0.0.5:8786.")
 TIMEPOINT_OPTION = typer.Option(0, "--timepoint", help="Index on the t axis, if the images have one.")

@@ -24,7 +24,8 @@ from rich.progress import Progress
 from tests.reference import assert_matches, reference_rows
 from tests.tiny_models import CROP_2D
 
-TWO_GPUS = [resources.Gpu(0, "NVIDIA H100 80GB HBM3", "GPU-aaaa"), resources.Gpu(1, "NVIDIA H100 80GB HBM3", "GPU-bbbb")]
+TWO_GPUS = [resources.Gpu(0, "NVIDIA H100 80GB HBM3", "GPU-aaaa"),
+            resources.Gpu(1, "NVIDIA H100 80GB HBM3", "GPU-bbbb")]
 
 
 @pytest.fixture

@@ -344,6 +344,8 @@ def choose_gpu_workers(request, *, device, scheduler, workers, cpus):
     return gpu_workers(select_gpus(request, list_gpus()), cpus)
 
 
-__all__ = ["DEVICE_ID_ENV", "CpuAllocation", "Gpu", "GpuWorker", "cgroup_cpu_limit", "choose_gpu_workers",
-           "describe_worker", "gpu_workers", "list_gpus", "parse_gpu_list", "process_cpus", "select_gpus", "task_threads",
-           "usable_cpus", "visible_gpus", "worker_device_id"]
+__all__ = [
+    "DEVICE_ID_ENV", "CpuAllocation", "Gpu", "GpuWorker", "cgroup_cpu_limit", "choose_gpu_workers", "describe_worker",
+    "gpu_workers", "list_gpus", "parse_gpu_list", "process_cpus", "select_gpus", "task_threads", "usable_cpus",
+    "visible_gpus", "worker_device_id",
+]
