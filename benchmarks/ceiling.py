@@ -9,6 +9,12 @@ what the scorer itself costs. Its bounds, measured in the same run on the same p
 ``read`` (every field's image and labels read once as whole arrays with zarr-python).
 Prints cells/s and the ratio end to end / min(bare ORT, read) (goal >= 0.5).
 
+Also the steady-state rate (first to last part file, so start-up is left out) against the
+shared-core bound ``1 / (1/ORT + 1/read)`` (on a CPU-only machine inference and reading share
+the cores, so their costs add up; goal >= 0.8) and against bare ORT, and the stage costs per
+1000 cells (printed as a table; ``--plate`` reuses a plate written before, e.g. to compare two
+source trees on the same plate).
+
 Also what the gap is made of: the scorer once more with one task thread (``serial``), so its
 stages do not overlap or compete; ``serial_ms_per_1000_cells`` is each stage's cost and
 ``additive_bound`` the cells/s if every stage ran, one after the other, at that cost. Where
@@ -17,7 +23,6 @@ stages' costs add up.
 """
 
 import argparse
-import json
 import pathlib
 import sys
 import tempfile
@@ -26,6 +31,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import endtoend  # noqa: E402
 import plates  # noqa: E402
 
 from gradcamo.scorer.crops import cut_object_crops  # noqa: E402
@@ -87,7 +93,7 @@ def measure(plate, model_path, cells, scratch, *, batch_size=64, repeats=2, crop
     first = open_image(discover_images(str(plate))[0])
     crops = cut_object_crops(first.image[...], first.labels[...], crop[1:])[1]
     fields = None
-    read_times, e2e_times = [], []
+    read_times, e2e_times, steady = [], [], []
     for repeat in range(repeats):
         started = time.perf_counter()
         fields = plates.read_whole_arrays(plate)
@@ -96,18 +102,34 @@ def measure(plate, model_path, cells, scratch, *, batch_size=64, repeats=2, crop
         started = time.perf_counter()
         summary = score([str(plate)], str(model_path), output, batch_size=batch_size, **options)
         e2e_times.append(time.perf_counter() - started)
+        steady.append(endtoend.steady_cells_per_s(output, options.get("workers") or 1))
         if summary.cells != cells:
             raise RuntimeError(f"scored {summary.cells} cells, the plate has {cells}")
     rates = {
         "end_to_end": cells / min(e2e_times),
+        "steady": max(steady),
         "ort_graph": bare_ort_rate(model_path, crops, batch_size, device=options.get("device", "cpu")),
         "read": cells / min(read_times),
     }
+    shared = 1 / (1 / rates["ort_graph"] + 1 / rates["read"])
     serial = serial_stages(plate, model_path, scratch, batch_size=batch_size, **options)
     return {"cells": cells, "fields": fields, "crop": list(crop), "batch_size": batch_size, "options": options,
             "cells_per_s": rates, "ceiling_ratio": rates["end_to_end"] / min(rates["ort_graph"], rates["read"]),
+            "shared_core_bound": shared, "steady_vs_shared_core_bound": rates["steady"] / shared,
+            "steady_vs_bare_ort": rates["steady"] / rates["ort_graph"],
             "stages": getattr(summary, "stage_seconds", None),
             "serial_ms_per_1000_cells": serial, "additive_bound": 1e6 / sum(serial.values())}
+
+
+def print_stage_costs(record):
+    """The stage costs per 1000 cells (one task thread) and the steady-state ratios, as a table."""
+    serial = record["serial_ms_per_1000_cells"]
+    print("ms per 1000 cells: " + ", ".join(f"{stage} {ms:.1f}" for stage, ms in serial.items()))
+    rates = record["cells_per_s"]
+    print(f"steady {rates['steady']:,.0f} cells/s; bare ORT {rates['ort_graph']:,.0f}; read {rates['read']:,.0f}; "
+          f"shared-core bound {record['shared_core_bound']:,.0f}; steady / bound "
+          f"{record['steady_vs_shared_core_bound']:.2f} (goal 0.8); steady / bare ORT "
+          f"{record['steady_vs_bare_ort']:.2f}", flush=True)
 
 
 def main(argv=None):
@@ -128,6 +150,9 @@ def main(argv=None):
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--output", type=pathlib.Path, default=None, help="write the record as JSON here too")
+    parser.add_argument("--plate", type=pathlib.Path, default=None, help="score this plate (written by an earlier "
+                        "run with --keep-plate) instead of writing one")
+    parser.add_argument("--keep-plate", type=pathlib.Path, default=None, help="write the plate here and keep it")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="gradcamo-ceiling-", dir=args.scratch) as scratch:
         scratch = pathlib.Path(scratch)
@@ -135,19 +160,21 @@ def main(argv=None):
         field, chunk = args.field or (512 if args.three_d else 1080), args.chunk or (256 if args.three_d else 540)
         depth = (args.depth,) if args.three_d else ()
         model_path = args.model or export_tiny(scratch / "tiny.onnx", crop)
-        plate = scratch / "plate.zarr"
+        plate = args.plate or args.keep_plate or scratch / "plate.zarr"
         started = time.perf_counter()
-        cells = plates.write_grid_plate(plate, wells=args.wells, fields_per_well=args.fields_per_well,
-                                        field_shape=(*depth, field, field),
-                                        spacing=args.spacing or (16 if args.three_d else 38),
-                                        chunks=(*depth, chunk, chunk))
+        if args.plate:
+            cells = plates.count_cells(plate)
+        else:
+            cells = plates.write_grid_plate(plate, wells=args.wells, fields_per_well=args.fields_per_well,
+                                            field_shape=(*depth, field, field),
+                                            spacing=args.spacing or (16 if args.three_d else 38),
+                                            chunks=(*depth, chunk, chunk))
         print(f"plate: {cells} cells in {time.perf_counter() - started:.0f} s", flush=True)
         options = {key: value for key, value in (("workers", args.workers), ("threads", args.threads)) if value}
         record = measure(plate, model_path, cells, scratch, batch_size=args.batch_size, crop=crop, device=args.device,
                          **options)
-    print(json.dumps(record, indent=2))
-    if args.output:
-        args.output.write_text(json.dumps(record, indent=2) + "\n")
+    endtoend.emit_record(record, args.output)
+    print_stage_costs(record)
     return record
 
 

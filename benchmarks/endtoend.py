@@ -85,6 +85,15 @@ def steady_cells_per_s(output, workers):
     return rows / (parts[-1][0] - parts[workers - 1][0])
 
 
+def emit_record(record, output=None):
+    """Print a benchmark's record as JSON, and write it to ``output`` too when given."""
+    text = json.dumps(record, indent=2)
+    print(text)
+    if output:
+        pathlib.Path(output).write_text(text + "\n")
+    return record
+
+
 def _child(plate, model, output, options):
     """In a subprocess: score once, then print cells, seconds and the peak RSS of this process."""
     options = json.loads(options)

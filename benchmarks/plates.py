@@ -80,4 +80,12 @@ def read_whole_arrays(plate):
     return len(refs)
 
 
-__all__ = ["grid_cells", "read_whole_arrays", "write_grid_plate"]
+def count_cells(plate):
+    """The number of objects (distinct non-zero label ids per field) of a plate."""
+    from gradcamo.data.read import discover_images, open_image
+
+    return sum(int(np.count_nonzero(np.bincount(open_image(ref).labels[...].ravel())[1:]))
+               for ref in discover_images(str(plate)))
+
+
+__all__ = ["count_cells", "grid_cells", "read_whole_arrays", "write_grid_plate"]

@@ -231,7 +231,8 @@ LABELS_OPTION = typer.Option(None, "--labels", help="Label image under labels/ (
 BATCH_SIZE_OPTION = typer.Option(64, "--batch-size", help="Crops per onnxruntime call.")
 DEVICE_OPTION = typer.Option("auto", "--device", help="auto (CUDA when a GPU is usable), cpu or cuda.")
 WORKERS_OPTION = typer.Option(None, "--workers", help="Local Dask worker processes (default 1).")
-THREADS_OPTION = typer.Option(None, "--threads", help="onnxruntime threads per worker (default: cores / workers).")
+THREADS_OPTION = typer.Option(None, "--threads",
+                              help="onnxruntime threads per worker (default: usable CPUs / workers).")
 SCHEDULER_OPTION = typer.Option(None, "--scheduler", help="Address of a running dask.distributed scheduler, "
                                 "e.g. tcp://10.0.0.5:8786.")
 TIMEPOINT_OPTION = typer.Option(0, "--timepoint", help="Index on the t axis, if the images have one.")
@@ -272,6 +273,8 @@ def score_command(
                                        "(fails its work unit) or zeros (read as the fill value, counted and "
                                        "flagged; for stores sparse on purpose)."),
     quiet: bool = QUIET_OPTION,
+    gpus: Optional[str] = typer.Option(None, "--gpus", help="all, or GPU numbers such as 0,1,3: one local worker "
+                                       "process per GPU (default: all visible GPUs; CUDA_VISIBLE_DEVICES applies)."),
 ):
     """Score every segmented cell: the share of the model's Grad-CAM attention inside the cell.
 
@@ -289,7 +292,7 @@ def score_command(
         target=target, batch_size=batch_size, device=device, workers=workers, threads=threads,
         scheduler=scheduler, convention=convention, methods=method, overwrite=overwrite, timepoint=timepoint,
         progress=_show_progress(), max_failures=max_failures, site_base=site_base, centre_labels=center_labels,
-        features=features, missing_chunks=missing_chunks,
+        features=features, missing_chunks=missing_chunks, gpus=gpus,
     )
     skipped = ("" if summary.cells_without_centre is None else
                f", {summary.cells_without_centre} cells without a {center_labels} object skipped")

@@ -8,7 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gradcamo.data.synthetic import make_cells
-from gradcamo.scorer.crops import crop_starts, cut_object_crops, cut_window, measure_objects, merge_measurements
+from gradcamo.scorer.crops import (
+    CropCutter, crop_starts, cut_object_crops, cut_window, measure_objects, merge_measurements,
+)
 
 
 def naive_centroids(labels):
@@ -80,3 +82,28 @@ def test_object_crops_are_cut_around_each_rounded_centroid_with_zero_padding():
     assert crops.dtype == np.float32 and len(ids) == labels.max()
     empty = cut_object_crops(image, np.zeros_like(labels), (12, 10))
     assert empty[1].shape == (0, 2, 12, 10) and empty[2].shape == (0, 12, 10)
+
+
+def test_runs_that_would_wrap_from_one_row_to_the_next_are_split():
+    labels = np.zeros((3, 4), np.uint16)
+    labels[0, 2:] = 7  # ends row 0 ...
+    labels[1, :3] = 7  # ... and starts row 1: one run in the flat array, two rows
+    labels[2, 3] = 2
+    measured = measure_objects(labels)
+    assert list(measured.ids) == [2, 7] and list(measured.voxels) == [1, 5]
+    np.testing.assert_array_equal(measured.coordinate_sums, [[2, 3], [0 + 0 + 1 + 1 + 1, 2 + 3 + 0 + 1 + 2]])
+
+
+def test_cutter_writes_float_masks_equal_to_the_bool_ones():
+    image, labels = make_cells((30, 34), 5, n_channels=2, radius=4, seed=5)
+    objects = measure_objects(labels)
+    cutter = CropCutter(image, labels, crop_starts(objects.centroids, (12, 10)), (12, 10))
+    chosen = np.array([3, 0, 0, 4])
+    crops, masks = cutter.cut(chosen, objects.ids[chosen])
+    same_crops, float_masks = cutter.cut(chosen, objects.ids[chosen], mask_dtype=np.float32)
+    assert float_masks.dtype == np.float32 and masks.dtype == bool and crops.dtype == np.float32
+    np.testing.assert_array_equal(float_masks, masks.astype(np.float32))
+    np.testing.assert_array_equal(crops, same_crops)
+    _, expected_crops, expected_masks = cut_object_crops(image, labels, (12, 10))
+    np.testing.assert_array_equal(crops, expected_crops[chosen])
+    np.testing.assert_array_equal(masks, expected_masks[chosen])

@@ -61,7 +61,7 @@ def test_whole_image_and_blocked_units_give_the_same_rows(tmp_path, model_2d, bl
     expected = read_scores(tmp_path / "reference").to_pandas().sort_values(key).reset_index(drop=True)
     frame = read_scores(tmp_path / "scores").to_pandas().sort_values(key).reset_index(drop=True)
     assert frame.equals(expected)
-    assert set(summary.stage_seconds) == {"read", "measure", "cut", "wait", "infer", "table"}
+    assert set(summary.stage_seconds) == {"read", "measure", "cut", "wait", "infer", "table", "write"}
 
 
 def test_a_batch_padded_to_one_shape_gives_each_sample_its_own_outputs(model_2d):

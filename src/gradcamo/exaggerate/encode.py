@@ -23,6 +23,7 @@ from gradcamo.exaggerate.autoencoder import open_decoder, open_encoder, read_aut
 from gradcamo.scorer.failures import DEFAULT_MAX_FAILURES
 from gradcamo.scorer.pipeline import check_run_options, plan_run, run_units
 from gradcamo.scorer.plan import UNIT_MAX_BYTES
+from gradcamo.scorer.resources import describe_worker
 from gradcamo.scorer.sink import KEY_FIELDS, make_table
 from gradcamo.scorer.units import StageClock, UnitResult, key_columns, padded_for, read_unit
 from gradcamo.scorer.worker import session_threads, worker_state
@@ -116,7 +117,8 @@ def encode_unit(spec, block, objects=None):
     encoded = {"codes": np.concatenate(codes), "mse": np.concatenate(errors), "pad": cutter.pad_fractions}
     table = latent_table(spec, block, objects, encoded)
     clock.lap("table")
-    return UnitResult(table, len(objects), encoder.get_providers()[0], clock.seconds)
+    provider = encoder.get_providers()[0]
+    return UnitResult(table, len(objects), provider, clock.seconds, worker=describe_worker(provider, threads))
 
 
 def latent_table(spec, block, objects, encoded):

@@ -43,31 +43,53 @@ def measure_objects(labels, offset=None):
 
     Notes
     -----
-    Only foreground voxels are visited. Coordinates are whole numbers, so their float64
-    sums are exact whatever the order: the same sums as over every voxel.
+    Works on runs, not voxels: a run is a stretch of equal ids along the last axis (cells are
+    blobs, so a field has about ten times fewer runs than foreground voxels). A run of length
+    ``n`` starting at ``(..., x0)`` adds ``n`` voxels, ``n * c`` to each other axis's
+    coordinate sum and ``n * x0 + n * (n - 1) / 2`` to the last one's. Coordinates are whole
+    numbers, so their float64 sums are exact whatever the order: the same sums as over every
+    voxel; the block's ``offset`` is added to the sums at the end.
     """
     labels = np.asarray(labels)
     ndim = labels.ndim
     offset = np.zeros(ndim, dtype=np.int64) if offset is None else np.asarray(offset, dtype=np.int64)
     flat = labels.reshape(-1)
-    where = np.flatnonzero(flat)
-    values = flat[where]
+    starts, values, lengths = _runs(flat, labels.shape[-1] if ndim else 1)
     if not len(values):
         return Measurements(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, ndim)))
     if values.min() > 0 and values.max() < DENSE_IDS_PER_VOXEL * flat.size:
         # Ids few enough to count in place: O(n) instead of sorting (same sums, same order).
         bins = values.astype(np.intp, copy=False)
-        counts = np.bincount(bins)
-        ids = rows = np.flatnonzero(counts)
+        ids = rows = np.flatnonzero(np.bincount(bins))
+        size = int(ids[-1]) + 1
     else:
-        ids, bins, counts = np.unique(values, return_inverse=True, return_counts=True)
-        rows = np.arange(len(ids))
-    sums = np.empty((len(rows), ndim))
-    coordinates = np.unravel_index(where, labels.shape)
+        ids, bins = np.unique(values, return_inverse=True)
+        rows, size = slice(None), len(ids)
+    voxels = np.bincount(bins, weights=lengths, minlength=size)[rows]
+    sums = np.empty((len(ids), ndim))
+    coordinates = np.unravel_index(starts, labels.shape)
     for axis in range(ndim):
-        weights = (coordinates[axis] + offset[axis]).astype(np.float64)
-        sums[:, axis] = np.bincount(bins, weights=weights, minlength=len(counts))[rows]
-    return Measurements(ids.astype(np.int64), counts[rows].astype(np.int64), sums)
+        weights = lengths * coordinates[axis]
+        if axis == ndim - 1:
+            weights += lengths * (lengths - 1) // 2
+        sums[:, axis] = np.bincount(bins, weights=weights, minlength=size)[rows]
+    return Measurements(ids.astype(np.int64), voxels.astype(np.int64), sums + voxels[:, None] * offset)
+
+
+def _runs(flat, width):
+    """Runs of equal non-zero values of ``flat`` that do not cross a row of ``width``:
+    their first flat indices, values and lengths (int64)."""
+    if not flat.size:
+        return np.zeros(0, np.int64), flat[:0], np.zeros(0, np.int64)
+    change = np.empty(flat.size, bool)
+    change[0] = True
+    np.not_equal(flat[1:], flat[:-1], out=change[1:])
+    change[::width] = True
+    starts = np.flatnonzero(change)
+    lengths = np.diff(starts, append=flat.size)
+    values = flat[starts]
+    foreground = values != 0
+    return starts[foreground], values[foreground], lengths[foreground]
 
 
 def merge_measurements(parts, ndim):
@@ -165,16 +187,17 @@ class CropCutter:
             image = np.pad(image, [(0, 0)] + widths)
             labels = np.pad(labels, widths)
         spatial_axes = tuple(range(1, ndim + 1))
-        self._image_windows = np.lib.stride_tricks.sliding_window_view(image, tuple(crop), axis=spatial_axes)
+        # (*S', C, *crop): one object's crop is one item of the gather, already in (C, *crop) order
+        self._image_windows = np.moveaxis(
+            np.lib.stride_tricks.sliding_window_view(image, tuple(crop), axis=spatial_axes), 0, ndim)
         self._label_windows = np.lib.stride_tricks.sliding_window_view(labels, tuple(crop))
         self._starts = starts + low
         self._crop = tuple(int(c) for c in crop)
-        self._channels = image.shape[0]
         inside = np.clip(np.minimum(starts + crop, extent) - np.maximum(starts, 0), 0, None).prod(axis=1)
         self.pad_fractions = 1.0 - inside / float(np.prod(crop))
         """(n,) float64: share of each crop's voxels outside the region."""
 
-    def cut(self, objects, ids):
+    def cut(self, objects, ids, mask_dtype=bool):
         """Crops and masks of the objects at positions ``objects`` (into ``starts``).
 
         Parameters
@@ -182,17 +205,20 @@ class CropCutter:
         objects : (m,) int ndarray
         ids : (m,) int ndarray
             The label id each mask is taken for.
+        mask_dtype : numpy dtype
+            Of the masks: bool, or e.g. float32 (1.0 inside) written directly, without a
+            bool mask in between.
 
         Returns
         -------
         crops : (m, C, *crop_shape) float32 ndarray
-        masks : (m, *crop_shape) bool ndarray
+        masks : (m, *crop_shape) ndarray of ``mask_dtype``
         """
         where = tuple(self._starts[objects].T)
-        crops = np.empty((len(objects), self._channels, *self._crop), np.float32)
-        crops[...] = np.moveaxis(self._image_windows[(slice(None),) + where], 0, 1)
+        crops = self._image_windows[where].astype(np.float32, copy=False)
         ids = np.asarray(ids).reshape((-1,) + (1,) * len(self._crop))
-        masks = self._label_windows[where] == ids
+        masks = np.empty((len(objects), *self._crop), mask_dtype)
+        np.equal(self._label_windows[where], ids, out=masks, casting="unsafe")
         return crops, masks
 
 

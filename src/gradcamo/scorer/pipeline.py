@@ -16,7 +16,8 @@ from gradcamo.cam import CONVENTIONS, check_choice, check_methods
 from gradcamo.scorer.channels import channel_note, describe_choices, parse_channels
 from gradcamo.scorer.failures import DEFAULT_MAX_FAILURES, FailureLog, UnitFailure
 from gradcamo.scorer.plan import UNIT_MAX_BYTES, parse_targets, plan_inputs
-from gradcamo.scorer.progress import cell_progress
+from gradcamo.scorer.progress import RunProgress, cell_progress
+from gradcamo.scorer.resources import DEVICE_ID_ENV, choose_gpu_workers, task_threads, usable_cpus
 from gradcamo.scorer.session import check_device
 from gradcamo.scorer.sink import SCORE_SCHEMA, ScoreDataset, part_files
 from gradcamo.scorer.features import feature_count, score_schema
@@ -25,12 +26,6 @@ from gradcamo.scorer.worker import PLUGIN_NAME, ScorerPlugin
 from gradcamo.signals import children_ignore_sigint
 
 LOGGER = logging.getLogger(__name__)
-TASK_THREADS_PER_LOCAL_WORKER = min(4, max(2, (os.cpu_count() or 1) // 4))
-"""Tasks a local worker runs at once, so that reading, decompressing and cutting overlap inference
-(on CPU each task infers with its share of the cores, :func:`gradcamo.scorer.worker.session_threads`;
-on CUDA they take turns at the GPU). 2 on up to 11 cores, 4 from 16 (TinyCNN2d on a 16-core
-machine, measured when tasks took turns at one session: 1 thread 6.4k cells/s, 2 threads 9.1k,
-4 threads 10.9k)."""
 LOCAL_ALLOWED_FAILURES = 1
 """Worker deaths a task may take part in on a local cluster before it fails (Dask's default: 3):
 a unit that kills its worker twice is recorded as failed and the run goes on."""
@@ -44,9 +39,10 @@ class RunSummary:
 
     ``stage_seconds`` sums, over all units, the seconds workers spent reading, measuring,
     cutting, inferring and building tables; with task threads overlapping, their sum can
-    exceed the wall time. ``failures`` lists the units that failed (their rows are missing;
-    re-running the same call retries them); ``stopped_early`` is true when more than
-    ``max_failures`` failed and the run stopped.
+    exceed the wall time. ``write`` is the client's writer thread's seconds writing parts.
+    ``failures`` lists the units that failed (their rows are missing; re-running the same
+    call retries them); ``stopped_early`` is true when more than ``max_failures`` failed and
+    the run stopped.
     """
 
     output: str
@@ -181,25 +177,52 @@ def _recorded_input(path):
     return path if "://" in path else os.path.abspath(path)
 
 
-def _open_client(scheduler, workers, threads):
-    """A client of ``scheduler``; else a local cluster: one in-process worker by default (starts in
-    about a second), ``workers`` worker processes when more than one is asked for; each local
-    worker runs 2 to 4 tasks at a time (:data:`TASK_THREADS_PER_LOCAL_WORKER`)."""
+def _open_client(scheduler, workers, threads, cpus, gpu_workers=None):
+    """A client of ``scheduler``; else a local cluster: one worker process per GPU of ``gpu_workers``
+    (:func:`_open_gpu_cluster`); else one in-process worker by default (starts in about a second),
+    ``workers`` worker processes when more than one is asked for; each local CPU worker runs 1 to
+    4 tasks at a time, from the ``cpus`` this process may use
+    (:func:`gradcamo.scorer.resources.task_threads`)."""
     if scheduler:
         return Client(scheduler), None
+    if gpu_workers:
+        cluster = _open_gpu_cluster(gpu_workers)
+        return Client(cluster), cluster
+    tasks = task_threads(cpus if (workers or 1) == 1 else max(1, cpus // workers))
     if (workers or 1) == 1:
-        cluster = LocalCluster(n_workers=1, threads_per_worker=TASK_THREADS_PER_LOCAL_WORKER, processes=False,
+        cluster = LocalCluster(n_workers=1, threads_per_worker=tasks, processes=False,
                                dashboard_address=LOCAL_HTTP_ADDRESS, silence_logs=logging.CRITICAL,
                                scheduler_kwargs={"allowed_failures": LOCAL_ALLOWED_FAILURES})
         return Client(cluster), cluster
     with children_ignore_sigint():
         cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=TASK_THREADS_PER_LOCAL_WORKER, processes=True,
+            n_workers=workers, threads_per_worker=tasks, processes=True,
             dashboard_address=LOCAL_HTTP_ADDRESS, silence_logs=logging.CRITICAL,  # task errors reach the client
             scheduler_kwargs={"allowed_failures": LOCAL_ALLOWED_FAILURES},
-            env={"OMP_NUM_THREADS": str(threads or max(1, (os.cpu_count() or 1) // workers))},
+            env={"OMP_NUM_THREADS": str(threads or max(1, cpus // workers))},
         )
     return Client(cluster), cluster
+
+
+def _open_gpu_cluster(gpu_workers):
+    """A local cluster of one worker process per :class:`~gradcamo.scorer.resources.GpuWorker`, named
+    after its GPU (``gpu3``), its sessions bound to that device (:data:`DEVICE_ID_ENV`, read by
+    :func:`gradcamo.scorer.resources.worker_device_id`), with its share of the CPUs as task
+    threads that read, decompress and cut while one of them runs a batch on the GPU."""
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": LOCAL_HTTP_ADDRESS,
+                                               "allowed_failures": LOCAL_ALLOWED_FAILURES}}
+    workers = {
+        worker.name: {"cls": Nanny, "options": {
+            "name": worker.name, "host": "127.0.0.1", "nthreads": worker.task_threads, "dashboard": False,
+            "silence_logs": logging.CRITICAL,
+            "env": {DEVICE_ID_ENV: str(worker.gpu.ordinal), "OMP_NUM_THREADS": str(worker.cpu_threads)},
+        }}
+        for worker in gpu_workers
+    }
+    with children_ignore_sigint():
+        return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.CRITICAL)
 
 
 def score(
@@ -207,6 +230,7 @@ def score(
     device="auto", workers=None, threads=None, scheduler=None, convention="raw", methods=("gradcam",),
     overwrite=False, timepoint=0, block_shape=None, progress=False, unit_max_bytes=UNIT_MAX_BYTES,
     max_failures=DEFAULT_MAX_FAILURES, site_base=0, centre_labels=None, features=False, missing_chunks="error",
+    gpus=None,
 ):
     """Score every cell of the given OME-Zarr images; write Grad-CAMO rows to ``output``.
 
@@ -260,6 +284,10 @@ def score(
         An image chunk the store lacks fails its unit, or is read as the fill value: then
         counted per image (``RunSummary.missing_chunks``, ``_gradcamo.json``) and its unit's
         rows flagged (``missing_chunks``). Not a parameter: a re-run may change it.
+    gpus : str, optional
+        ``all`` or device numbers such as ``0,1,3``: one local worker process per GPU, each
+        bound to its device. Default: every visible GPU when there are several (and neither
+        ``scheduler`` nor ``workers`` is given, nor ``device="cpu"``).
 
     Returns
     -------
@@ -279,6 +307,10 @@ def score(
     check_choice("convention", convention, CONVENTIONS)
     check_mode(missing_chunks)
     methods = check_methods(methods)
+    cpus = usable_cpus()
+    gpu_workers = choose_gpu_workers(gpus, device=device, scheduler=scheduler, workers=workers, cpus=cpus.cpus)
+    if gpus is not None:
+        device = "cuda"  # asked for GPUs: a worker whose session does not get CUDA is an error, not a CPU run
     info = read_model_info(model)
     targets = parse_targets(target, list(info.class_names))
     if site_base not in (0, 1) or isinstance(site_base, bool):
@@ -306,13 +338,14 @@ def score(
         score_unit, spec, images, output, parameters,
         record={"model": spec.model_path},  # where `cams` and `report` find it; not a parameter: may move
         overwrite=overwrite, scheduler=scheduler, workers=workers, threads=threads, progress=progress,
-        max_failures=max_failures, started=started, verb="scored", schema=score_schema(n_features),
+        max_failures=max_failures, started=started, verb="scored", schema=score_schema(n_features), cpus=cpus,
+        gpu_workers=gpu_workers,
     )
     return dataclasses.replace(summary, channel_note=channel_note(parameters["channel_mapping"], info.channel_names))
 
 
 def run_units(unit, spec, images, output, parameters, *, record, overwrite, scheduler, workers, threads, progress,
-              max_failures, started, verb, schema=SCORE_SCHEMA):
+              max_failures, started, verb, schema=SCORE_SCHEMA, cpus=None, gpu_workers=None):
     """Run ``unit(spec, block[, objects])`` on every work unit not yet done; write each one's table as a part.
 
     The run loop of :func:`score` and ``encode``: opens (creates, resumes or replaces) the
@@ -339,14 +372,21 @@ def run_units(unit, spec, images, output, parameters, *, record, overwrite, sche
         Past tense for the log line (``scored``, ``encoded``).
     schema : pyarrow.Schema
         The parts' columns.
+    cpus : gradcamo.scorer.resources.CpuAllocation, optional
+        The CPUs this process may use (default: found here); recorded in the manifest.
+    gpu_workers : list of gradcamo.scorer.resources.GpuWorker, optional
+        One local worker process per GPU (:func:`gradcamo.scorer.resources.choose_gpu_workers`).
 
     Returns
     -------
     RunSummary
     """
     spatial_dims = len(spec.crop_shape) - 1
+    cpus = cpus or usable_cpus()
     with ScoreDataset.open(output, parameters, overwrite=overwrite, schema=schema) as dataset:
-        dataset.record(**record)
+        dataset.record(**record, resources={
+            **cpus.to_json(), "gpus": [{"worker": w.name, "device": w.gpu.label, "name": w.gpu.name,
+                                        "uuid": w.gpu.uuid} for w in gpu_workers or ()]})
         done = dataset.completed_units()
         counts = {"images": len(images), "units": sum(len(i.blocks) or 1 for i in images), "cells": 0, "rows": 0}
         if getattr(spec, "centre_labels", None) is not None:
@@ -357,14 +397,15 @@ def run_units(unit, spec, images, output, parameters, *, record, overwrite, sche
         for image in images:
             if not image.blocks:  # a plate field that could not be opened
                 failures.record(UnitFailure.unopened(image))
-        client, cluster = _open_client(scheduler, workers, threads)
+        client, cluster = _open_client(scheduler, workers, threads, cpus.cpus, gpu_workers)
+        per_worker = {}
         try:
             client.register_plugin(ScorerPlugin(), name=PLUGIN_NAME)
             nthreads = [w["nthreads"] for w in client.scheduler_info()["workers"].values()]
             window = max(2, sum(nthreads) + len(nthreads))
             todo = [image for image in images if any(b.unit_id not in done for b in image.blocks)]
             with cell_progress(progress) as bar, _PartWriter(dataset) as writer:
-                task = bar.add_task(verb, total=None)
+                shown = RunProgress(bar, verb, [w.gpu.label for w in gpu_workers or ()])
                 finished_images = collections.Counter()
 
                 def on_result(item, result):
@@ -381,12 +422,18 @@ def run_units(unit, spec, images, output, parameters, *, record, overwrite, sche
                     if result.missing_chunks:
                         missing.setdefault(block.ref.name, set()).update(result.missing_chunks)
                     estimate = counts["cells"] / len(finished_images) * len(todo) if finished_images else None
-                    bar.update(task, advance=result.cells, total=max(estimate or 0, counts["cells"]) or None)
+                    worker = result.worker
+                    if worker is not None:
+                        entry = per_worker.setdefault(worker["worker"], {**worker, "cells": 0})
+                        entry["cells"] += result.cells
+                    shown.advance(result.cells, max(estimate or 0, counts["cells"]) or None,
+                                  worker["device"] if worker else None)
 
                 items = _work_items(client, todo, spec, done, spatial_dims, failures)
                 _run_bounded(client, unit, items, window, on_result, failures)
             counts["providers"] = sorted(providers)
             with_stages = {stage: round(seconds, 3) for stage, seconds in stages.items()}
+            with_stages["write"] = round(writer.seconds, 3)
         except (KeyboardInterrupt, Interrupted) as stop:  # parts written so far are whole: say so
             raise Interrupted(f"{len(part_files(dataset.directory))} of {counts['units']} work units done, kept "
                               f"in {output}; run the same command again to resume") from stop
@@ -401,6 +448,10 @@ def run_units(unit, spec, images, output, parameters, *, record, overwrite, sche
         missing = {image: sorted(chunks) for image, chunks in sorted(missing.items())}
         if missing:
             dataset.record(missing_chunks=missing)
+        workers_used = [per_worker[name] for name in sorted(per_worker)]
+        for entry in workers_used:
+            LOGGER.info("worker %s on %s: %d cells", entry["worker"], entry["device"], entry["cells"])
+        dataset.record(workers=workers_used)
         dataset.finish(counts, failures=failures.to_json(), stopped_early=failures.exceeded)
     summary = RunSummary(
         output=str(output), images=len(images), units=counts["units"],
@@ -453,9 +504,16 @@ class _PartWriter:
         self._dataset = dataset
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradcamo-writer")
         self._pending = collections.deque()
+        self.seconds = 0.0
+        """Seconds the writer thread spent writing parts (the ``write`` stage)."""
+
+    def _write_part(self, unit_id, table):
+        started = time.perf_counter()
+        self._dataset.write_part(unit_id, table)
+        self.seconds += time.perf_counter() - started
 
     def write(self, unit_id, table):
-        self._pending.append(self._pool.submit(self._dataset.write_part, unit_id, table))
+        self._pending.append(self._pool.submit(self._write_part, unit_id, table))
         while len(self._pending) > WRITES_IN_FLIGHT:
             self._pending.popleft().result()
 

@@ -1,4 +1,4 @@
-"""Progress on a terminal: cells done, cells/s and ETA (silent when quiet)."""
+"""Progress on a terminal: cells done, cells/s and ETA of a run, and of each GPU (silent when quiet)."""
 
 import contextlib
 
@@ -42,3 +42,20 @@ def cell_progress(enabled, unit="cells"):
     )
     with Progress(*columns, console=Console(stderr=True)) as progress:
         yield progress
+
+
+class RunProgress:
+    """A run's line (cells, cells/s, ETA) and, with several ``devices``, one line per device
+    (its cells and cells/s: each device's share of the run is not known in advance)."""
+
+    def __init__(self, bar, description, devices=()):
+        self._bar = bar
+        self._run = bar.add_task(description, total=None)
+        self._devices = {device: bar.add_task(f"  {device}", total=None) for device in devices} if len(devices) > 1 \
+            else {}
+
+    def advance(self, cells, total, device=None):
+        """``cells`` more done, of about ``total`` in the run (None: not yet known), on ``device``."""
+        self._bar.update(self._run, advance=cells, total=total)
+        if device in self._devices:
+            self._bar.update(self._devices[device], advance=cells)

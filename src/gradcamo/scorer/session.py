@@ -42,8 +42,9 @@ def check_device(device):
     return device
 
 
-def create_session(model_bytes, *, device="auto", threads=None):
-    """An InferenceSession on CUDA when asked for (or, with ``auto``, when a GPU is present).
+def create_session(model_bytes, *, device="auto", threads=None, device_id=None):
+    """An InferenceSession on CUDA when asked for (or, with ``auto``, when a GPU is present),
+    on CUDA device ``device_id`` (default: CUDA's, 0).
 
     Raises
     ------
@@ -58,16 +59,18 @@ def create_session(model_bytes, *, device="auto", threads=None):
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = int(threads)
-    session = ort.InferenceSession(model_bytes, options, providers=providers_for(device))
+    session = ort.InferenceSession(model_bytes, options, providers=providers_for(device, device_id))
     return require_device(session, device)
 
 
-def providers_for(device):
-    """The execution providers to ask for: CUDA first for ``cuda`` (and ``auto`` with a GPU present)."""
+def providers_for(device, device_id=None):
+    """The execution providers to ask for: CUDA first for ``cuda`` (and ``auto`` with a GPU present),
+    on device ``device_id`` when given."""
     if device == "cuda" or (device == "auto" and gpu_present()):
         if hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # CUDA/cuDNN libraries from the nvidia-* wheels, when installed
-        return [(CUDA, CUDA_OPTIONS), CPU]
+        options = CUDA_OPTIONS if device_id is None else {**CUDA_OPTIONS, "device_id": str(int(device_id))}
+        return [(CUDA, options), CPU]
     return [CPU]
 
 
@@ -90,11 +93,12 @@ def require_device(session, device):
     return session
 
 
-def build_scoring_session(model_path, crop_spatial, convention, device, threads, methods=("gradcam",)):
+def build_scoring_session(model_path, crop_spatial, convention, device, threads, methods=("gradcam",),
+                          device_id=None):
     """A new session of a model file with the Grad-CAMO head appended (:mod:`gradcamo.scorer.head`)."""
     model = onnx.load(model_path)
     headed = append_score_head(model, crop_spatial=tuple(crop_spatial), convention=convention, methods=methods)
-    session = create_session(headed.SerializeToString(), device=device, threads=threads)
+    session = create_session(headed.SerializeToString(), device=device, threads=threads, device_id=device_id)
     LOGGER.info("onnxruntime session on %s (pid %d)", session.get_providers()[0], os.getpid())
     return session
 
@@ -135,11 +139,12 @@ def run_in_batches(session, output_names, feed, batch_size, advance=None):
 
 
 @functools.lru_cache(maxsize=4)
-def scoring_session(model_path, model_sha256, crop_spatial, convention, device, threads, methods=("gradcam",)):
+def scoring_session(model_path, model_sha256, crop_spatial, convention, device, threads, methods=("gradcam",),
+                    device_id=None):
     """The cached (per process, the 4 latest) headed session of a model file.
 
     ``model_sha256`` is part of the cache key only, so a replaced file is never confused
     with the one cached. A scoring run's workers reach it through
     :class:`gradcamo.scorer.worker.ScorerPlugin`; repeated runs in one process reuse it.
     """
-    return build_scoring_session(model_path, crop_spatial, convention, device, threads, methods)
+    return build_scoring_session(model_path, crop_spatial, convention, device, threads, methods, device_id)

@@ -26,6 +26,7 @@ from gradcamo.scorer import head
 from gradcamo.scorer.crops import CropCutter, Measurements, crop_starts, measure_objects, merge_measurements
 from gradcamo.scorer.features import feature_columns, score_schema
 from gradcamo.scorer.regions import Layout, read_region, region_index
+from gradcamo.scorer.resources import describe_worker, worker_device_id
 from gradcamo.scorer.session import CUDA, scoring_session
 from gradcamo.scorer.sink import make_table
 from gradcamo.scorer.worker import session_threads, worker_state
@@ -59,11 +60,12 @@ class ScoreSpec:
     def crop_spatial(self):
         return tuple(self.crop_shape[1:])
 
-    def session_arguments(self, threads):
+    def session_arguments(self, threads, device_id=None):
         """Arguments of :func:`gradcamo.scorer.session.scoring_session` (and the worker's cache key),
-        with ``threads`` onnxruntime threads (:func:`gradcamo.scorer.worker.session_threads`)."""
+        with ``threads`` onnxruntime threads (:func:`gradcamo.scorer.worker.session_threads`) on CUDA
+        device ``device_id`` (:func:`gradcamo.scorer.resources.worker_device_id`)."""
         return (self.model_path, self.model_sha256, self.crop_spatial, self.convention, self.device, threads,
-                self.methods)
+                self.methods, device_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +140,8 @@ class Objects:
 
 @dataclasses.dataclass(frozen=True)
 class UnitResult:
-    """What a scored unit sends back: its finished rows, the provider used and seconds per stage."""
+    """What a scored unit sends back: its finished rows, the provider used and seconds per stage;
+    ``worker`` describes the worker that ran it (:func:`gradcamo.scorer.resources.describe_worker`)."""
 
     table: object
     cells: int
@@ -148,6 +151,7 @@ class UnitResult:
     """Cells left out for want of a centre object (``--center-labels``)."""
     missing_chunks: tuple = ()
     """Image chunks read as the fill value (``--missing-chunks zeros``): ``store/array/key``."""
+    worker: object = None
 
 
 def _slices(start, stop):
@@ -304,10 +308,11 @@ def score_unit(spec, block, objects=None):
     objects, cutter = read_unit(block, objects, spec.crop_spatial, clock)
     missing = missing_in_unit(block, given, spec.crop_spatial)
     if not len(objects):
-        return UnitResult(unit_table(spec, block, objects, None), 0, None, clock.seconds, objects.without_centre,
-                          missing)
+        return UnitResult(unit_table(spec, block, objects, None), 0, None, clock.seconds,
+                          without_centre=objects.without_centre, missing_chunks=missing)
 
-    session = state.session(scoring_session, *spec.session_arguments(session_threads(spec.threads)))
+    threads = session_threads(spec.threads)
+    session = state.session(scoring_session, *spec.session_arguments(threads, worker_device_id()))
     targets = np.asarray(spec.targets, dtype=np.int64)
     pair_object = np.repeat(np.arange(len(objects)), len(targets))
     pair_target = np.tile(targets, len(objects))
@@ -316,9 +321,8 @@ def score_unit(spec, block, objects=None):
     outputs = []
     for begin in range(0, len(pair_object), spec.batch_size):
         chosen = pair_object[begin:begin + spec.batch_size]
-        crops, masks = cutter.cut(chosen, objects.ids[chosen])
-        feed = {"image": crops, "target": pair_target[begin:begin + spec.batch_size],
-                head.MASK: masks.astype(np.float32)}
+        crops, masks = cutter.cut(chosen, objects.ids[chosen], mask_dtype=np.float32)
+        feed = {"image": crops, "target": pair_target[begin:begin + spec.batch_size], head.MASK: masks}
         feed = padded_for(session, feed, spec.batch_size)
         clock.lap("cut")
         with state.batch_slot(session):
@@ -338,8 +342,9 @@ def score_unit(spec, block, objects=None):
         scored["features"] = features[0][row_pair]
     table = unit_table(spec, block, objects, scored, missing_chunks=bool(missing))
     clock.lap("table")
-    return UnitResult(table, len(objects), session.get_providers()[0], clock.seconds, objects.without_centre,
-                      missing)
+    provider = session.get_providers()[0]
+    return UnitResult(table, len(objects), provider, clock.seconds, without_centre=objects.without_centre,
+                      missing_chunks=missing, worker=describe_worker(provider, threads))
 
 
 def _padded_to(feed, batch_size):

@@ -21,6 +21,7 @@ import threading
 from distributed import WorkerPlugin, get_worker
 
 from gradcamo.scorer.regions import ChunkCache
+from gradcamo.scorer.resources import process_cpus
 from gradcamo.scorer.session import CUDA
 
 PLUGIN_NAME = "gradcamo-scorer"
@@ -71,10 +72,11 @@ def session_threads(requested=None):
     """onnxruntime threads of one task thread's batches on this worker's CPU.
 
     The worker's cores (``requested``, i.e. ``--threads``; else ``OMP_NUM_THREADS``, which local
-    worker processes get; else the machine's cores, as the pipeline counts them) shared by its
-    task threads, which run their batches at the same time; at least 1.
+    worker processes get; else the CPUs this process may use,
+    :func:`gradcamo.scorer.resources.process_cpus`) shared by its task threads, which run their
+    batches at the same time; at least 1.
     """
-    cores = requested or int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1
+    cores = requested or int(os.environ.get("OMP_NUM_THREADS") or 0) or process_cpus()
     try:
         tasks = get_worker().state.nthreads
     except ValueError:  # outside a Dask worker: one caller
