@@ -122,12 +122,11 @@ def export_autoencoder(model, input_shape, output_dir, *, weights=None, mean=Non
         A graph disagrees with torch on seeded inputs; nothing is written.
     """
     from gradcamo.exporter.autoencoder import check_is_autoencoder, export_graphs
-    from gradcamo.exporter.export import check_channel_values, check_input_shape
+    from gradcamo.exporter.export import check_input_shape, check_normalisation
 
     input_shape = check_input_shape(input_shape)
     output_dir = _check_output_directory(output_dir)
-    mean = check_channel_values(mean, input_shape[0], "--mean")
-    std = check_channel_values(std, input_shape[0], "--std")
+    mean, std = check_normalisation(mean, std, input_shape[0])
     model, source = _model_and_source(model, weights)
     check_is_autoencoder(model, source)
     graphs = export_graphs(model, input_shape, mean=mean, std=std, opset=opset)
