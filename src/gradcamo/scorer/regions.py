@@ -2,14 +2,12 @@
 
 import collections
 import dataclasses
-import functools
 import itertools
 import math
 import threading
 
 import numpy as np
 
-from gradcamo.data.read import ImageRef, open_image
 from gradcamo.errors import InputError
 
 SPATIAL = ("z", "y", "x")
@@ -142,12 +140,6 @@ def plan_layout(source, *, spatial_dims, n_channels, channels=None, timepoint=0)
         image_axes=source.axes, label_axes=source.label_axes, spatial_axes=spatial_axes,
         spatial_shape=tuple(sizes[a] for a in spatial_axes), channels=chosen, timepoint=timepoint,
     )
-
-
-@functools.lru_cache(maxsize=64)
-def open_cached(ref: ImageRef, label_name):
-    """Open an image once per worker process."""
-    return open_image(ref, label_name)
 
 
 def block_grid(spatial_shape, chunk_shape, crop_spatial, *, block_shape=None):
