@@ -10,7 +10,7 @@ import numpy as np
 from gradcamo.errors import InputError, first_line
 from gradcamo.exaggerate.encode import KIND, code_columns
 from gradcamo.results.datasets import DATASET_COLUMN, MANIFEST, VIEW, connect, resolve_datasets
-from gradcamo.results.query import _to_arrow
+from gradcamo.results.query import to_arrow
 from gradcamo.scorer.sink import KEY_FIELDS
 
 KEY_TYPES = {name: kind for name, kind in KEY_FIELDS if name.startswith("Metadata_")}
@@ -93,7 +93,7 @@ def read_groups(latents, high, low, latent_size):
         _condition(con, "high", high, latents)
         _condition(con, "low", low, latents)
         flags = f"coalesce(({high}), false) AS _is_high, coalesce(({low}), false) AS _is_low"
-        table = _to_arrow(con.sql(
+        table = to_arrow(con.sql(
             f"SELECT * EXCLUDE ({DATASET_COLUMN}), {flags} FROM {VIEW} "
             f"WHERE coalesce(({high}), false) OR coalesce(({low}), false) ORDER BY Metadata_Image, Metadata_ObjectNumber"
         ))

@@ -18,7 +18,7 @@ import gradcamo
 from gradcamo.exaggerate.trends import GROUPS
 from gradcamo.visual.colors import DIVERGING, apply_colormap
 from gradcamo.visual.figures import trajectory_svg
-from gradcamo.visual.overlay import BACKGROUND, CAPTION_COLOR, _outline, composite
+from gradcamo.visual.overlay import BACKGROUND, CAPTION_COLOR, composite, draw_outline
 from gradcamo.visual.report import format_value, value_cell, write_page
 
 TILE_PIXELS = 64
@@ -79,7 +79,7 @@ def cell_strip(decoded, masks, steps):
     tiles = []
     for index, mask in enumerate(masks):
         tile = np.kron(rgb[:, index * width:(index + 1) * width], np.ones((scale, scale, 1)))
-        tile[_outline(np.kron(mask, np.ones((scale, scale), dtype=bool)))] = np.asarray(OUTLINE) / 255
+        draw_outline(tile, mask, scale, OUTLINE)
         tiles.append(tile)
     return _png_uri(_with_labels(tiles, [f"{s:+g}" for s in steps], scale))
 

@@ -55,13 +55,19 @@ def _outline(mask):
     return mask & ~interior
 
 
+def draw_outline(pixels, mask, scale, color=OUTLINE):
+    """Paint the outline of ``mask`` (H, W), scaled ``scale`` times, in ``color`` (0-255 RGB) on
+    ``pixels`` ((H*scale, W*scale, 3) floats in [0, 1]) in place."""
+    pixels[_outline(np.kron(mask, np.ones((scale, scale), dtype=bool)))] = np.asarray(color) / 255
+
+
 def _panel(rgb, cam, mask, scale):
     """One 2D panel: composite under the heat map, mask outline on top, scaled by ``scale``."""
     alpha = CAM_OPACITY * cam[..., None]
     heat = apply_colormap(HEAT_RANGE[0] + (HEAT_RANGE[1] - HEAT_RANGE[0]) * cam, INFERNO)
     blended = BASE_BRIGHTNESS * rgb * (1 - alpha) + heat * alpha
     pixels = np.kron(blended, np.ones((scale, scale, 1)))
-    pixels[_outline(np.kron(mask, np.ones((scale, scale), dtype=bool)))] = np.asarray(OUTLINE) / 255
+    draw_outline(pixels, mask, scale)
     return Image.fromarray((pixels * 255).round().astype(np.uint8))
 
 
