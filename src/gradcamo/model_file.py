@@ -31,7 +31,7 @@ class ModelInfo:
     outputs: dict
 
 
-def file_sha256(path):
+def file_sha256(path) -> str:
     """sha256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
@@ -46,7 +46,7 @@ def _tensor_signature(value_info):
     return {"dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name, "shape": dims}
 
 
-def static_spatial_shape(dims, spatial_dims, name):
+def static_spatial_shape(dims, spatial_dims, name) -> tuple[int, ...]:
     """The spatial extents of a ``[N, C, *spatial]`` tensor whose declared ``dims`` are ints or axis names.
 
     Raises
@@ -92,7 +92,7 @@ def _json_field(metadata, key, path):
         raise ContractError(f"{path}: metadata {key!r} is missing or not JSON") from error
 
 
-def read_model_info(path):
+def read_model_info(path) -> ModelInfo:
     """Load a model file's contract: I/O signature and gradcamo metadata.
 
     Raises

@@ -18,6 +18,8 @@ import logging
 import os
 import pathlib
 
+import onnxruntime as ort
+
 import gradcamo
 from gradcamo.errors import InputError
 from gradcamo.files import staged_directory
@@ -52,7 +54,7 @@ class AutoencoderInfo:
     source: str = ""
 
     @property
-    def spatial_dims(self):
+    def spatial_dims(self) -> int:
         return len(self.input_shape) - 1
 
 
@@ -86,7 +88,7 @@ def _model_and_source(model, weights):
 
 
 def export_autoencoder(model, input_shape, output_dir, *, weights=None, mean=None, std=None, quiet=False,
-                       opset=DEFAULT_OPSET):
+                       opset=DEFAULT_OPSET) -> AutoencoderInfo:
     """Export an autoencoder as an AE_DIR: ``encoder.onnx``, ``decoder.onnx``, ``autoencoder.json``.
 
     Parameters
@@ -174,7 +176,7 @@ def _as_tuple(values):
     return None if values is None else tuple(values)
 
 
-def read_autoencoder(ae_dir):
+def read_autoencoder(ae_dir) -> AutoencoderInfo:
     """Read and check an AE_DIR written by :func:`export_autoencoder` (no torch, no onnxruntime).
 
     Raises
@@ -204,12 +206,12 @@ def read_autoencoder(ae_dir):
     )
 
 
-def open_encoder(info, device="auto", threads=None):
+def open_encoder(info, device="auto", threads=None) -> ort.InferenceSession:
     """An onnxruntime session of ``info``'s encoder: ``image`` (N, C, [D,] H, W) -> ``z`` (N, L)."""
     return create_session(str(info.encoder_path), device=device, threads=threads)
 
 
-def open_decoder(info, device="auto", threads=None):
+def open_decoder(info, device="auto", threads=None) -> ort.InferenceSession:
     """An onnxruntime session of ``info``'s decoder: ``z`` (N, L) -> ``image`` (N, C, [D,] H, W)."""
     return create_session(str(info.decoder_path), device=device, threads=threads)
 

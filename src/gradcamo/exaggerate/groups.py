@@ -30,7 +30,7 @@ class Groups:
     is_high: np.ndarray
 
 
-def check_latents(latents, latent_size, ae_dir):
+def check_latents(latents, latent_size, ae_dir) -> dict:
     """The manifest of a latents dataset whose codes fit an autoencoder with ``latent_size`` features.
 
     Raises
@@ -68,7 +68,7 @@ def _condition(con, option, condition, latents):
         raise InputError(f"{option}: {condition!r} selects no cells of {latents}", argument=option)
 
 
-def read_groups(latents, high, low, latent_size):
+def read_groups(latents, high, low, latent_size) -> Groups:
     """Keys and codes of the cells that ``high`` or ``low`` selects.
 
     Parameters

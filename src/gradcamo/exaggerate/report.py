@@ -58,7 +58,7 @@ def _with_labels(tiles, labels, scale):
     return np.asarray(canvas, dtype=np.float64) / 255
 
 
-def cell_strip(decoded, masks, steps):
+def cell_strip(decoded, masks, steps) -> str:
     """One cell across the steps: composite of the channels (one stretch for all steps), foreground outlined.
 
     Parameters
@@ -84,7 +84,7 @@ def cell_strip(decoded, masks, steps):
     return _png_uri(_with_labels(tiles, [f"{s:+g}" for s in steps], scale))
 
 
-def difference_strip(mean_difference, steps):
+def difference_strip(mean_difference, steps) -> tuple[str, float]:
     """Mean difference to step 0 of each step (columns) and channel (rows), on one symmetric blue-white-red scale.
 
     Returns
@@ -189,7 +189,7 @@ def _monotonic_table(shares):
     )
 
 
-def write_exaggerate_report(path, record, table, shares, decoded, masks, mean_difference):
+def write_exaggerate_report(path, record, table, shares, decoded, masks, mean_difference) -> None:
     """Write the report.
 
     Parameters

@@ -24,7 +24,7 @@ _ROW_STATEMENTS = ("SELECT", "EXPLAIN", "PRAGMA", "CALL")
 """Statement types that return rows; DuckDB 2 also returns a row count for CREATE, INSERT, ..."""
 
 
-def run_query(paths, sql, *, method=None):
+def run_query(paths, sql, *, method=None) -> pa.Table:
     """Run one SQL query over the view ``scores`` of the given datasets.
 
     Parameters
@@ -65,13 +65,13 @@ def run_query(paths, sql, *, method=None):
         con.close()
 
 
-def to_arrow(relation):
+def to_arrow(relation) -> pa.Table:
     """A DuckDB relation's rows as an Arrow table (``to_arrow_table`` since duckdb 1.4)."""
     to_table = getattr(relation, "to_arrow_table", None) or relation.arrow
     return to_table()
 
 
-def write_table(table, format, output=None, *, max_rows=MAX_TABLE_ROWS):
+def write_table(table, format, output=None, *, max_rows=MAX_TABLE_ROWS) -> None:
     """Write an Arrow table to the terminal or to a file.
 
     Parameters

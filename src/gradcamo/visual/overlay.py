@@ -5,6 +5,7 @@
 
 import io
 import math
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -26,7 +27,7 @@ FONT_SIZE = 13
 PERCENTILES = (0.5, 99.5)
 
 
-def composite(image):
+def composite(image) -> np.ndarray:
     """Channels blended into RGB, each stretched between its 0.5 and 99.5 percentiles.
 
     Parameters
@@ -55,7 +56,7 @@ def _outline(mask):
     return mask & ~interior
 
 
-def draw_outline(pixels, mask, scale, color=OUTLINE):
+def draw_outline(pixels, mask, scale, color=OUTLINE) -> None:
     """Paint the outline of ``mask`` (H, W), scaled ``scale`` times, in ``color`` (0-255 RGB) on
     ``pixels`` ((H*scale, W*scale, 3) floats in [0, 1]) in place."""
     pixels[_outline(np.kron(mask, np.ones((scale, scale), dtype=bool)))] = np.asarray(color) / 255
@@ -85,7 +86,7 @@ def _panels(image, mask, cam):
     ]
 
 
-def caption_lines(row):
+def caption_lines(row) -> list[str]:
     """Where the cell is, what was explained and how it scored."""
     place = row.get("Metadata_Well") or row.get("Metadata_Image")
     site = f" site {row['Metadata_Site']}" if row.get("Metadata_Well") else ""
@@ -98,7 +99,7 @@ def caption_lines(row):
     ]
 
 
-def render_overlay(image, mask, cam, lines, *, panel_pixels=PANEL_PIXELS):
+def render_overlay(image, mask, cam, lines, *, panel_pixels=PANEL_PIXELS) -> bytes:
     """The overlay of one cell as PNG bytes.
 
     Parameters
@@ -140,7 +141,7 @@ def render_overlay(image, mask, cam, lines, *, panel_pixels=PANEL_PIXELS):
     return buffer.getvalue()
 
 
-def batch_overlays(batch, rows, **options):
+def batch_overlays(batch, rows, **options) -> Iterator[tuple[int, bytes]]:
     """``(index, png bytes)`` for each row of a :class:`~gradcamo.visual.recompute.CamBatch`.
 
     ``rows`` holds the selection's columns; ``options`` go to :func:`render_overlay`.
