@@ -20,13 +20,13 @@ SPLINE_ORDER = 3
 """Order of the ``scipy.ndimage.zoom`` spline pytorch-grad-cam resizes 3D maps with."""
 
 
-def check_choice(name, value, choices):
+def check_choice(name, value, choices) -> None:
     """Raise an InputError (a ValueError) naming the argument ``name`` unless ``value`` is one of ``choices``."""
     if value not in choices:
         raise InputError(f"{name}: expected one of {choices}, got {value!r}", argument=name)
 
 
-def check_methods(methods):
+def check_methods(methods) -> tuple[str, ...]:
     """``methods`` as a tuple of distinct names from :data:`METHODS`; a string is split at commas.
 
     Raises
@@ -44,7 +44,7 @@ def check_methods(methods):
     return methods
 
 
-def cam_weights(activations, gradients, method):
+def cam_weights(activations, gradients, method) -> np.ndarray:
     """Per-channel (or per-position) weights ``W`` of ``cam = ReLU(sum_k W_k * A_k)``.
 
     Parameters
@@ -87,7 +87,7 @@ def cam_weights(activations, gradients, method):
     return (np.maximum(gradients, 0.0) * alpha).sum(axis=spatial, keepdims=True)
 
 
-def minmax_scale(cam):
+def minmax_scale(cam) -> np.ndarray:
     """pytorch-grad-cam's per-map scaling ``c = cam - min(cam); c / (max(c) + 1e-7)``.
 
     Parameters
@@ -103,7 +103,7 @@ def minmax_scale(cam):
     return shifted / (shifted.max(axis=axes, keepdims=True) + MINMAX_EPS)
 
 
-def compute_cam(activations, gradients, *, convention="raw", method="gradcam"):
+def compute_cam(activations, gradients, *, convention="raw", method="gradcam") -> np.ndarray:
     """CAMs at the target layer's resolution.
 
     Parameters
@@ -145,7 +145,7 @@ def compute_cam(activations, gradients, *, convention="raw", method="gradcam"):
     return minmax_scale(cam) if convention == "pytorch-grad-cam" else cam
 
 
-def linear_resize_matrix(n_in, n_out):
+def linear_resize_matrix(n_in, n_out) -> np.ndarray:
     """Weights of 1-D linear interpolation with half-pixel centres.
 
     Row ``i`` holds the weights of the ``n_in`` source samples for output sample
@@ -169,7 +169,7 @@ def linear_resize_matrix(n_in, n_out):
     return weights
 
 
-def spline_resize_matrix(n_in, n_out):
+def spline_resize_matrix(n_in, n_out) -> np.ndarray:
     """Weights of pytorch-grad-cam's 3D resize along one axis.
 
     ``scipy.ndimage.zoom(map, n_out / n_in)`` (cubic spline, order 3, default mode) is
@@ -191,7 +191,7 @@ def spline_resize_matrix(n_in, n_out):
     return np.stack(columns, axis=1)
 
 
-def resize_matrices(layer_shape, crop_shape, convention="raw"):
+def resize_matrices(layer_shape, crop_shape, convention="raw") -> list[np.ndarray]:
     """Per-axis resize weights from the layer's to the crop's spatial shape.
 
     ``raw``, and ``pytorch-grad-cam`` in 2D (``cv2.resize``, bilinear): linear with
@@ -210,7 +210,7 @@ def resize_matrices(layer_shape, crop_shape, convention="raw"):
     return [matrix(n_in, n_out) for n_in, n_out in zip(layer_shape, crop_shape)]
 
 
-def resize_cam(cam, shape, *, convention="raw"):
+def resize_cam(cam, shape, *, convention="raw") -> np.ndarray:
     """CAMs at the crop's resolution, as the convention resizes them.
 
     Parameters
@@ -236,7 +236,7 @@ def resize_cam(cam, shape, *, convention="raw"):
     return out
 
 
-def crop_cam(activations, gradients, shape, *, convention="raw", method="gradcam"):
+def crop_cam(activations, gradients, shape, *, convention="raw", method="gradcam") -> np.ndarray:
     """:func:`compute_cam` then :func:`resize_cam`: the map whose masked share is Grad-CAMO.
 
     Returns
@@ -247,13 +247,13 @@ def crop_cam(activations, gradients, shape, *, convention="raw", method="gradcam
     return resize_cam(cam, shape, convention=convention)
 
 
-def softmax(logits):
+def softmax(logits) -> np.ndarray:
     """Class probabilities of (N, K) logits, row by row, in float64 (shifted by each row's maximum)."""
     shifted = np.exp(np.asarray(logits, dtype=np.float64) - np.max(logits, axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def score_ratio(inside, total):
+def score_ratio(inside, total) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAMO from the attention inside the cell and in the whole crop: the one NaN rule.
 
     Parameters
@@ -280,7 +280,7 @@ def score_ratio(inside, total):
     return score, empty
 
 
-def gradcamo_score(cam, mask):
+def gradcamo_score(cam, mask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Share of each CAM that lies inside its cell's mask.
 
     Parameters

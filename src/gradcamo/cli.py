@@ -626,7 +626,7 @@ def export_latent_shift_command(
             load_weights(network, state)
         networks.append(network)
     description = export_latent_shift(
-        *networks, _parse_numbers(input_shape, "--input-shape", int), output,
+        networks[0], networks[1], _parse_numbers(input_shape, "--input-shape", int), output,
         autoencoder_mean=_parse_numbers(autoencoder_mean, "--autoencoder-mean"),
         autoencoder_std=_parse_numbers(autoencoder_std, "--autoencoder-std"), mean=_parse_numbers(mean, "--mean"),
         std=_parse_numbers(std, "--std"), class_names=[c.strip() for c in classes.split(",")] if classes else None,

@@ -46,13 +46,13 @@ class Interrupted(BaseException):
     """
 
 
-def first_line(error):
+def first_line(error) -> str:
     """The first non-empty line of an exception's message, else its type's name (for one-line reports)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
 
 
-def describe(error):
+def describe(error) -> str:
     """``Type: first line of the message`` (``Type`` alone when there is no message), for causes in one-line reports."""
     name = type(error).__name__
     return f"{name}: {first_line(error)}" if str(error).strip() else name

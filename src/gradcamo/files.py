@@ -4,10 +4,11 @@ import contextlib
 import os
 import pathlib
 import shutil
+from collections.abc import Iterator
 
 
 @contextlib.contextmanager
-def atomic_path(path, *, temporary=None):
+def atomic_path(path, *, temporary=None) -> Iterator[pathlib.Path]:
     """Yield a temporary path to write; on success it is fsynced and renamed onto ``path``.
 
     Parameters
@@ -41,7 +42,7 @@ def atomic_path(path, *, temporary=None):
 
 
 @contextlib.contextmanager
-def staged_directory(output):
+def staged_directory(output) -> Iterator[pathlib.Path]:
     """Yield a hidden sibling directory to write; rename it to ``output`` only when all is written.
 
     An existing ``output`` is replaced (check first that it may be); on an error the staging

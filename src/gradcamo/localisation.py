@@ -36,7 +36,7 @@ def _inside_and_total(selected, mask):
     return np.stack([(selected & mask).sum(axis=1), selected.sum(axis=1)], axis=1)
 
 
-def rank_counts(cam, mask):
+def rank_counts(cam, mask) -> np.ndarray:
     """Voxels above and at the K-th highest CAM value, inside the mask and in the crop.
 
     Parameters
@@ -60,7 +60,7 @@ def rank_counts(cam, mask):
     return np.concatenate(counts, axis=1).astype(np.int64)
 
 
-def peak_values(cam, mask):
+def peak_values(cam, mask) -> np.ndarray:
     """The CAM's maximum inside the mask and outside it (0 where the region is empty).
 
     Parameters
@@ -79,7 +79,7 @@ def peak_values(cam, mask):
     return np.stack([np.where(inside, flat, zero).max(axis=1), np.where(inside, zero, flat).max(axis=1)], axis=1)
 
 
-def localisation_metrics(grad_camo, empty, mask_voxels, crop_voxels, ranks, peaks):
+def localisation_metrics(grad_camo, empty, mask_voxels, crop_voxels, ranks, peaks) -> Localisation:
     """The per-row metrics from Grad-CAMO and the head's counts.
 
     Parameters

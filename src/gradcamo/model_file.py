@@ -33,7 +33,7 @@ class ModelInfo:
     """The names of the input channels the model was trained on (empty when it records none)."""
 
 
-def file_sha256(path):
+def file_sha256(path) -> str:
     """sha256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
@@ -48,6 +48,45 @@ def _tensor_signature(value_info):
     return {"dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name, "shape": dims}
 
 
+def static_spatial_shape(dims, spatial_dims, name) -> tuple[int, ...]:
+    """The spatial extents of a ``[N, C, *spatial]`` tensor whose declared ``dims`` are ints or axis names.
+
+    Raises
+    ------
+    ContractError
+        ``dims`` has not ``spatial_dims`` spatial axes, or one of them is dynamic (a name or unknown).
+    """
+    spatial = list(dims[2:])
+    if len(spatial) != spatial_dims or not all(isinstance(d, int) and d > 0 for d in spatial):
+        raise ContractError(
+            f"{name}: the graph declares no static {spatial_dims}-D spatial shape (got {[d or '?' for d in spatial]}); "
+            "the scorer's head is built for one layer shape: export the model again with gradcamo export"
+        )
+    return tuple(spatial)
+
+
+def _check_spatial_dims(path, metadata, input_shape, inputs, outputs):
+    """``gradcamo.spatial_dims`` as an int that the image input's rank, the crop shape and the
+    activations' static spatial shape agree with."""
+    declared = metadata[contract.META_SPATIAL_DIMS]
+    if declared not in ("2", "3"):
+        raise ContractError(f"{path}: metadata {contract.META_SPATIAL_DIMS} is {declared!r}; expected 2 or 3")
+    spatial_dims = int(declared)
+    rank = len(inputs[contract.IMAGE]["shape"])
+    if rank != spatial_dims + 2:
+        raise ContractError(
+            f"{path}: metadata {contract.META_SPATIAL_DIMS} is {spatial_dims} but the graph's {contract.IMAGE} input "
+            f"has rank {rank} ({rank - 2} spatial dims); export the model again with gradcamo export"
+        )
+    if len(input_shape) != spatial_dims + 1:
+        raise ContractError(
+            f"{path}: metadata {contract.META_SPATIAL_DIMS} is {spatial_dims} but {contract.META_INPUT_SHAPE} "
+            f"{list(input_shape)} has {len(input_shape) - 1} spatial dims; export the model again with gradcamo export"
+        )
+    static_spatial_shape(outputs[contract.ACTIVATIONS]["shape"], spatial_dims, f"{path}: {contract.ACTIVATIONS}")
+    return spatial_dims
+
+
 def _json_field(metadata, key, path):
     try:
         return json.loads(metadata[key])
@@ -55,7 +94,7 @@ def _json_field(metadata, key, path):
         raise ContractError(f"{path}: metadata {key!r} is missing or not JSON") from error
 
 
-def read_model_info(path):
+def read_model_info(path) -> ModelInfo:
     """Load a model file's contract: I/O signature and gradcamo metadata.
 
     Raises
@@ -63,7 +102,9 @@ def read_model_info(path):
     InputError
         The file does not exist.
     ContractError
-        The file is not ONNX, lacks the gradcamo contract, or has a newer format version.
+        The file is not ONNX, lacks the gradcamo contract, or has a newer format version; its
+        ``gradcamo.spatial_dims`` contradicts its image input's rank or its crop shape; its
+        activations have no static spatial shape (the scorer's head needs one).
     """
     path = pathlib.Path(path)
     if path.is_dir():
@@ -100,13 +141,15 @@ def read_model_info(path):
     if custom_domains:
         raise ContractError(f"{path}: uses custom operator domains {', '.join(custom_domains)}")
     opset = next((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), 0)
+    input_shape = tuple(_json_field(metadata, contract.META_INPUT_SHAPE, path))
+    spatial_dims = _check_spatial_dims(path, metadata, input_shape, inputs, outputs)
     return ModelInfo(
         path=path,
         sha256=file_sha256(path),
         format_version=int(version),
         target_layer=metadata[contract.META_TARGET_LAYER],
-        spatial_dims=int(metadata[contract.META_SPATIAL_DIMS]),
-        input_shape=tuple(_json_field(metadata, contract.META_INPUT_SHAPE, path)),
+        spatial_dims=spatial_dims,
+        input_shape=input_shape,
         class_names=tuple(_json_field(metadata, contract.META_CLASS_NAMES, path)),
         preprocessing=json.loads(metadata.get(contract.META_PREPROCESSING, "null")) or {},
         validation=json.loads(metadata.get(contract.META_VALIDATION, "null")) or {},

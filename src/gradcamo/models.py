@@ -72,7 +72,7 @@ class TinyCNN2d(nn.Module):
         self.classifier = nn.Linear(4 * width, num_classes)
         _init_weights(self)
 
-    def forward(self, x):
+    def forward(self, x) -> torch.Tensor:
         x = self.features(x)
         return self.classifier(torch.flatten(self.pool(x), 1))
 
@@ -93,7 +93,7 @@ class SqueezeExcitation3d(nn.Module):
         self.act = nn.SiLU()
         self.expand = nn.Conv3d(squeeze_channels, channels, 1)
 
-    def forward(self, x):
+    def forward(self, x) -> torch.Tensor:
         scale = torch.sigmoid(self.expand(self.act(self.reduce(self.pool(x)))))
         return x * scale
 
@@ -124,7 +124,7 @@ class MBConv3d(nn.Module):
         self.block = nn.Sequential(*layers)
         self.use_residual = stride == 1 and in_channels == out_channels
 
-    def forward(self, x):
+    def forward(self, x) -> torch.Tensor:
         out = self.block(x)
         return out + x if self.use_residual else out
 
@@ -182,7 +182,7 @@ class EfficientNet3dSmall(nn.Module):
         self.classifier = nn.Linear(head_channels, num_classes)
         _init_weights(self)
 
-    def forward(self, x):
+    def forward(self, x) -> torch.Tensor:
         x = self.head(self.blocks(self.stem(x)))
         return self.classifier(torch.flatten(self.pool(x), 1))
 
@@ -277,11 +277,11 @@ class ConvAutoencoder2d(nn.Module):
             nn.ConvTranspose2d(width, in_channels, 4, stride=2, padding=1),
         )
 
-    def encode(self, x):
+    def encode(self, x) -> torch.Tensor:
         return self.encoder(x)
 
-    def decode(self, z):
+    def decode(self, z) -> torch.Tensor:
         return self.decoder(self.expand(z).reshape(-1, *self.hidden))
 
-    def forward(self, x):
+    def forward(self, x) -> torch.Tensor:
         return self.decode(self.encode(x))

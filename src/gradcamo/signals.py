@@ -4,6 +4,7 @@ none in the worker processes it starts."""
 import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 
 from gradcamo.errors import Interrupted
 
@@ -21,7 +22,7 @@ def _stop(number, frame):
 
 
 @contextlib.contextmanager
-def stop_on_signals():
+def stop_on_signals() -> Iterator[None]:
     """While the block runs, SIGINT and SIGTERM raise :class:`~gradcamo.errors.Interrupted`
     (further ones are ignored while it unwinds); the handlers before are restored after it.
     Outside the main thread (where Python delivers signals) it does nothing."""
@@ -37,7 +38,7 @@ def stop_on_signals():
 
 
 @contextlib.contextmanager
-def children_ignore_sigint():
+def children_ignore_sigint() -> Iterator[None]:
     """Processes started inside the block ignore SIGINT (an ignored signal stays ignored across
     ``exec``). Ctrl-C in a terminal reaches the whole process group: the client stops the run
     and closes its workers, instead of every worker printing its own KeyboardInterrupt."""

@@ -140,6 +140,7 @@ EXPORT_ERRORS = [
     ("graphs disagree with torch", ["{f}:sampling"],
      r"the exported autoencoder disagrees with torch: decoder relative error .* > 0.0001"),
     ("mean length", ["{f}:ae", "--mean", "1,2"], r"--mean: expected 3 values \(one per channel\), got 2"),
+    ("std negative", ["{f}:ae", "--std", "1,-2,1"], r"--std: every value must be > 0, got \[1.0, -2.0, 1.0\]"),
     ("output is a file", ["{f}:ae", "-o", "{t}/nets.py"], r"-o .*nets.py: exists and is not a directory"),
     ("missing factory", ["{f}:nope"], r"MODEL: .* has no callable 'nope'"),
 ]

@@ -129,3 +129,20 @@ def test_a_classifier_given_as_the_autoencoder_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "is not an autoencoder: it has no encode or decode method" in err, err
     assert not output.exists()
+
+
+@pytest.mark.parametrize("option, values", [
+    ("--autoencoder-std", "300,0,300"), ("--autoencoder-std", "300,300,-1"), ("--std", "0,300,300"),
+])
+def test_every_std_must_be_positive(tmp_path, capsys, option, values):
+    """Each std divides: zero or negative is refused by the option's role, whatever its name."""
+    factories = tmp_path / "factories.py"
+    factories.write_text(textwrap.dedent(FACTORIES))
+    stds = {"--autoencoder-std": "300,300,300", "--std": "300,300,300", option: values}
+    argv = ["export-latent-shift", f"{factories}:autoencoder", f"{factories}:classifier", "--input-shape",
+            ",".join(map(str, CROP_2D)), "-o", str(tmp_path / "shift.onnx"), "--autoencoder-mean", "100,100,100",
+            "--mean", "100,100,100", *(item for pair in stds.items() for item in pair), "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {option}: every value must be > 0") and err.count("\n") == 1
+    assert not (tmp_path / "shift.onnx").exists()

@@ -22,7 +22,7 @@ def _place_centres(generator, spatial_shape, n_cells, radius):
     return np.asarray(centres).reshape(-1, len(spatial_shape))
 
 
-def make_cells(spatial_shape, n_cells, *, n_channels=5, radius=6.0, seed=0):
+def make_cells(spatial_shape, n_cells, *, n_channels=5, radius=6.0, seed=0) -> tuple[np.ndarray, np.ndarray]:
     """Make a multi-channel image of roundish cells and its label image.
 
     Parameters
@@ -80,7 +80,7 @@ def _segment_distance(y, x, end):
     return np.hypot(y - t * end[0], x - t * end[1])
 
 
-def make_protruding_cells(spatial_shape, phenotypes, *, spacing=32, radius=7.0, seed=0):
+def make_protruding_cells(spatial_shape, phenotypes, *, spacing=32, radius=7.0, seed=0) -> tuple[np.ndarray, np.ndarray]:
     """Two-channel cells (nucleus, cell body) on a jittered grid, with arms and a bright rim that grow with a phenotype.
 
     Parameters

@@ -13,7 +13,7 @@ def _axes(spatial_dims):
     return ["c", "z", "y", "x"] if spatial_dims == 3 else ["c", "y", "x"]
 
 
-def write_image_group(group, image, labels, *, chunks=None, label_name=LABEL_NAME, ngff_version="0.5"):
+def write_image_group(group, image, labels, *, chunks=None, label_name=LABEL_NAME, ngff_version="0.5") -> None:
     """Write one ``(C, [Z,] Y, X)`` image and its label image into an open zarr group.
 
     Parameters

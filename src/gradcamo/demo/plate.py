@@ -81,7 +81,7 @@ def _add_debris(image, labels, generator, grid, cells, radius):
         image += 6000.0 * _blob(grid, centre, 2.0) * (labels != cell)
 
 
-def make_field(size, class_index, row, seed):
+def make_field(size, class_index, row, seed) -> Field:
     """One field of the demo plate (see the module docstring for the rows)."""
     generator = np.random.default_rng(seed)
     image, labels = make_cells(size.spatial_shape, size.n_cells, n_channels=5, radius=size.radius, seed=seed)
@@ -97,7 +97,7 @@ def make_field(size, class_index, row, seed):
     return Field(np.clip(image, 0, 65535).astype(np.uint16), labels, class_index, debris)
 
 
-def make_demo_fields(spatial_dims, seed, *, fields_per_well=2):
+def make_demo_fields(spatial_dims, seed, *, fields_per_well=2) -> dict:
     """``{(row, column): [Field, ...]}`` for rows A-C, columns 1 (control) and 2 (treated)."""
     size = SIZES[spatial_dims]
     fields = {}

@@ -11,20 +11,20 @@ TARGET_LAYER = "features.block2"
 """Half the crop's resolution: fine enough for CAMs that can tell a cell from its surroundings."""
 
 
-def cell_crops(fields, crop_shape):
+def cell_crops(fields, crop_shape) -> tuple[np.ndarray, np.ndarray]:
     """Crops (float32) and their class indices, one per cell of ``fields``."""
     crops = [cut_object_crops(field.image, field.labels, tuple(crop_shape[1:]))[1] for field in fields]
     classes = [np.full(len(c), field.class_index, dtype=np.int64) for c, field in zip(crops, fields)]
     return np.concatenate(crops), np.concatenate(classes)
 
 
-def channel_statistics(crops):
+def channel_statistics(crops) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of training crops: the normalisation baked into the export."""
     axes = (0,) + tuple(range(2, crops.ndim))
     return crops.mean(axis=axes).tolist(), (crops.std(axis=axes) + 1e-6).tolist()
 
 
-def augment(batch, generator):
+def augment(batch, generator) -> torch.Tensor:
     """Random flips of every spatial axis and a random quarter turn in (y, x)."""
     spatial = list(range(2, batch.ndim))
     flips = [axis for axis in spatial if torch.rand((), generator=generator) < 0.5]
@@ -34,7 +34,7 @@ def augment(batch, generator):
     return torch.rot90(batch, turns, dims=(batch.ndim - 2, batch.ndim - 1))
 
 
-def train_classifier(crops, classes, *, mean, std, epochs, seed, batch_size=32):
+def train_classifier(crops, classes, *, mean, std, epochs, seed, batch_size=32) -> nn.Module:
     """A tiny CNN trained with Adam on normalised, augmented crops; returned in eval mode.
 
     Returns

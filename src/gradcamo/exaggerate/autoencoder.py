@@ -18,6 +18,8 @@ import logging
 import os
 import pathlib
 
+import onnxruntime as ort
+
 import gradcamo
 from gradcamo.errors import InputError
 from gradcamo.files import staged_directory
@@ -52,7 +54,7 @@ class AutoencoderInfo:
     source: str = ""
 
     @property
-    def spatial_dims(self):
+    def spatial_dims(self) -> int:
         return len(self.input_shape) - 1
 
 
@@ -86,7 +88,7 @@ def _model_and_source(model, weights):
 
 
 def export_autoencoder(model, input_shape, output_dir, *, weights=None, mean=None, std=None, quiet=False,
-                       opset=DEFAULT_OPSET):
+                       opset=DEFAULT_OPSET) -> AutoencoderInfo:
     """Export an autoencoder as an AE_DIR: ``encoder.onnx``, ``decoder.onnx``, ``autoencoder.json``.
 
     Parameters
@@ -122,12 +124,11 @@ def export_autoencoder(model, input_shape, output_dir, *, weights=None, mean=Non
         A graph disagrees with torch on seeded inputs; nothing is written.
     """
     from gradcamo.exporter.autoencoder import check_is_autoencoder, export_graphs
-    from gradcamo.exporter.export import check_channel_values, check_input_shape
+    from gradcamo.exporter.export import check_input_shape, check_normalisation
 
     input_shape = check_input_shape(input_shape)
     output_dir = _check_output_directory(output_dir)
-    mean = check_channel_values(mean, input_shape[0], "--mean")
-    std = check_channel_values(std, input_shape[0], "--std")
+    mean, std = check_normalisation(mean, std, input_shape[0])
     model, source = _model_and_source(model, weights)
     check_is_autoencoder(model, source)
     graphs = export_graphs(model, input_shape, mean=mean, std=std, opset=opset)
@@ -175,7 +176,7 @@ def _as_tuple(values):
     return None if values is None else tuple(values)
 
 
-def read_autoencoder(ae_dir):
+def read_autoencoder(ae_dir) -> AutoencoderInfo:
     """Read and check an AE_DIR written by :func:`export_autoencoder` (no torch, no onnxruntime).
 
     Raises
@@ -205,12 +206,12 @@ def read_autoencoder(ae_dir):
     )
 
 
-def open_encoder(info, device="auto", threads=None):
+def open_encoder(info, device="auto", threads=None) -> ort.InferenceSession:
     """An onnxruntime session of ``info``'s encoder: ``image`` (N, C, [D,] H, W) -> ``z`` (N, L)."""
     return create_session(str(info.encoder_path), device=device, threads=threads)
 
 
-def open_decoder(info, device="auto", threads=None):
+def open_decoder(info, device="auto", threads=None) -> ort.InferenceSession:
     """An onnxruntime session of ``info``'s decoder: ``z`` (N, L) -> ``image`` (N, C, [D,] H, W)."""
     return create_session(str(info.decoder_path), device=device, threads=threads)
 

@@ -30,7 +30,7 @@ class Discriminant:
     coef: np.ndarray
     intercept: float
 
-    def decision(self, codes):
+    def decision(self, codes) -> np.ndarray:
         """(N,) decision values of (N, L) codes."""
         return ((codes - self.mean) / self.std) @ self.coef + self.intercept
 
@@ -47,7 +47,7 @@ class Direction:
     summary: dict
 
 
-def zscore_parameters(codes):
+def zscore_parameters(codes) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation (ddof 0) of each feature; a constant feature gets std 1.
 
     Parameters
@@ -63,7 +63,7 @@ def zscore_parameters(codes):
     return codes.mean(axis=0), np.where(std > 0, std, 1.0)
 
 
-def ledoit_wolf(x):
+def ledoit_wolf(x) -> tuple[np.ndarray, float]:
     """Ledoit-Wolf shrunk covariance of the rows of ``x`` (centred here), and the shrinkage.
 
     Parameters
@@ -96,7 +96,7 @@ def _group_covariance(x):
     return scale[:, None] * covariance * scale[None, :]
 
 
-def fit_discriminant(codes, is_high):
+def fit_discriminant(codes, is_high) -> Discriminant:
     """Fit the shrinkage LDA of the "high" against the "low" codes, on z-scored features.
 
     Parameters
@@ -127,7 +127,7 @@ def fit_discriminant(codes, is_high):
     return Discriminant(mean, std, coef, intercept)
 
 
-def auroc(scores, is_positive):
+def auroc(scores, is_positive) -> float:
     """Area under the ROC curve (ties count one half): the Mann-Whitney U over the pair count.
 
     Parameters
@@ -152,7 +152,7 @@ def auroc(scores, is_positive):
     return float((ranks[is_positive].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
-def group_folds(groups, max_folds=MAX_FOLDS):
+def group_folds(groups, max_folds=MAX_FOLDS) -> list[np.ndarray]:
     """Test-set indices of folds that keep each group whole.
 
     Parameters
@@ -173,7 +173,7 @@ def group_folds(groups, max_folds=MAX_FOLDS):
     return [np.flatnonzero(fold_of_group[inverse] == k) for k in range(n_folds)]
 
 
-def cross_validated_auroc(codes, is_high, folds):
+def cross_validated_auroc(codes, is_high, folds) -> tuple[float | None, np.ndarray]:
     """AUROC of the out-of-fold decision values of the shrinkage LDA (z-scoring fitted within each fold).
 
     Parameters
@@ -203,14 +203,14 @@ def cross_validated_auroc(codes, is_high, folds):
     return auroc(scores, is_high), scores
 
 
-def fold_groups(plates, wells):
+def fold_groups(plates, wells) -> tuple[list, str]:
     """The grouping of the folds: wells of one plate, or plates when there are several; and its name."""
     if len(set(plates)) > 1:
         return list(plates), "plate"
     return list(wells), "well"
 
 
-def lda_direction(codes, is_high, plates, wells):
+def lda_direction(codes, is_high, plates, wells) -> Direction:
     """The LDA direction, one step = one standard deviation of the projected codes, and its validation.
 
     Parameters
@@ -257,7 +257,7 @@ def lda_direction(codes, is_high, plates, wells):
     return Direction(model.std * unit * projected_sd, summary)
 
 
-def parse_direction(text, latent_size):
+def parse_direction(text, latent_size) -> tuple[str, int | str | None]:
     """``("lda", None)``, ``("feature", K)`` or ``("gradient", FILE)`` from ``lda`` / ``feature:K`` / ``gradient:FILE``.
 
     Raises
@@ -280,7 +280,7 @@ def parse_direction(text, latent_size):
     return "feature", feature
 
 
-def feature_direction(codes, is_high, feature):
+def feature_direction(codes, is_high, feature) -> Direction:
     """One latent feature, one step = its standard deviation over both groups.
 
     Returns

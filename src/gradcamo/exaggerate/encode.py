@@ -19,9 +19,9 @@ import numpy as np
 import pyarrow as pa
 
 from gradcamo.contract import IMAGE, LATENT_CODE
-from gradcamo.exaggerate.autoencoder import open_decoder, open_encoder, read_autoencoder
+from gradcamo.exaggerate.autoencoder import AutoencoderInfo, open_decoder, open_encoder, read_autoencoder
 from gradcamo.scorer.failures import DEFAULT_MAX_FAILURES
-from gradcamo.scorer.pipeline import check_run_options, plan_run, run_units
+from gradcamo.scorer.pipeline import RunSummary, check_run_options, plan_run, run_units
 from gradcamo.scorer.plan import UNIT_MAX_BYTES
 from gradcamo.scorer.resources import describe_worker
 from gradcamo.scorer.sink import KEY_FIELDS, make_table
@@ -33,12 +33,12 @@ CODE_PREFIX = "z_"
 RECONSTRUCTION_MSE = "reconstruction_mse"
 
 
-def code_columns(latent_size):
+def code_columns(latent_size) -> list[str]:
     """The names of the latent code's columns: ``z_0`` .. ``z_{L-1}``."""
     return [f"{CODE_PREFIX}{i}" for i in range(latent_size)]
 
 
-def latent_schema(latent_size):
+def latent_schema(latent_size) -> pa.Schema:
     """The Arrow schema of a latents dataset with codes of ``latent_size`` features."""
     return pa.schema([
         *KEY_FIELDS,
@@ -52,33 +52,33 @@ def latent_schema(latent_size):
 class EncodeSpec:
     """What a worker needs to encode a unit's cells; small and picklable (no session inside)."""
 
-    autoencoder: object  # AutoencoderInfo
+    autoencoder: AutoencoderInfo
     device: str
     threads: object
     batch_size: int
 
     @property
-    def crop_shape(self):
+    def crop_shape(self) -> tuple:
         return tuple(self.autoencoder.input_shape)
 
     @property
-    def crop_spatial(self):
+    def crop_spatial(self) -> tuple:
         return self.crop_shape[1:]
 
     @property
-    def provenance(self):
+    def provenance(self) -> dict:
         """Recorded in every part's schema metadata (``gradcamo.<key>``)."""
         return {"encoder_sha256": self.autoencoder.encoder_sha256,
                 "decoder_sha256": self.autoencoder.decoder_sha256}
 
 
-def reconstruction_mse(decoded, crops):
+def reconstruction_mse(decoded, crops) -> np.ndarray:
     """(n,) float32: the mean over each crop of ``(decoded - crop)^2``, in raw intensities (float64 sums)."""
     error = decoded.astype(np.float64) - crops
     return (error * error).reshape(len(crops), -1).mean(axis=1).astype(np.float32)
 
 
-def encode_unit(spec, block, objects=None):
+def encode_unit(spec, block, objects=None) -> UnitResult:
     """Encode the objects of one block: read, (measure,) cut, encode, decode, build the rows.
 
     Parameters
@@ -121,7 +121,7 @@ def encode_unit(spec, block, objects=None):
     return UnitResult(table, len(objects), provider, clock.seconds, worker=describe_worker(provider, threads))
 
 
-def latent_table(spec, block, objects, encoded):
+def latent_table(spec, block, objects, encoded) -> pa.Table:
     """The rows of one unit, one per object, with :func:`latent_schema` (0 rows when ``encoded`` is None).
 
     ``encoded`` holds, per object: ``codes`` (n, L), ``mse`` (n,) and ``pad`` (pad fraction of the crop).
@@ -142,7 +142,7 @@ def encode(
     inputs, ae_dir, output, *, labels=None, channels=None, batch_size=64, device="auto", workers=None,
     threads=None, scheduler=None, overwrite=False, timepoint=0, progress=False, max_failures=DEFAULT_MAX_FAILURES,
     block_shape=None, unit_max_bytes=UNIT_MAX_BYTES,
-):
+) -> RunSummary:
     """Encode every cell of the given OME-Zarr images; write latent codes to ``output``.
 
     Parameters

@@ -22,7 +22,7 @@ from gradcamo.scorer.session import create_session, run_in_batches
 BATCH_SIZE = 64
 
 
-def read_latent_shift(path, latent_size, input_shape):
+def read_latent_shift(path, latent_size, input_shape) -> dict:
     """The description of a Latent Shift graph for codes of ``latent_size`` and crops of ``input_shape``.
 
     Raises
@@ -50,14 +50,14 @@ def read_latent_shift(path, latent_size, input_shape):
     return description
 
 
-def latent_gradients(session, codes, target):
+def latent_gradients(session, codes, target) -> tuple[np.ndarray, np.ndarray]:
     """Logits (M, K) and d logit[target] / d z (M, L) of each code, float64."""
     feed = {contract.LATENT_CODE: codes, contract.TARGET: np.full(len(codes), target, dtype=np.int64)}
     logits, gradients = run_in_batches(session, [contract.LOGITS, contract.LATENT_GRADIENT], feed, BATCH_SIZE)
     return logits.astype(np.float64), gradients.astype(np.float64)
 
 
-def gradient_direction(path, description, codes, is_high, chosen, *, device="auto"):
+def gradient_direction(path, description, codes, is_high, chosen, *, device="auto") -> Direction:
     """Per-cell Latent Shift steps for the ``chosen`` cells.
 
     Parameters

@@ -10,7 +10,7 @@ import numpy as np
 from gradcamo.errors import InputError, first_line
 from gradcamo.exaggerate.encode import KIND, code_columns
 from gradcamo.results.datasets import DATASET_COLUMN, MANIFEST, VIEW, connect, resolve_datasets
-from gradcamo.results.query import _to_arrow
+from gradcamo.results.query import to_arrow
 from gradcamo.scorer.sink import KEY_FIELDS
 
 KEY_TYPES = {name: kind for name, kind in KEY_FIELDS if name.startswith("Metadata_")}
@@ -30,7 +30,7 @@ class Groups:
     is_high: np.ndarray
 
 
-def check_latents(latents, latent_size, ae_dir):
+def check_latents(latents, latent_size, ae_dir) -> dict:
     """The manifest of a latents dataset whose codes fit an autoencoder with ``latent_size`` features.
 
     Raises
@@ -68,7 +68,7 @@ def _condition(con, option, condition, latents):
         raise InputError(f"{option}: {condition!r} selects no cells of {latents}", argument=option)
 
 
-def read_groups(latents, high, low, latent_size):
+def read_groups(latents, high, low, latent_size) -> Groups:
     """Keys and codes of the cells that ``high`` or ``low`` selects.
 
     Parameters
@@ -93,7 +93,7 @@ def read_groups(latents, high, low, latent_size):
         _condition(con, "high", high, latents)
         _condition(con, "low", low, latents)
         flags = f"coalesce(({high}), false) AS _is_high, coalesce(({low}), false) AS _is_low"
-        table = _to_arrow(con.sql(
+        table = to_arrow(con.sql(
             f"SELECT * EXCLUDE ({DATASET_COLUMN}), {flags} FROM {VIEW} "
             f"WHERE coalesce(({high}), false) OR coalesce(({low}), false) ORDER BY Metadata_Image, Metadata_ObjectNumber"
         ))

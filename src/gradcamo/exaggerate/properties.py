@@ -19,7 +19,7 @@ RIM_WIDTH = 2
 """Pixels of the foreground within this many steps (4-connected) of the background form its rim."""
 
 
-def property_names(n_channels):
+def property_names(n_channels) -> list[str]:
     """Column names of :func:`measure`, in order."""
     return list(SHAPE_PROPERTIES) + [
         f"{kind}_c{channel}" for kind in ("intensity_inside", "intensity_rim") for channel in range(n_channels)
@@ -32,7 +32,7 @@ def _stretch(channel):
     return np.clip((channel - low) / (high - low), 0, 1) if high > low else np.zeros_like(channel)
 
 
-def foreground(image):
+def foreground(image) -> np.ndarray:
     """The cell's foreground mask of one image.
 
     Parameters
@@ -58,7 +58,7 @@ def foreground(image):
     return components == chosen
 
 
-def measure(images):
+def measure(images) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Properties of each decoded image.
 
     Parameters

@@ -18,7 +18,7 @@ import gradcamo
 from gradcamo.exaggerate.trends import GROUPS
 from gradcamo.visual.colors import DIVERGING, apply_colormap
 from gradcamo.visual.figures import trajectory_svg
-from gradcamo.visual.overlay import BACKGROUND, CAPTION_COLOR, _outline, composite
+from gradcamo.visual.overlay import BACKGROUND, CAPTION_COLOR, composite, draw_outline
 from gradcamo.visual.report import format_value, value_cell, write_page
 
 TILE_PIXELS = 64
@@ -58,7 +58,7 @@ def _with_labels(tiles, labels, scale):
     return np.asarray(canvas, dtype=np.float64) / 255
 
 
-def cell_strip(decoded, masks, steps):
+def cell_strip(decoded, masks, steps) -> str:
     """One cell across the steps: composite of the channels (one stretch for all steps), foreground outlined.
 
     Parameters
@@ -79,12 +79,12 @@ def cell_strip(decoded, masks, steps):
     tiles = []
     for index, mask in enumerate(masks):
         tile = np.kron(rgb[:, index * width:(index + 1) * width], np.ones((scale, scale, 1)))
-        tile[_outline(np.kron(mask, np.ones((scale, scale), dtype=bool)))] = np.asarray(OUTLINE) / 255
+        draw_outline(tile, mask, scale, OUTLINE)
         tiles.append(tile)
     return _png_uri(_with_labels(tiles, [f"{s:+g}" for s in steps], scale))
 
 
-def difference_strip(mean_difference, steps):
+def difference_strip(mean_difference, steps) -> tuple[str, float]:
     """Mean difference to step 0 of each step (columns) and channel (rows), on one symmetric blue-white-red scale.
 
     Returns
@@ -189,7 +189,7 @@ def _monotonic_table(shares):
     )
 
 
-def write_exaggerate_report(path, record, table, shares, decoded, masks, mean_difference):
+def write_exaggerate_report(path, record, table, shares, decoded, masks, mean_difference) -> None:
     """Write the report.
 
     Parameters

@@ -114,7 +114,7 @@ def _find_direction(kind, argument, groups, chosen, latent_shift, device):
 def exaggerate(
     latents, ae_dir, output, *, high, low, direction="lda", steps=DEFAULT_STEPS, cells=32, model=None, seed=0,
     overwrite=False, device="auto", batch_size=64, progress=False,
-):
+) -> ExaggerateSummary:
     """Fit a direction between two groups of cells, decode their codes moved along it, measure and report.
 
     Parameters
@@ -176,7 +176,7 @@ def exaggerate(
         decoded = decode(session, shifted, batch_size=batch_size, advance=lambda n: bar.update(task, advance=n))
     values, masks = measure(decoded)
     probabilities = grad_camo = None
-    classes = ()
+    classes: tuple = ()
     if classifier is not None:
         probabilities, grad_camo = classify(classifier, decoded, masks, batch_size=batch_size)
         classes = classifier.class_names

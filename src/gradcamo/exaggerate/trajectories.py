@@ -10,7 +10,7 @@ import numpy as np
 from gradcamo import contract
 from gradcamo.cam import score_ratio, softmax
 from gradcamo.errors import InputError
-from gradcamo.model_file import read_model_info
+from gradcamo.model_file import ModelInfo, read_model_info
 from gradcamo.scorer.head import CAM_INSIDE, CAM_TOTAL, MASK
 from gradcamo.scorer.session import run_in_batches
 from gradcamo.visual.recompute import cam_session
@@ -20,7 +20,7 @@ CONVENTION = "raw"
 METHOD = "gradcam"
 
 
-def parse_steps(text):
+def parse_steps(text) -> np.ndarray:
     """The steps of ``START:STOP:STEP`` (STOP included), in standard deviations.
 
     Raises
@@ -50,7 +50,7 @@ def parse_steps(text):
     return steps
 
 
-def choose_cells(is_high, cells, seed):
+def choose_cells(is_high, cells, seed) -> tuple[np.ndarray, np.ndarray]:
     """Indices of up to ``cells`` cells of each group, drawn without replacement (high first, each in order).
 
     Returns
@@ -68,21 +68,21 @@ def choose_cells(is_high, cells, seed):
     return np.concatenate(chosen).astype(np.int64), np.asarray(groups)
 
 
-def shift_codes(codes, step, steps):
+def shift_codes(codes, step, steps) -> np.ndarray:
     """(N, S, L) float32: ``codes[n] + steps[s] * step`` (``step`` (L,), or (N, L): one per cell)."""
     step = np.broadcast_to(np.asarray(step, dtype=np.float64), np.shape(codes))
     shifted = np.asarray(codes, dtype=np.float64)[:, None, :] + np.asarray(steps)[None, :, None] * step[:, None, :]
     return shifted.astype(np.float32)
 
 
-def decode(session, codes, *, batch_size=64, advance=None):
+def decode(session, codes, *, batch_size=64, advance=None) -> np.ndarray:
     """Decode (M, L) codes with a ``decoder.onnx`` session into (M, C, [D,] H, W) float32 images."""
     feed = {contract.LATENT_CODE: codes}
     (images,) = run_in_batches(session, [contract.IMAGE], feed, batch_size, advance)
     return images
 
 
-def differences(decoded, steps):
+def differences(decoded, steps) -> tuple[np.ndarray, np.ndarray]:
     """Each step minus step 0, and its mean over cells.
 
     Parameters
@@ -101,7 +101,7 @@ def differences(decoded, steps):
     return difference, difference.mean(axis=0)
 
 
-def open_classifier(model, input_shape):
+def open_classifier(model, input_shape) -> ModelInfo:
     """The :class:`~gradcamo.model_file.ModelInfo` of a gradcamo model for crops of ``input_shape``.
 
     Raises
@@ -117,7 +117,7 @@ def open_classifier(model, input_shape):
     return info
 
 
-def classify(info, images, masks, *, batch_size=64):
+def classify(info, images, masks, *, batch_size=64) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities and Grad-CAMO (of the predicted class, foreground as the mask) of decoded images.
 
     The scorer's own graph and head compute both (:func:`gradcamo.visual.recompute.cam_session`,

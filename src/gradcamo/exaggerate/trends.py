@@ -17,7 +17,7 @@ TOLERANCE = 0.01
 """Share of a quantity's range (over all cells and steps) that a step may go the wrong way by."""
 
 
-def monotonic(values, tolerance=0.0):
+def monotonic(values, tolerance=0.0) -> tuple[np.ndarray, np.ndarray]:
     """(increasing, decreasing) flags of each row of ``values``.
 
     Parameters
@@ -48,14 +48,14 @@ def monotonic(values, tolerance=0.0):
     return increasing, decreasing
 
 
-def tolerance_of(values):
+def tolerance_of(values) -> float:
     """:data:`TOLERANCE` times the range of the finite values (0 when there are none)."""
     finite = np.asarray(values, dtype=np.float64)
     finite = finite[np.isfinite(finite)]
     return float(TOLERANCE * (finite.max() - finite.min())) if len(finite) else 0.0
 
 
-def monotonic_shares(columns, groups, names):
+def monotonic_shares(columns, groups, names) -> list[dict]:
     """Share of cells in which each quantity rises or falls monotonically, per group and overall.
 
     Parameters

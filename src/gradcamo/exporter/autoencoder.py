@@ -90,7 +90,7 @@ def check_is_autoencoder(model, source):
         )
 
 
-def _probe(model, input_shape):
+def probe_autoencoder(model, input_shape):
     """Encode and decode a zero batch once; check the shapes. Returns the latent size."""
     batch = choose_trace_batch(input_shape)
     try:
@@ -123,7 +123,7 @@ def _normalised(image, decoder):
     return decoder.normalise(torch.from_numpy(image)).numpy()
 
 
-def _validation_codes(codes):
+def make_validation_codes(codes):
     """The encoded codes, then the same codes moved far away (:data:`FAR_CODE_SPREAD`) at random."""
     spread = codes.std(axis=0, keepdims=True) + np.float32(1e-3)
     noise = np.random.default_rng(SEED + 1).standard_normal(codes.shape).astype(np.float32)
@@ -147,7 +147,7 @@ def export_graphs(model, input_shape, *, mean=None, std=None, opset):
         A graph disagrees with torch beyond :data:`RTOL` on the seeded inputs.
     """
     model = copy.deepcopy(model).float().eval()
-    latent_size = _probe(model, input_shape)
+    latent_size = probe_autoencoder(model, input_shape)
     encoder = EncoderGraph(model, input_shape, mean, std).eval()
     decoder = DecoderGraph(model, input_shape, mean, std).eval()
     batch = choose_trace_batch(input_shape)
@@ -161,7 +161,7 @@ def export_graphs(model, input_shape, *, mean=None, std=None, opset):
         images = make_validation_images(input_shape, mean=mean, std=std)
         codes = encoder(torch.from_numpy(images)).numpy()
         [(onnx_codes,)] = run_onnx(encoder_bytes, (LATENT_CODE,), [{IMAGE: images}])
-        decoder_codes = _validation_codes(codes)
+        decoder_codes = make_validation_codes(codes)
         decoded = decoder(torch.from_numpy(decoder_codes)).numpy()
         [(onnx_decoded,)] = run_onnx(decoder_bytes, (IMAGE,), [{LATENT_CODE: decoder_codes}])
     graphs = AutoencoderGraphs(

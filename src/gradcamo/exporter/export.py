@@ -43,7 +43,15 @@ def check_input_shape(input_shape):
     return shape
 
 
-def check_channel_values(values, n_channels, option):
+def check_channel_values(values, n_channels, option, *, positive=False):
+    """``values`` as floats, one per channel (None stays None); ``positive``: each must be > 0.
+
+    Raises
+    ------
+    InputError
+        Not ``n_channels`` values, a value that is not finite, or (``positive``) one <= 0;
+        the message names ``option``.
+    """
     if values is None:
         return None
     values = [float(v) for v in values]
@@ -51,12 +59,28 @@ def check_channel_values(values, n_channels, option):
         raise InputError(f"{option}: expected {n_channels} values (one per channel), got {len(values)}")
     if not all(math.isfinite(v) for v in values):
         raise InputError(f"{option}: every value must be a finite number, got {values}")
-    if option == "--std" and not all(v > 0 for v in values):
-        raise InputError(f"--std: every value must be > 0, got {values}")
+    if positive and not all(v > 0 for v in values):
+        raise InputError(f"{option}: every value must be > 0, got {values}")
     return values
 
 
-def _check_output_path(path):
+def check_normalisation(mean, std, n_channels, *, options=("--mean", "--std")):
+    """A per-channel normalisation ``(x - mean) / std`` checked: ``mean`` finite, ``std`` finite and > 0.
+
+    ``options`` names the two options in messages. Every command that takes a mean and a std
+    checks them here, so that no std escapes the positivity check.
+
+    Returns
+    -------
+    tuple
+        ``(mean, std)``, each a list of float or None.
+    """
+    return (check_channel_values(mean, n_channels, options[0]),
+            check_channel_values(std, n_channels, options[1], positive=True))
+
+
+def check_output_path(path):
+    """``path`` as a Path to a file that may be written: not a directory, in an existing directory."""
     path = pathlib.Path(path)
     if path.is_dir():
         raise InputError(f"-o: {str(path)!r} is a directory; give a file name such as model.onnx")
@@ -152,7 +176,8 @@ def _metadata(*, target_layer, input_shape, class_names, mean, std, validation, 
     }
 
 
-def _write_atomically(model_proto, path):
+def write_atomically(model_proto, path):
+    """Save an ONNX model at ``path``, all of it or nothing (:func:`gradcamo.files.atomic_path`)."""
     with atomic_path(path) as temporary:
         onnx.save(model_proto, str(temporary))
 
@@ -199,9 +224,8 @@ def export_model(
         The exported graph disagrees with torch beyond tolerance.
     """
     input_shape = check_input_shape(input_shape)
-    path = _check_output_path(path)
-    mean = check_channel_values(mean, input_shape[0], "--mean")
-    std = check_channel_values(std, input_shape[0], "--std")
+    path = check_output_path(path)
+    mean, std = check_normalisation(mean, std, input_shape[0])
     channel_names = check_channel_names(channel_names, input_shape[0])
     model = copy.deepcopy(model).float().eval()
     n_classes = _probe(model, target_layer, input_shape)
@@ -234,6 +258,6 @@ def export_model(
         mean=mean, std=std, validation=report, weights_sha256=hash_weights(model), channel_names=channel_names,
     )
     onnx.helper.set_model_props(model_proto, metadata)
-    _write_atomically(model_proto, path)
+    write_atomically(model_proto, path)
     LOGGER.info("wrote %s", path)
     return ExportResult(path=path, metadata=metadata, validation=report)

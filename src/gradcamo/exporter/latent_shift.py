@@ -19,8 +19,10 @@ from torch import nn
 import gradcamo
 from gradcamo import contract
 from gradcamo.errors import InputError, ValidationError
-from gradcamo.exporter.autoencoder import DecoderGraph, EncoderGraph, check_is_autoencoder, _probe, _validation_codes
-from gradcamo.exporter.export import _check_output_path, _write_atomically, check_channel_values, check_input_shape
+from gradcamo.exporter.autoencoder import (
+    DecoderGraph, EncoderGraph, check_is_autoencoder, make_validation_codes, probe_autoencoder,
+)
+from gradcamo.exporter.export import check_input_shape, check_normalisation, check_output_path, write_atomically
 from gradcamo.exporter.trace import choose_trace_batch, convert_to_onnx, trace_gradient_graph
 from gradcamo.exporter.validate import make_validation_images, max_relative_error, run_onnx
 from gradcamo.exporter.wrap import ChannelNormalisation
@@ -98,15 +100,14 @@ def export_latent_shift(autoencoder, classifier, input_shape, path, *, autoencod
         The graph cannot be converted, or disagrees with torch beyond :data:`RTOL`.
     """
     input_shape = check_input_shape(input_shape)
-    path = _check_output_path(path)
-    autoencoder_mean = check_channel_values(autoencoder_mean, input_shape[0], "--autoencoder-mean")
-    autoencoder_std = check_channel_values(autoencoder_std, input_shape[0], "--autoencoder-std")
-    mean = check_channel_values(mean, input_shape[0], "--mean")
-    std = check_channel_values(std, input_shape[0], "--std")
+    path = check_output_path(path)
+    autoencoder_mean, autoencoder_std = check_normalisation(
+        autoencoder_mean, autoencoder_std, input_shape[0], options=("--autoencoder-mean", "--autoencoder-std"))
+    mean, std = check_normalisation(mean, std, input_shape[0])
     check_is_autoencoder(autoencoder, type(autoencoder).__name__)
     autoencoder = copy.deepcopy(autoencoder).float().eval()
     classifier = copy.deepcopy(classifier).float().eval()
-    latent_size = _probe(autoencoder, input_shape)
+    latent_size = probe_autoencoder(autoencoder, input_shape)
     graph = LatentShiftGraph(autoencoder, classifier, input_shape, autoencoder_mean=autoencoder_mean,
                              autoencoder_std=autoencoder_std, mean=mean, std=std).eval()
     batch = choose_trace_batch(input_shape)
@@ -127,7 +128,7 @@ def export_latent_shift(autoencoder, classifier, input_shape, path, *, autoencod
     images = make_validation_images(input_shape, mean=autoencoder_mean, std=autoencoder_std)
     with torch.no_grad():
         encoder = EncoderGraph(autoencoder, input_shape, autoencoder_mean, autoencoder_std)
-        codes = _validation_codes(encoder(torch.from_numpy(images)).numpy())
+        codes = make_validation_codes(encoder(torch.from_numpy(images)).numpy())
     validation = _validate(model_proto.SerializeToString(), graph, codes, n_classes)
     LOGGER.info("logits / gradient max relative error vs torch %.1e / %.1e (tolerance %.0e)",
                 validation["logits_max_rel_error"], validation["gradient_max_rel_error"], RTOL)
@@ -135,6 +136,6 @@ def export_latent_shift(autoencoder, classifier, input_shape, path, *, autoencod
                    "input_shape": list(input_shape), "class_names": class_names, "validation": validation,
                    "torch_version": torch.__version__, "gradcamo_version": gradcamo.__version__}
     onnx.helper.set_model_props(model_proto, {contract.META_LATENT_SHIFT: json.dumps(description)})
-    _write_atomically(model_proto, path)
+    write_atomically(model_proto, path)
     LOGGER.info("wrote %s", path)
     return description

@@ -19,7 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from gradcamo.errors import InputError
-from gradcamo.errors import first_line as _first_line
+from gradcamo.errors import first_line
 
 LOGGER = logging.getLogger(__name__)
 
@@ -265,10 +265,10 @@ def connect(datasets, *, method=None):
         con.execute(f"CREATE VIEW {VIEW} AS " + " UNION ALL BY NAME ".join(selects))
         if len(datasets) > 1:
             for name, view in view_names(datasets).items():
-                con.execute(f"CREATE VIEW {_identifier(view)} AS SELECT * FROM {sources[name]}")
+                con.execute(f"CREATE VIEW {quote_identifier(view)} AS SELECT * FROM {sources[name]}")
     except duckdb.Error as error:
         con.close()
-        raise InputError(f"SCORES: cannot read the part files: {_first_line(error)}") from None
+        raise InputError(f"SCORES: cannot read the part files: {first_line(error)}") from None
     except BaseException:
         con.close()
         raise
@@ -285,7 +285,7 @@ def _source(con, index, path):
         try:
             con.execute(f"SELECT * FROM read_parquet([{files}], union_by_name = true) LIMIT 0")
         except duckdb.Error as error:
-            raise InputError(f"{path}: cannot read its part files: {_first_line(error)}") from None
+            raise InputError(f"{path}: cannot read its part files: {first_line(error)}") from None
         return f"read_parquet([{files}], union_by_name = true)"
     # No part file at all (nothing was scored yet, or an empty label image): an empty
     # relation with the score schema, so that queries and summaries still bind.
@@ -293,7 +293,7 @@ def _source(con, index, path):
 
     table = f"_empty_scores_{index}"
     con.register(table, pa.Table.from_batches([], schema=SCORE_SCHEMA.remove_metadata()))
-    return _identifier(table)
+    return quote_identifier(table)
 
 
 def _literal(text):
@@ -301,9 +301,9 @@ def _literal(text):
     return "'" + str(text).replace("'", "''") + "'"
 
 
-def _identifier(text):
+def quote_identifier(text):
     """A quoted SQL identifier."""
     return '"' + str(text).replace('"', '""') + '"'
 
 
-__all__ = ["connect", "incompleteness", "recorded_methods", "resolve_datasets", "view_names"]
+__all__ = ["connect", "incompleteness", "quote_identifier", "recorded_methods", "resolve_datasets", "view_names"]

@@ -15,7 +15,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from gradcamo.errors import InputError
-from gradcamo.results.datasets import _first_line, connect, resolve_datasets
+from gradcamo.errors import first_line
+from gradcamo.results.datasets import connect, resolve_datasets
 
 FORMATS = ("table", "csv", "json", "parquet")
 MAX_TABLE_ROWS = 100
@@ -23,7 +24,7 @@ _ROW_STATEMENTS = ("SELECT", "EXPLAIN", "PRAGMA", "CALL")
 """Statement types that return rows; DuckDB 2 also returns a row count for CREATE, INSERT, ..."""
 
 
-def run_query(paths, sql, *, method=None):
+def run_query(paths, sql, *, method=None) -> pa.Table:
     """Run one SQL query over the view ``scores`` of the given datasets.
 
     Parameters
@@ -57,20 +58,20 @@ def run_query(paths, sql, *, method=None):
         relation = con.sql(sql)
         if relation is None or not statements or statements[-1].type.name not in _ROW_STATEMENTS:
             return pa.table({})
-        return _to_arrow(relation)
+        return to_arrow(relation)
     except duckdb.Error as error:
-        raise InputError(f"SQL: {_first_line(error)}") from None
+        raise InputError(f"SQL: {first_line(error)}") from None
     finally:
         con.close()
 
 
-def _to_arrow(relation):
+def to_arrow(relation) -> pa.Table:
     """A DuckDB relation's rows as an Arrow table (``to_arrow_table`` since duckdb 1.4)."""
     to_table = getattr(relation, "to_arrow_table", None) or relation.arrow
     return to_table()
 
 
-def write_table(table, format, output=None, *, max_rows=MAX_TABLE_ROWS):
+def write_table(table, format, output=None, *, max_rows=MAX_TABLE_ROWS) -> None:
     """Write an Arrow table to the terminal or to a file.
 
     Parameters
@@ -158,7 +159,7 @@ def _write_csv(table, output):
             sys.stdout.write(buffer.getvalue().decode("utf-8"))
             sys.stdout.flush()
     except pa.ArrowNotImplementedError as error:
-        raise InputError(f"--format csv: {_first_line(error)}; use --format json or parquet") from None
+        raise InputError(f"--format csv: {first_line(error)}; use --format json or parquet") from None
 
 
 def _json_value(value):

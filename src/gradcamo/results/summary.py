@@ -4,8 +4,9 @@ import duckdb
 import pyarrow as pa
 
 from gradcamo.errors import InputError
-from gradcamo.results.datasets import DATASET_COLUMN, VIEW, _first_line, _identifier, connect, resolve_datasets
-from gradcamo.results.query import _to_arrow
+from gradcamo.errors import first_line
+from gradcamo.results.datasets import DATASET_COLUMN, VIEW, connect, quote_identifier, resolve_datasets
+from gradcamo.results.query import to_arrow
 
 DEFAULT_BY = ("dataset", "Metadata_Plate", "Metadata_Well", "target_name", "method")
 SUMMARY_COLUMNS = (
@@ -68,9 +69,9 @@ def summarize(paths, by=DEFAULT_BY, *, method=None):
         schema = {row[0]: row[1] for row in con.execute(f"DESCRIBE {VIEW}").fetchall()}
         missing = {name: kind for name, kind in METRIC_COLUMNS.items() if name not in schema}
         _check_by(by, {**schema, **missing})
-        return _to_arrow(con.sql(_summary_sql(by, missing)))
+        return to_arrow(con.sql(_summary_sql(by, missing)))
     except duckdb.Error as error:
-        raise InputError(f"summary: {_first_line(error)}") from None
+        raise InputError(f"summary: {first_line(error)}") from None
     finally:
         con.close()
 
@@ -113,12 +114,12 @@ def _nan_to_null(column):
 
 
 def _summary_sql(by, missing):
-    keys = ", ".join(_identifier(key) for key in by)
+    keys = ", ".join(quote_identifier(key) for key in by)
     group = f"GROUP BY {keys}" if by else ""
     select_keys = f"{keys}, " if by else ""
-    order = "ORDER BY " + ", ".join(f"s.{_identifier(key)} NULLS LAST" for key in by) if by else ""
-    join = " AND ".join(f"s.{_identifier(k)} IS NOT DISTINCT FROM p.{_identifier(k)}" for k in by) or "TRUE"
-    out_keys = ", ".join(f"s.{_identifier(key)}" for key in by)
+    order = "ORDER BY " + ", ".join(f"s.{quote_identifier(key)} NULLS LAST" for key in by) if by else ""
+    join = " AND ".join(f"s.{quote_identifier(k)} IS NOT DISTINCT FROM p.{quote_identifier(k)}" for k in by) or "TRUE"
+    out_keys = ", ".join(f"s.{quote_identifier(key)}" for key in by)
     # NaN scores become NULL once and every aggregate skips NULLs alike. This relies on
     # isnan() seeing the NaNs: DuckDB 2.0 folds it to false over Parquet columns whose
     # min/max statistics exist, so the sink writes none for floats (sink._statistics_columns).

@@ -17,6 +17,7 @@ from gradcamo import contract
 from gradcamo.cam import (
     CONVENTIONS, GRADCAM_PLUSPLUS_EPS, MINMAX_EPS, XGRADCAM_EPS, check_choice, check_methods, resize_matrices,
 )
+from gradcamo.model_file import static_spatial_shape
 
 MASK = "mask"
 CAM_INSIDE = "cam_inside"
@@ -234,13 +235,8 @@ def _head_nodes(layer_spatial, crop_spatial, convention, methods):
 def _layer_spatial(graph, spatial_dims):
     """The target layer's spatial shape, as the graph's ``activations`` output declares it."""
     output = next(o for o in graph.output if o.name == contract.ACTIVATIONS)
-    dims = output.type.tensor_type.shape.dim[2:]
-    if len(dims) != spatial_dims or not all(d.HasField("dim_value") for d in dims):
-        raise ValueError(
-            f"{contract.ACTIVATIONS}: the graph's output declares no static {spatial_dims}-D spatial shape "
-            f"({[d.dim_value or d.dim_param for d in dims]}); export the model again with gradcamo export"
-        )
-    return tuple(d.dim_value for d in dims)
+    dims = [d.dim_param or d.dim_value for d in output.type.tensor_type.shape.dim]
+    return static_spatial_shape(dims, spatial_dims, contract.ACTIVATIONS)
 
 
 def _layer_channels(graph):
@@ -276,7 +272,7 @@ def append_score_head(model, *, crop_spatial, convention="raw", methods=("gradca
     ------
     InputError
         Unknown convention or method, a repeated method.
-    ValueError
+    ContractError
         The graph's activations have no static spatial shape.
     """
     check_choice("convention", convention, CONVENTIONS)

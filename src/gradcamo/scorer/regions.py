@@ -2,14 +2,12 @@
 
 import collections
 import dataclasses
-import functools
 import itertools
 import math
 import threading
 
 import numpy as np
 
-from gradcamo.data.read import ImageRef, open_image
 from gradcamo.errors import InputError
 from gradcamo.scorer.channels import choose_channels
 
@@ -151,12 +149,6 @@ def plan_layout(source, *, spatial_dims, n_channels, channels=None, timepoint=0,
         spatial_shape=tuple(sizes[a] for a in spatial_axes), channels=chosen, timepoint=timepoint,
         channel_match=choice.match,
     )
-
-
-@functools.lru_cache(maxsize=64)
-def open_cached(ref: ImageRef, label_name):
-    """Open an image once per worker process."""
-    return open_image(ref, label_name)
 
 
 def block_grid(spatial_shape, chunk_shape, crop_spatial, *, block_shape=None):

@@ -1,6 +1,5 @@
 """onnxruntime sessions for scoring: one per worker process, never pickled."""
 
-import functools
 import logging
 import os
 
@@ -138,13 +137,11 @@ def run_in_batches(session, output_names, feed, batch_size, advance=None):
     return [np.concatenate(column) for column in zip(*parts)]
 
 
-@functools.lru_cache(maxsize=4)
 def scoring_session(model_path, model_sha256, crop_spatial, convention, device, threads, methods=("gradcam",),
                     device_id=None):
-    """The cached (per process, the 4 latest) headed session of a model file.
+    """A new headed session of a model file, built once per run and worker by
+    :meth:`gradcamo.scorer.worker.ScorerPlugin.session`, which keeps it until the run ends.
 
-    ``model_sha256`` is part of the cache key only, so a replaced file is never confused
-    with the one cached. A scoring run's workers reach it through
-    :class:`gradcamo.scorer.worker.ScorerPlugin`; repeated runs in one process reuse it.
+    ``model_sha256`` is part of the plugin's key only (the file scored is the file the run checked).
     """
     return build_scoring_session(model_path, crop_spatial, convention, device, threads, methods, device_id)

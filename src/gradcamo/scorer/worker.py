@@ -1,10 +1,10 @@
 """Per-worker state of a scoring (or encoding) run, held by a ``distributed.WorkerPlugin``.
 
-A worker keeps, for the duration of a run: its onnxruntime sessions (never pickled; a scoring
-run's come from the process's session cache, :func:`gradcamo.scorer.session.scoring_session`,
-so repeated runs in one process do not build them again), a cache of decoded chunks (the
-halos of neighbouring blocks share chunks) and a lock that lets one batch at a time onto a
-GPU. ``teardown`` drops all of it.
+A worker keeps, for the duration of a run: its onnxruntime sessions (never pickled; built on
+first use), a cache of decoded chunks (the halos of neighbouring blocks share chunks) and a
+lock that lets one batch at a time onto a GPU. ``teardown`` drops all of it: nothing outlives
+the run at module level, so a later run in the same process (the default local worker runs
+in-process) builds its sessions again from the model file as it is then.
 
 Task threads overlap reading with inference. On CUDA they take turns at the GPU while the
 others read, decompress and cut. On CPU each runs its own batches with its share of the
@@ -51,7 +51,7 @@ class ScorerPlugin(WorkerPlugin):
     def session(self, build, *arguments):
         """The session ``build(*arguments)`` on this worker, built on first use and kept for the run.
 
-        ``build`` and ``arguments`` are the cache key: e.g. :func:`gradcamo.scorer.session.scoring_session` and a
+        ``build`` and ``arguments`` are the key: e.g. :func:`gradcamo.scorer.session.scoring_session` and a
         :class:`~gradcamo.scorer.units.ScoreSpec`'s ``session_arguments`` (the model file's
         path and sha256, crop, convention, device, threads, methods), or an autoencoder's
         graph opener and its description.
@@ -84,15 +84,14 @@ def session_threads(requested=None):
     return max(1, int(cores) // max(1, tasks))
 
 
-_OUTSIDE_DASK = ScorerPlugin()
-_OUTSIDE_DASK.setup()
-
-
 def worker_state():
-    """This worker's :class:`ScorerPlugin`; outside a Dask worker, one for the calling process."""
+    """This worker's :class:`ScorerPlugin`; outside a Dask worker (or without the plugin), a fresh
+    one set up for this call alone, kept by no one."""
     try:
-        worker = get_worker()
+        plugin = get_worker().plugins.get(PLUGIN_NAME)
     except ValueError:
-        return _OUTSIDE_DASK
-    plugin = worker.plugins.get(PLUGIN_NAME)
-    return plugin if plugin is not None else _OUTSIDE_DASK
+        plugin = None
+    if plugin is None:
+        plugin = ScorerPlugin()
+        plugin.setup()
+    return plugin

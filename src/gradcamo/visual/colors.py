@@ -21,7 +21,7 @@ CHANNEL_COLORS = np.array([
 """Composite colour of channel 0, 1, ... (blue, green, red, yellow, magenta, cyan, then again)."""
 
 
-def apply_colormap(values, colormap=INFERNO):
+def apply_colormap(values, colormap=INFERNO) -> np.ndarray:
     """Map values in [0, 1] to RGB by linear interpolation between the colour map's samples.
 
     Parameters
@@ -45,7 +45,7 @@ def apply_colormap(values, colormap=INFERNO):
     return colormap[low] * (1.0 - frac) + colormap[low + 1] * frac
 
 
-def hex_color(value, colormap=VIRIDIS):
+def hex_color(value, colormap=VIRIDIS) -> str:
     """``#rrggbb`` of one value in [0, 1]."""
     r, g, b = (int(round(255 * c)) for c in apply_colormap(np.asarray(value, dtype=float), colormap))
     return f"#{r:02x}{g:02x}{b:02x}"

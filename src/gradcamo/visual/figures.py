@@ -56,7 +56,7 @@ def _axes(width, height, x_label, y_label, y_ticks, x_ticks=None):
     return body, to_x, to_y
 
 
-def histogram_svg(series, *, width=320, height=190, label="grad_camo histogram"):
+def histogram_svg(series, *, width=320, height=190, label="grad_camo histogram") -> str:
     """Step lines of the share of rows per bin of [0, 1], one per series, with a line at 0.5.
 
     Parameters
@@ -85,7 +85,7 @@ def histogram_svg(series, *, width=320, height=190, label="grad_camo histogram")
     return _svg(width, height, body, label)
 
 
-def density_svg(counts, *, width=320, height=250, label="grad_camo against prob_target"):
+def density_svg(counts, *, width=320, height=250, label="grad_camo against prob_target") -> str:
     """Cell counts on a grid of Grad-CAMO (x) by probability of the target (y), log-shaded.
 
     Parameters
@@ -112,7 +112,7 @@ def density_svg(counts, *, width=320, height=250, label="grad_camo against prob_
     return _svg(width, height, body, label)
 
 
-def plate_svg(wells, row_names, n_columns, *, label):
+def plate_svg(wells, row_names, n_columns, *, label) -> str:
     """A plate laid out as on the bench: one ``rect.well`` per well, coloured by median Grad-CAMO.
 
     Parameters
@@ -144,7 +144,7 @@ def plate_svg(wells, row_names, n_columns, *, label):
     return _svg(left + n_columns * cell + 4, top + len(row_names) * cell + 4, body, label)
 
 
-def colorbar_svg(*, width=200, height=30, label="median Grad-CAMO"):
+def colorbar_svg(*, width=200, height=30, label="median Grad-CAMO") -> str:
     """The plate map's colour scale, 0 to 1, with its label on the right."""
     stops = "".join(
         f'<stop offset="{v:.2f}" stop-color="{hex_color(v)}"/>' for v in np.linspace(0, 1, len(VIRIDIS))
@@ -158,7 +158,7 @@ def colorbar_svg(*, width=200, height=30, label="median Grad-CAMO"):
     return _svg(width + 110, height, body, label)
 
 
-def trajectory_svg(steps, series, *, y_label, width=300, height=190, label="trajectory"):
+def trajectory_svg(steps, series, *, y_label, width=300, height=190, label="trajectory") -> str:
     """Median (line) and interquartile band of a quantity at each step, one colour per series.
 
     Parameters

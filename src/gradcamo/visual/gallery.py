@@ -27,13 +27,13 @@ class Gallery:
     images: list
 
 
-def select_galleries(directory, size, method):
+def select_galleries(directory, size, method) -> dict:
     """{kind: pyarrow.Table} of the rows of ``method`` each gallery shows (at most ``size`` each)."""
     return {kind: select_rows(directory, where=where, order_by=order, limit=size, method=method)
             for kind, (where, order) in KINDS.items()}
 
 
-def render_galleries(source, selections, advance):
+def render_galleries(source, selections, advance) -> list[Gallery]:
     """Recompute and draw the cells of each selection; ``advance(n)`` reports progress.
 
     Returns
@@ -43,7 +43,7 @@ def render_galleries(source, selections, advance):
     galleries = []
     for kind, table in selections.items():
         rows = table.to_pydict()
-        images = [None] * table.num_rows
+        images: list[tuple[str, str] | None] = [None] * table.num_rows
         for batch in iter_cams(source, rows):
             for index, png in batch_overlays(batch, rows, panel_pixels=GALLERY_PIXELS):
                 alt = f"{rows['Metadata_Image'][index]} object {rows['Metadata_ObjectNumber'][index]}"

@@ -5,6 +5,7 @@
 
 import io
 import math
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -26,7 +27,7 @@ FONT_SIZE = 13
 PERCENTILES = (0.5, 99.5)
 
 
-def composite(image):
+def composite(image) -> np.ndarray:
     """Channels blended into RGB, each stretched between its 0.5 and 99.5 percentiles.
 
     Parameters
@@ -55,13 +56,19 @@ def _outline(mask):
     return mask & ~interior
 
 
+def draw_outline(pixels, mask, scale, color=OUTLINE) -> None:
+    """Paint the outline of ``mask`` (H, W), scaled ``scale`` times, in ``color`` (0-255 RGB) on
+    ``pixels`` ((H*scale, W*scale, 3) floats in [0, 1]) in place."""
+    pixels[_outline(np.kron(mask, np.ones((scale, scale), dtype=bool)))] = np.asarray(color) / 255
+
+
 def _panel(rgb, cam, mask, scale):
     """One 2D panel: composite under the heat map, mask outline on top, scaled by ``scale``."""
     alpha = CAM_OPACITY * cam[..., None]
     heat = apply_colormap(HEAT_RANGE[0] + (HEAT_RANGE[1] - HEAT_RANGE[0]) * cam, INFERNO)
     blended = BASE_BRIGHTNESS * rgb * (1 - alpha) + heat * alpha
     pixels = np.kron(blended, np.ones((scale, scale, 1)))
-    pixels[_outline(np.kron(mask, np.ones((scale, scale), dtype=bool)))] = np.asarray(OUTLINE) / 255
+    draw_outline(pixels, mask, scale)
     return Image.fromarray((pixels * 255).round().astype(np.uint8))
 
 
@@ -79,7 +86,7 @@ def _panels(image, mask, cam):
     ]
 
 
-def caption_lines(row):
+def caption_lines(row) -> list[str]:
     """Where the cell is, what was explained and how it scored."""
     place = row.get("Metadata_Well") or row.get("Metadata_Image")
     site = f" site {row['Metadata_Site']}" if row.get("Metadata_Well") else ""
@@ -92,7 +99,7 @@ def caption_lines(row):
     ]
 
 
-def render_overlay(image, mask, cam, lines, *, panel_pixels=PANEL_PIXELS):
+def render_overlay(image, mask, cam, lines, *, panel_pixels=PANEL_PIXELS) -> bytes:
     """The overlay of one cell as PNG bytes.
 
     Parameters
@@ -134,7 +141,7 @@ def render_overlay(image, mask, cam, lines, *, panel_pixels=PANEL_PIXELS):
     return buffer.getvalue()
 
 
-def batch_overlays(batch, rows, **options):
+def batch_overlays(batch, rows, **options) -> Iterator[tuple[int, bytes]]:
     """``(index, png bytes)`` for each row of a :class:`~gradcamo.visual.recompute.CamBatch`.
 
     ``rows`` holds the selection's columns; ``options`` go to :func:`render_overlay`.

@@ -7,7 +7,7 @@ PLATE_FORMATS = ((96, 8, 12), (384, 16, 24), (1536, 32, 48))
 _WELL = re.compile(r"^([A-Z]{1,2})(\d+)$")
 
 
-def row_name(index):
+def row_name(index) -> str:
     """Row name of a 0-based row index: A..Z, then AA, AB, ... (1536-well plates).
 
     Examples
@@ -18,7 +18,7 @@ def row_name(index):
     return chr(65 + index) if index < 26 else "A" + chr(65 + index - 26)
 
 
-def parse_well(name):
+def parse_well(name) -> tuple[int, int] | None:
     """``"B03"`` -> (1, 2): 0-based row and column; None for a name that is no well position."""
     match = _WELL.match(str(name or "").upper())
     if not match:
@@ -28,7 +28,7 @@ def parse_well(name):
     return row, int(number) - 1
 
 
-def plate_shape(positions):
+def plate_shape(positions) -> tuple[int, int]:
     """(rows, columns) of the smallest standard plate holding all ``positions`` (else just enough)."""
     rows = max((r for r, _ in positions), default=0) + 1
     columns = max((c for _, c in positions), default=0) + 1

@@ -9,9 +9,11 @@ and ``cam_total``: the map is exposed as an extra output, nothing is computed tw
 
 import dataclasses
 import functools
+from collections.abc import Iterator
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import helper
 
 from gradcamo import contract
@@ -43,7 +45,7 @@ class CamBatch:
     cam: np.ndarray
 
 
-def expose_crop_cam(model):
+def expose_crop_cam(model) -> onnx.ModelProto:
     """The scorer's headed graph with its crop-resolution CAM as the extra output ``crop_cam``.
 
     Parameters
@@ -66,7 +68,7 @@ def expose_crop_cam(model):
 
 
 @functools.lru_cache(maxsize=4)
-def cam_session(model_path, model_sha256, crop_spatial, convention, method="gradcam"):
+def cam_session(model_path, model_sha256, crop_spatial, convention, method="gradcam") -> ort.InferenceSession:
     """A CPU session of the scorer's graph for this model, convention and CAM method, with ``crop_cam`` exposed.
 
     ``model_sha256`` is part of the cache key only.
@@ -120,7 +122,7 @@ def _check_scores(source, rows, indices, inside, total):
         )
 
 
-def iter_cams(source, rows, *, batch_size=BATCH_SIZE):
+def iter_cams(source, rows, *, batch_size=BATCH_SIZE) -> Iterator[CamBatch]:
     """Recompute crops, masks and CAMs of score rows, image by image, in batches.
 
     Parameters

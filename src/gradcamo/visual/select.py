@@ -1,5 +1,7 @@
 """Choose rows of one score dataset with SQL over the ``scores`` view (as ``gradcamo query``)."""
 
+import pyarrow as pa
+
 from gradcamo.errors import InputError
 from gradcamo.results.datasets import DATASET_COLUMN, VIEW, resolve_datasets
 from gradcamo.results.query import run_query
@@ -8,14 +10,14 @@ DEFAULT_ORDER = "Metadata_Image, Metadata_ObjectNumber, target_class"
 VALID_SCORE = "grad_camo IS NOT NULL AND NOT isnan(grad_camo)"
 
 
-def check_limit(limit, option="--limit"):
+def check_limit(limit, option="--limit") -> int:
     """A whole number >= 1."""
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise InputError(f"{option}: expected a whole number >= 1, got {limit!r}")
     return limit
 
 
-def select_rows(directory, *, where=None, order_by=None, limit=64, method=None):
+def select_rows(directory, *, where=None, order_by=None, limit=64, method=None) -> pa.Table:
     """The rows of a score dataset that ``where`` keeps, in ``order_by`` order, at most ``limit``.
 
     Parameters

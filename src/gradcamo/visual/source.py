@@ -28,11 +28,11 @@ class DatasetSource:
     images: dict
 
     @property
-    def parameters(self):
+    def parameters(self) -> dict:
         return self.manifest["parameters"]
 
 
-def parse_input_map(pairs):
+def parse_input_map(pairs) -> dict[str, str]:
     """``["OLD=NEW", ...]`` -> ``{OLD: NEW}``.
 
     Raises
@@ -49,7 +49,7 @@ def parse_input_map(pairs):
     return mapping
 
 
-def map_path(path, mapping):
+def map_path(path, mapping) -> str:
     """``path`` with the longest matching ``OLD`` (the path itself or a folder above it) replaced."""
     path = str(path)
     for old in sorted(mapping, key=len, reverse=True):
@@ -58,7 +58,7 @@ def map_path(path, mapping):
     return path
 
 
-def read_manifest(directory):
+def read_manifest(directory) -> dict:
     """The ``_gradcamo.json`` of one score dataset (checked by :func:`resolve_datasets`)."""
     directory = pathlib.Path(directory)
     resolve_datasets([directory])
@@ -106,7 +106,7 @@ def _find_images(directory, inputs, mapping):
     return images
 
 
-def open_source(directory, *, models=(), input_map=None):
+def open_source(directory, *, models=(), input_map=None) -> DatasetSource:
     """Find a dataset's model file and input images again, as ``_gradcamo.json`` records them.
 
     Parameters

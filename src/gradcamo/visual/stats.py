@@ -69,7 +69,7 @@ def _confident_elsewhere(con):
     ).fetchall())
 
 
-def common_method(datasets):
+def common_method(datasets) -> str:
     """The method a report shows by default: the first the first dataset scored that every
     dataset holds (``gradcam`` unless asked otherwise); InputError when they share none."""
     held = {name: recorded_methods(path) or DEFAULT_METHODS for name, path in datasets.items()}
@@ -81,7 +81,7 @@ def common_method(datasets):
     return shared[0]
 
 
-def report_stats(paths, method=None):
+def report_stats(paths, method=None) -> ReportStats:
     """Headline figures, histograms and the score-confidence density of the given score datasets.
 
     Parameters
@@ -114,7 +114,7 @@ def report_stats(paths, method=None):
     )
 
 
-def well_stats(directory, targets, method):
+def well_stats(directory, targets, method) -> tuple[list[dict], list[dict]]:
     """Per well (and target, for datasets that score several per cell): :func:`summarize` rows.
 
     Returns
