@@ -17,7 +17,7 @@ from gradcamo.data.synthetic import make_cells
 from gradcamo.data.write import write_plate
 from gradcamo.scorer import resources
 from gradcamo.scorer.pipeline import score
-from gradcamo.scorer.progress import RunProgress
+from gradcamo.progress import RunProgress
 from gradcamo.scorer.session import CUDA, gpu_present
 from rich.console import Console
 from rich.progress import Progress

@@ -34,7 +34,7 @@ METADATA_NAMES = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmet
 CHECKS_IN_FLIGHT = 32
 """Chunks looked up at once by :func:`find_missing_chunks` where the store cannot be listed."""
 
-_read_as_fill = set()
+_read_as_fill: set[tuple[str, str]] = set()
 """``(store, key)`` of the chunks this process read as the fill value in ``zeros`` mode."""
 _read_as_fill_lock = threading.Lock()
 

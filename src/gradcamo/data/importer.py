@@ -30,7 +30,7 @@ from gradcamo.data.loaddata import read_loaddata, read_tiff
 from gradcamo.data.read import RECORD
 from gradcamo.data.write import write_field
 from gradcamo.errors import InputError, Interrupted
-from gradcamo.scorer.progress import cell_progress
+from gradcamo.progress import cell_progress
 
 IMPORT_THREADS = 8
 """Fields written at once: the work is reading TIFFs and compressing chunks, mostly outside the GIL."""

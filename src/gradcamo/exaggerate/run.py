@@ -36,7 +36,7 @@ from gradcamo.exaggerate.trajectories import (
 )
 from gradcamo.exaggerate.trends import monotonic_shares
 from gradcamo.files import staged_directory
-from gradcamo.scorer.progress import cell_progress
+from gradcamo.progress import cell_progress
 
 LOGGER = logging.getLogger(__name__)
 DIRECTION_FILE = "direction.json"

@@ -24,7 +24,7 @@ from gradcamo.errors import InputError
 from gradcamo.files import atomic_path
 from gradcamo.results.datasets import MANIFEST, resolve_datasets
 from gradcamo.scorer.features import FEATURE_PREFIX
-from gradcamo.scorer.sink import _statistics_columns, part_files
+from gradcamo.scorer.sink import statistics_columns, part_files
 
 KEYS = ("Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_ObjectNumber", "Metadata_Image")
 COMPARTMENT = "Cells"
@@ -111,7 +111,7 @@ def write_profiles(directory, output, *, method=None):
     """Write :func:`profile_table` of ``directory`` to the Parquet file ``output``; the row count."""
     table = profile_table(directory, method=method)
     with atomic_path(output) as temporary:  # no float statistics: DuckDB reads them as "no NaN"
-        pq.write_table(table, temporary, write_statistics=_statistics_columns(table.schema))
+        pq.write_table(table, temporary, write_statistics=statistics_columns(table.schema))
     return table.num_rows
 
 

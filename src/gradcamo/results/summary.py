@@ -122,7 +122,7 @@ def _summary_sql(by, missing):
     out_keys = ", ".join(f"s.{quote_identifier(key)}" for key in by)
     # NaN scores become NULL once and every aggregate skips NULLs alike. This relies on
     # isnan() seeing the NaNs: DuckDB 2.0 folds it to false over Parquet columns whose
-    # min/max statistics exist, so the sink writes none for floats (sink._statistics_columns).
+    # min/max statistics exist, so the sink writes none for floats (sink.statistics_columns).
     return f"""
 WITH valid AS (
     SELECT *, {_nan_to_null("grad_camo")} AS _score, {_nan_to_null("enrichment")} AS _enrichment,

@@ -16,7 +16,7 @@ from gradcamo.cam import CONVENTIONS, check_choice, check_methods
 from gradcamo.scorer.channels import channel_note, describe_choices, parse_channels
 from gradcamo.scorer.failures import DEFAULT_MAX_FAILURES, FailureLog, UnitFailure
 from gradcamo.scorer.plan import UNIT_MAX_BYTES, parse_targets, plan_inputs
-from gradcamo.scorer.progress import RunProgress, cell_progress
+from gradcamo.progress import RunProgress, cell_progress
 from gradcamo.scorer.resources import DEVICE_ID_ENV, choose_gpu_workers, task_threads, usable_cpus
 from gradcamo.scorer.session import check_device
 from gradcamo.scorer.sink import SCORE_SCHEMA, ScoreDataset, part_files

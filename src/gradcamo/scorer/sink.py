@@ -105,7 +105,7 @@ def _part_name(unit_id):
     return f"{PART_PREFIX}{unit_id}{PART_SUFFIX}"
 
 
-def _statistics_columns(schema):
+def statistics_columns(schema):
     """Columns given min/max statistics: all but floating point ones.
 
     Parquet min/max statistics leave NaN out, and DuckDB 2.0 trusts them to mean "no NaN":
@@ -265,7 +265,7 @@ class ScoreDataset:
         """Write one unit's rows as ``part-<unit_id>.parquet`` (temporary name, fsync, rename)."""
         final = self.directory / _part_name(unit_id)
         with atomic_path(final, temporary=self.directory / f"{TEMP_PREFIX}{final.name}") as temporary:
-            pq.write_table(table, temporary, write_statistics=_statistics_columns(table.schema))
+            pq.write_table(table, temporary, write_statistics=statistics_columns(table.schema))
 
     def missing_chunks(self):
         """Image name -> image chunks its rows were read with as the fill value (``--missing-chunks zeros``)."""

@@ -19,7 +19,7 @@ import zarr
 
 from gradcamo.errors import InputError
 from gradcamo.files import staged_directory
-from gradcamo.scorer.progress import cell_progress
+from gradcamo.progress import cell_progress
 from gradcamo.visual.overlay import batch_overlays
 from gradcamo.visual.recompute import iter_cams
 from gradcamo.visual.select import select_rows

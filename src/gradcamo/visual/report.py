@@ -16,7 +16,7 @@ import gradcamo
 from gradcamo.errors import InputError
 from gradcamo.files import atomic_path
 from gradcamo.results.datasets import incompleteness
-from gradcamo.scorer.progress import cell_progress
+from gradcamo.progress import cell_progress
 from gradcamo.visual.figures import colorbar_svg, density_svg, histogram_svg, plate_svg
 from gradcamo.visual.gallery import render_galleries, select_galleries
 from gradcamo.visual.plates import parse_well, plate_shape, row_name
