@@ -230,6 +230,14 @@ def score_command(
     timepoint: int = TIMEPOINT_OPTION,
     overwrite: bool = DATASET_OVERWRITE_OPTION,
     max_failures: int = MAX_FAILURES_OPTION,
+    ablation: bool = typer.Option(False, "--ablation", help="Also the target's probability and logit on the "
+                                  "cell alone and on its context alone (the rest filled with the crop's "
+                                  "background median; docs/score.md, Causal checks)."),
+    deletion_steps: Optional[int] = typer.Option(None, "--deletion-steps", help="K >= 1: delete (and insert) "
+                                                 "the crop's pixels in K steps along the CAM; deletion_auc, "
+                                                 "insertion_auc."),
+    deletion_curves: bool = typer.Option(False, "--deletion-curves", help="With --deletion-steps: also the K+1 "
+                                         "probabilities of each curve as list columns."),
     quiet: bool = QUIET_OPTION,
 ):
     """Score every segmented cell: the share of the model's Grad-CAM attention inside the cell.
@@ -247,7 +255,8 @@ def score_command(
         inputs, model, output, labels=labels, channels=_parse_numbers(channels, "--channels", int),
         target=target, batch_size=batch_size, device=device, workers=workers, threads=threads,
         scheduler=scheduler, convention=convention, methods=method, overwrite=overwrite, timepoint=timepoint,
-        progress=_show_progress(), max_failures=max_failures,
+        progress=_show_progress(), max_failures=max_failures, ablation=ablation, deletion_steps=deletion_steps,
+        deletion_curves=deletion_curves,
     )
     _report_run(summary, max_failures, holds="scores",
                 wrote=f"{summary.rows} rows for {summary.cells} cells of {summary.images} images")

@@ -168,6 +168,7 @@ class CropCutter:
         self._image_windows = np.lib.stride_tricks.sliding_window_view(image, tuple(crop), axis=spatial_axes)
         self._label_windows = np.lib.stride_tricks.sliding_window_view(labels, tuple(crop))
         self._starts = starts + low
+        self._region_starts, self._extent = starts, extent
         self._crop = tuple(int(c) for c in crop)
         self._channels = image.shape[0]
         inside = np.clip(np.minimum(starts + crop, extent) - np.maximum(starts, 0), 0, None).prod(axis=1)
@@ -194,6 +195,31 @@ class CropCutter:
         ids = np.asarray(ids).reshape((-1,) + (1,) * len(self._crop))
         masks = self._label_windows[where] == ids
         return crops, masks
+
+    def surroundings(self, objects):
+        """Which pixels of each crop lie in the region, and which of those have label 0.
+
+        Parameters
+        ----------
+        objects : (m,) int ndarray
+
+        Returns
+        -------
+        background : (m, *crop_shape) bool ndarray
+            In-region pixels whose label is 0.
+        in_region : (m, *crop_shape) bool ndarray
+            Pixels inside the region (not padding).
+        """
+        starts = self._region_starts[objects]
+        in_region = np.ones((len(starts),) + self._crop, bool)
+        for axis, size in enumerate(self._crop):
+            coordinates = starts[:, axis, None] + np.arange(size)
+            inside = (coordinates >= 0) & (coordinates < self._extent[axis])
+            view = [len(starts)] + [1] * len(self._crop)
+            view[axis + 1] = size
+            in_region &= inside.reshape(view)
+        labels = self._label_windows[tuple(self._starts[objects].T)]
+        return (labels == 0) & in_region, in_region
 
 
 def cut_cells(image, labels, ids, centroids, crop_shape):

@@ -12,6 +12,7 @@ from distributed import Client, LocalCluster, as_completed
 from gradcamo.errors import GradcamoError, InputError, Interrupted
 from gradcamo.model_file import read_model_info
 from gradcamo.cam import CONVENTIONS, check_choice, check_methods
+from gradcamo.scorer.causal import causal_schema, check_causal_options
 from gradcamo.scorer.crops import merge_measurements
 from gradcamo.scorer.failures import DEFAULT_MAX_FAILURES, FailureLog, UnitFailure
 from gradcamo.scorer.plan import UNIT_MAX_BYTES, parse_targets, plan_inputs
@@ -184,7 +185,7 @@ def score(
     inputs, model, output, *, labels=None, channels=None, target="predicted", batch_size=64,
     device="auto", workers=None, threads=None, scheduler=None, convention="raw", methods=("gradcam",),
     overwrite=False, timepoint=0, block_shape=None, progress=False, unit_max_bytes=UNIT_MAX_BYTES,
-    max_failures=DEFAULT_MAX_FAILURES,
+    max_failures=DEFAULT_MAX_FAILURES, ablation=False, deletion_steps=None, deletion_curves=False,
 ):
     """Score every cell of the given OME-Zarr images; write Grad-CAMO rows to ``output``.
 
@@ -224,6 +225,13 @@ def score(
         Show cells, cells/s and ETA on stderr.
     max_failures : int
         Failed work units tolerated: one more stops the run early (cancelling the rest).
+    ablation : bool
+        Also run the model on each crop's cell alone and context alone (the rest filled with
+        the crop's background median): ``prob_target_cell_only``, ... (docs/score.md, "Causal checks").
+    deletion_steps : int, optional
+        K >= 1: deletion and insertion along the row's CAM in K steps: ``deletion_auc``, ``insertion_auc``.
+    deletion_curves : bool
+        With ``deletion_steps``: also the K + 1 probabilities, ``deletion_curve`` and ``insertion_curve``.
 
     Returns
     -------
@@ -242,6 +250,7 @@ def score(
                       unit_max_bytes=unit_max_bytes, timepoint=timepoint, max_failures=max_failures, device=device)
     check_choice("convention", convention, CONVENTIONS)
     methods = check_methods(methods)
+    checks = check_causal_options(ablation=ablation, deletion_steps=deletion_steps, deletion_curves=deletion_curves)
     info = read_model_info(model)
     targets = parse_targets(target, list(info.class_names))
     images, parameters = plan_run(inputs, info.input_shape, labels=labels, channels=channels, timepoint=timepoint,
@@ -251,16 +260,18 @@ def score(
         model_path=str(os.path.abspath(model)), model_sha256=info.sha256, crop_shape=tuple(info.input_shape),
         convention=convention, device=device, threads=threads, batch_size=batch_size, targets=targets,
         label_name=labels, class_names=tuple(info.class_names), provenance=provenance, methods=methods,
+        causal=checks,
     )
     parameters.update({
         "model_sha256": info.sha256, "target_layer": info.target_layer, "convention": convention,
         "methods": list(methods), "targets": list(targets),
+        **(checks.parameters() if checks is not None else {}),
     })
     return run_units(
         score_unit, spec, images, output, parameters,
         record={"model": spec.model_path},  # where `cams` and `report` find it; not a parameter: may move
         overwrite=overwrite, scheduler=scheduler, workers=workers, threads=threads, progress=progress,
-        max_failures=max_failures, started=started, verb="scored",
+        max_failures=max_failures, started=started, verb="scored", schema=causal_schema(SCORE_SCHEMA, checks),
     )
 
 

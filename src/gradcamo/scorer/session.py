@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 
 from gradcamo.errors import InputError
-from gradcamo.scorer.head import append_score_head
+from gradcamo.scorer.head import append_score_head, expose_crop_cam
 
 LOGGER = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
@@ -90,10 +90,13 @@ def require_device(session, device):
     return session
 
 
-def build_scoring_session(model_path, crop_spatial, convention, device, threads, methods=("gradcam",)):
-    """A new session of a model file with the Grad-CAMO head appended (:mod:`gradcamo.scorer.head`)."""
+def build_scoring_session(model_path, crop_spatial, convention, device, threads, methods=("gradcam",), crop_cam=False):
+    """A new session of a model file with the Grad-CAMO head appended (:mod:`gradcamo.scorer.head`);
+    with ``crop_cam``, also each row's crop-resolution CAM (:func:`~gradcamo.scorer.head.expose_crop_cam`)."""
     model = onnx.load(model_path)
     headed = append_score_head(model, crop_spatial=tuple(crop_spatial), convention=convention, methods=methods)
+    if crop_cam:
+        headed = expose_crop_cam(headed)
     session = create_session(headed.SerializeToString(), device=device, threads=threads)
     LOGGER.info("onnxruntime session on %s (pid %d)", session.get_providers()[0], os.getpid())
     return session
@@ -135,11 +138,12 @@ def run_in_batches(session, output_names, feed, batch_size, advance=None):
 
 
 @functools.lru_cache(maxsize=4)
-def scoring_session(model_path, model_sha256, crop_spatial, convention, device, threads, methods=("gradcam",)):
+def scoring_session(model_path, model_sha256, crop_spatial, convention, device, threads, methods=("gradcam",),
+                    crop_cam=False):
     """The cached (per process, the 4 latest) headed session of a model file.
 
     ``model_sha256`` is part of the cache key only, so a replaced file is never confused
     with the one cached. A scoring run's workers reach it through
     :class:`gradcamo.scorer.worker.ScorerPlugin`; repeated runs in one process reuse it.
     """
-    return build_scoring_session(model_path, crop_spatial, convention, device, threads, methods)
+    return build_scoring_session(model_path, crop_spatial, convention, device, threads, methods, crop_cam)

@@ -17,15 +17,16 @@ import time
 
 import numpy as np
 
+from gradcamo import contract
 from gradcamo.cam import score_ratio, softmax
 from gradcamo.data.read import ImageSource
 from gradcamo.errors import InputError
 from gradcamo.localisation import localisation_metrics
-from gradcamo.scorer import head
+from gradcamo.scorer import causal, head
 from gradcamo.scorer.crops import CropCutter, Measurements, crop_starts, measure_objects
 from gradcamo.scorer.regions import Layout, read_region
 from gradcamo.scorer.session import CUDA, scoring_session
-from gradcamo.scorer.sink import make_table
+from gradcamo.scorer.sink import SCORE_SCHEMA, make_table
 from gradcamo.scorer.worker import session_threads, worker_state
 
 STAGES = ("read", "measure", "cut", "wait", "infer", "table")
@@ -48,6 +49,8 @@ class ScoreSpec:
     class_names: tuple
     provenance: dict
     methods: tuple = ("gradcam",)
+    causal: object = None
+    """:class:`gradcamo.scorer.causal.CausalSpec` (``--ablation``, ``--deletion-steps``), or None."""
 
     @property
     def crop_spatial(self):
@@ -57,7 +60,7 @@ class ScoreSpec:
         """Arguments of :func:`gradcamo.scorer.session.scoring_session` (and the worker's cache key),
         with ``threads`` onnxruntime threads (:func:`gradcamo.scorer.worker.session_threads`)."""
         return (self.model_path, self.model_sha256, self.crop_spatial, self.convention, self.device, threads,
-                self.methods)
+                self.methods, self.causal is not None and self.causal.deletion)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,7 +230,11 @@ def score_unit(spec, block, objects=None):
     pair_object = np.repeat(np.arange(len(objects)), len(targets))
     pair_target = np.tile(targets, len(objects))
     per_method = len(spec.methods)  # the head's rows: (pair, method), pair-major
-    outputs = []
+    outputs, checks = [], []
+    extra = [head.CROP_CAM] if spec.causal is not None and spec.causal.deletion else []
+    if spec.causal is not None:
+        forward = _forward_runner(state, state.session(causal.forward_session, spec.model_path, spec.model_sha256,
+                                                       spec.device, session_threads(spec.threads)), spec.batch_size)
     for begin in range(0, len(pair_object), spec.batch_size):
         chosen = pair_object[begin:begin + spec.batch_size]
         crops, masks = cutter.cut(chosen, objects.ids[chosen])
@@ -237,18 +244,53 @@ def score_unit(spec, block, objects=None):
         clock.lap("cut")
         with state.batch_slot(session):
             clock.lap("wait")
-            logits, *rows = session.run(list(head.HEAD_OUTPUTS + head.METRIC_OUTPUTS), feed)
+            logits, *rows = session.run(list(head.HEAD_OUTPUTS + head.METRIC_OUTPUTS) + extra, feed)
             outputs.append([logits[:len(chosen)], *(row[:len(chosen) * per_method] for row in rows)])
             clock.lap("infer")
-    logits, inside, total, voxels, ranks, peaks = (np.concatenate(column) for column in zip(*outputs))
+        if spec.causal is not None:
+            checks.append(_causal_batch(spec, cutter, chosen, crops, masks, outputs[-1], forward,
+                                        pair_target[begin:begin + spec.batch_size]))
+            clock.lap("infer")
+    logits, inside, total, voxels, ranks, peaks = (np.concatenate(column) for column in list(zip(*outputs))[:6])
     row_pair = np.repeat(np.arange(len(pair_object)), per_method)
     scored = {"object": pair_object[row_pair], "target": pair_target[row_pair], "logits": logits[row_pair],
               "method": np.tile(np.arange(per_method), len(pair_object)), "inside": inside, "total": total,
               "mask_voxels": voxels, "rank_counts": ranks, "peak_values": peaks,
               "pad": cutter.pad_fractions[pair_object[row_pair]]}
+    if checks:
+        scored["causal"] = {name: _concatenated([c[name] for c in checks]) for name in checks[0]}
     table = unit_table(spec, block, objects, scored)
     clock.lap("table")
     return UnitResult(table, len(objects), session.get_providers()[0], clock.seconds)
+
+
+def _forward_runner(state, session, batch_size):
+    """``images -> logits`` by the forward-only ``session``, ``batch_size`` crops per run (padded on CUDA)."""
+    def forward(images):
+        parts = []
+        for begin in range(0, len(images), batch_size):
+            chunk = images[begin:begin + batch_size]
+            with state.batch_slot(session):
+                (logits,) = session.run([contract.LOGITS], padded_for(session, {contract.IMAGE: chunk}, batch_size))
+            parts.append(logits[:len(chunk)])
+        return np.concatenate(parts)
+    return forward
+
+
+def _causal_batch(spec, cutter, chosen, crops, masks, batch_outputs, forward, requested):
+    """The causal columns (:func:`gradcamo.scorer.causal.causal_columns`) of one batch's rows."""
+    logits = batch_outputs[0]
+    background, in_image = cutter.surroundings(chosen)
+    cams = batch_outputs[6][:, 0] if spec.causal.deletion else None
+    return causal.causal_columns(
+        spec.causal, forward, crops=crops, masks=masks, background=background, in_image=in_image,
+        targets=np.where(requested < 0, logits.argmax(axis=1), requested), logits=logits, cams=cams,
+        methods=len(spec.methods), chunk=max(1, spec.batch_size // (2 * (spec.causal.deletion_steps or 1) - 1)),
+    )
+
+
+def _concatenated(parts):
+    return [v for part in parts for v in part] if isinstance(parts[0], list) else np.concatenate(parts)
 
 
 def _padded_to(feed, batch_size):
@@ -290,8 +332,9 @@ def unit_table(spec, block, objects, scored):
     head's outputs: ``method`` indexes ``spec.methods``; ``mask_voxels``, ``rank_counts``,
     ``peak_values`` feed the localisation metrics) and ``pad`` (pad fraction of the crop).
     """
+    schema = causal.causal_schema(SCORE_SCHEMA, spec.causal)
     if scored is None:
-        return make_table({}, provenance=spec.provenance)
+        return make_table({}, provenance=spec.provenance, schema=schema)
     index = scored["object"]
     n = len(index)
     logits = scored["logits"]
@@ -321,7 +364,8 @@ def unit_table(spec, block, objects, scored):
         "enrichment": metrics.enrichment,
         "rank_accuracy": metrics.rank_accuracy,
         "pointing_hit": np.ma.MaskedArray(metrics.pointing_hit, mask=~metrics.pointing_known),
-    }, provenance=spec.provenance)
+        **scored.get("causal", {}),
+    }, provenance=spec.provenance, schema=schema)
 
 
 __all__ = ["Block", "Measurements", "Objects", "ScoreSpec", "StageClock", "UnitResult", "assign_objects",

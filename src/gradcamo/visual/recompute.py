@@ -11,20 +11,18 @@ import functools
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from gradcamo import contract
 from gradcamo.data.read import open_image
 from gradcamo.errors import InputError
 from gradcamo.scorer.crops import crop_starts, cut_window
-from gradcamo.scorer.head import CAM_INSIDE, CAM_TOTAL, MASK, append_score_head
+from gradcamo.scorer.head import CAM_INSIDE, CAM_TOTAL, CROP_CAM, MASK, append_score_head, expose_crop_cam
 from gradcamo.scorer.regions import plan_layout, read_region
 from gradcamo.scorer.session import create_session
 
 BATCH_SIZE = 32
 SCORE_TOLERANCE = 1e-4
 """Largest |recomputed - recorded| Grad-CAMO accepted; more means the inputs changed."""
-CROP_CAM = "crop_cam"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,28 +37,6 @@ class CamBatch:
     image: np.ndarray
     mask: np.ndarray
     cam: np.ndarray
-
-
-def expose_crop_cam(model):
-    """The scorer's headed graph with its crop-resolution CAM as the extra output ``crop_cam``.
-
-    Parameters
-    ----------
-    model : onnx.ModelProto
-        A graph returned by :func:`gradcamo.scorer.head.append_score_head`.
-
-    Returns
-    -------
-    onnx.ModelProto
-        A copy whose outputs are logits, cam_inside, cam_total and ``crop_cam``
-        ``[batch, 1, *crop_spatial]``: the input of the sum that gives ``cam_total``.
-    """
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    total = next(node for node in exposed.graph.node if CAM_TOTAL in node.output)
-    exposed.graph.node.append(helper.make_node("Identity", [total.input[0]], [CROP_CAM], name=CROP_CAM))
-    exposed.graph.output.append(helper.make_empty_tensor_value_info(CROP_CAM))
-    return exposed
 
 
 @functools.lru_cache(maxsize=4)
