@@ -322,7 +322,12 @@ def summary_command(
     from gradcamo.results.query import write_table
     from gradcamo.results.summary import summarize
 
-    write_table(summarize(datasets, by=by), output_format, output)
+    table = summarize(datasets, by=by)
+    write_table(table, output_format, output)
+    if "verdict" in table.column_names:
+        from gradcamo.results.causal import THRESHOLDS
+
+        typer.echo(THRESHOLDS, err=True)
 
 
 MODEL_FILES_OPTION = typer.Option(None, "--model", "-m", help="Model file the scores were made with (checked "
