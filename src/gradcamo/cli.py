@@ -349,6 +349,8 @@ def cams_command(
     models: Optional[list[str]] = MODEL_FILES_OPTION,
     inputs: Optional[list[str]] = INPUT_MAP_OPTION,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace cams written earlier to --output."),
+    ablated: bool = typer.Option(False, "--ablated", help="Also write the cell-only and context-only crops "
+                                 "(what score --ablation feeds the model) beside each overlay."),
     quiet: bool = QUIET_OPTION,
 ):
     """Recompute the crops, masks and CAMs of chosen cells exactly as scored, with an overlay PNG each.
@@ -362,7 +364,7 @@ def cams_command(
         _configure_logging(quiet)
     summary = write_cams(
         dataset, output, where=where, order_by=order_by, limit=limit, method=method, models=models or (),
-        input_map=parse_input_map(inputs), overwrite=overwrite, progress=_show_progress(),
+        input_map=parse_input_map(inputs), overwrite=overwrite, progress=_show_progress(), ablated=ablated,
     )
     typer.echo(f"wrote the CAMs of {summary.rows} rows to {summary.output} ({summary.seconds:.1f} s)")
 

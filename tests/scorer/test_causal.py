@@ -9,12 +9,16 @@ passes of the classifier; it shares no code with ``gradcamo.scorer.causal``.
 import math
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
+import zarr
 
 from gradcamo.cli import main
 from gradcamo.data.synthetic import make_cells
 from gradcamo.data.write import write_image_store
+from gradcamo.results.causal import BOTH, CELL, CONTEXT, NEITHER, verdict
+from gradcamo.results.summary import summarize
 from gradcamo.scorer.pipeline import score
 from gradcamo.scorer.sink import read_scores
 from tests.reference import torch_gradcam, torch_method_cam, torch_resize
@@ -111,15 +115,73 @@ def _check(frame, model, image, labels, crop_shape, steps):
     assert checked == len(frame)
 
 
-def test_2d_every_column_matches_torch(tmp_path, model_2d):
-    """Blocks with halos, edge cells, two methods, every target: all causal columns as the torch reference."""
-    image, labels = make_cells((50, 44), 7, n_channels=3, radius=5, seed=4)
+@pytest.fixture(scope="module")
+def scored_2d(tmp_path_factory, model_2d):
+    """Blocks with halos, edge cells, two methods, every target, every check."""
+    tmp_path = tmp_path_factory.mktemp("causal")
+    image, labels = make_cells((50, 44), 5, n_channels=3, radius=5, seed=4)
     store = write_image_store(tmp_path / "cells.zarr", image, labels, chunks=(16, 16))
     score([store], model_2d, tmp_path / "scores", target="all", methods=("gradcam", "layercam"), batch_size=5,
           block_shape=(16, 16), workers=1, threads=1, ablation=True, deletion_steps=3, deletion_curves=True)
-    frame = read_scores(tmp_path / "scores").to_pandas()
+    return tmp_path / "scores", image, labels
+
+
+def test_2d_every_column_matches_torch(scored_2d):
+    scores, image, labels = scored_2d
+    frame = read_scores(scores).to_pandas()
     assert frame.edge_padded.any()
     _check(frame, _torch_model(2), image, labels, CROP_2D, 3)
+
+
+def test_summary_aggregates_and_verdict(scored_2d):
+    scores, _, _ = scored_2d
+    frame = read_scores(scores).to_pandas()
+    summary = summarize(scores, by=["target_name", "method"]).to_pandas()
+    assert len(summary) == 6
+    for row in summary.itertuples():
+        rows = frame[(frame.target_name == row.target_name) & (frame.method == row.method)]
+        for kind in ("cell_only", "context_only"):
+            lost = (rows.prob_target - rows[f"prob_target_{kind}"]).to_numpy(np.float64)
+            assert getattr(row, f"median_confidence_lost_{kind}") == pytest.approx(np.median(lost), abs=1e-7)
+            flipped = np.mean(rows[f"predicted_class_{kind}"] != rows.predicted_class)
+            assert getattr(row, f"share_flipped_{kind}") == pytest.approx(flipped)
+        assert row.median_deletion_auc == pytest.approx(np.median(rows.deletion_auc))
+        assert row.median_insertion_auc == pytest.approx(np.median(rows.insertion_auc))
+        assert row.verdict == verdict(row.share_flipped_cell_only, row.share_flipped_context_only)
+
+
+@pytest.mark.parametrize("cell_only, context_only, expected", [
+    (0.05, 0.09, NEITHER), (0.05, 0.5, CELL), (0.1, 0.2, CELL), (0.5, 0.05, CONTEXT), (0.3, 0.4, BOTH),
+    (None, 0.4, None),
+])
+def test_verdict_thresholds(cell_only, context_only, expected):
+    assert verdict(cell_only, context_only) == expected
+
+
+def test_cams_writes_what_the_ablation_fed(scored_2d, tmp_path):
+    scores, image, labels = scored_2d
+    assert main(["cams", str(scores), "-o", str(tmp_path / "cams"), "--ablated", "--limit", "4", "--quiet"]) == 0
+    rows = pq.read_table(tmp_path / "cams" / "cams.parquet").to_pandas()
+    arrays = zarr.open_group(str(tmp_path / "cams" / "cams.zarr"), mode="r")
+    crops = {cell: (crop, window) for cell, crop, window in _reference_crops(image, labels, CROP_2D)}
+    for row in rows.itertuples():
+        crop, window = crops[row.Metadata_ObjectNumber]
+        reference = _Reference(_torch_model(2), crop, window, row.Metadata_ObjectNumber)
+        np.testing.assert_allclose(arrays["cell_only"][row.index], reference.filled(~reference.mask).numpy(), rtol=1e-6)
+        np.testing.assert_allclose(arrays["context_only"][row.index], reference.filled(reference.mask).numpy(),
+                                   rtol=1e-6)
+        for kind in ("cell_only", "context_only"):
+            assert (tmp_path / "cams" / "png" / f"{row.index}_{kind}.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_report_shows_the_causal_checks(scored_2d, tmp_path):
+    scores, _, _ = scored_2d
+    assert main(["report", str(scores), "-o", str(tmp_path / "report.html"), "--gallery", "0", "--quiet"]) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert '<section id="causal">' in page and "flipped: context only" in page
+    expected = summarize(scores, by=["dataset"], method="gradcam").to_pylist()[0]
+    assert f'data-field="share_flipped_context_only" data-value="{expected["share_flipped_context_only"]!r}"' in page
+    assert expected["verdict"] in page
 
 
 def test_3d_every_column_matches_torch(tmp_path, model_3d):

@@ -147,6 +147,27 @@ def filled(crops, replace, fill):
     return np.where(replace[:, None], view, crops).astype(np.float32, copy=False)
 
 
+def ablated(crops, masks, in_image, fill):
+    """The cell-only crops (in-image pixels outside ``masks`` filled) and the context-only crops (``masks`` filled)."""
+    return filled(crops, in_image & ~masks, fill), filled(crops, masks, fill)
+
+
+def ablated_crops(crops, masks, background, in_image):
+    """:func:`ablated` with each crop's :func:`background_fill`: what ``--ablation`` feeds the model.
+
+    Parameters
+    ----------
+    crops : (n, C, *S) float32 ndarray
+    masks, background, in_image : (n, *S) bool ndarrays
+        The cell's mask; in-image pixels with label 0; in-image pixels.
+
+    Returns
+    -------
+    cell_only, context_only : (n, C, *S) float32 ndarrays
+    """
+    return ablated(crops, masks, in_image, background_fill(crops, background))
+
+
 def step_counts(steps, voxels):
     """(K + 1,) int64: ``floor(i * P / K + 1/2)`` pixels at step ``i``, in exact integer arithmetic."""
     i = np.arange(steps + 1, dtype=np.int64)
@@ -177,7 +198,7 @@ def _target_values(logits, targets):
 def _ablation_columns(forward, crops, masks, in_image, fill, targets):
     """Per crop: the target's probability and logit, and the argmax class, on the cell and the context alone."""
     n = len(crops)
-    logits = forward(np.concatenate([filled(crops, in_image & ~masks, fill), filled(crops, masks, fill)]))
+    logits = forward(np.concatenate(ablated(crops, masks, in_image, fill)))
     columns = {}
     for k, kind in enumerate(ABLATIONS):
         prob, logit, predicted = _target_values(logits[k * n:(k + 1) * n], targets)
@@ -256,5 +277,5 @@ def causal_columns(causal, forward, *, crops, masks, background, in_image, targe
     return columns
 
 
-__all__ = ["CausalSpec", "background_fill", "causal_columns", "causal_schema", "check_causal_options",
+__all__ = ["CausalSpec", "ablated_crops", "background_fill", "causal_columns", "causal_schema", "check_causal_options",
            "deletion_ranks", "forward_graph", "forward_session", "step_counts", "trapezoid_auc"]

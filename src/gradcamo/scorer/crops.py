@@ -210,16 +210,21 @@ class CropCutter:
         in_region : (m, *crop_shape) bool ndarray
             Pixels inside the region (not padding).
         """
-        starts = self._region_starts[objects]
-        in_region = np.ones((len(starts),) + self._crop, bool)
-        for axis, size in enumerate(self._crop):
-            coordinates = starts[:, axis, None] + np.arange(size)
-            inside = (coordinates >= 0) & (coordinates < self._extent[axis])
-            view = [len(starts)] + [1] * len(self._crop)
-            view[axis + 1] = size
-            in_region &= inside.reshape(view)
+        in_region = window_inside(self._region_starts[objects], self._crop, self._extent)
         labels = self._label_windows[tuple(self._starts[objects].T)]
         return (labels == 0) & in_region, in_region
+
+
+def window_inside(starts, shape, extent):
+    """(n, *shape) bool: which voxels of windows starting at ``starts`` ((n, ndim) int) lie in ``[0, extent)``."""
+    starts = np.asarray(starts, dtype=np.int64).reshape(-1, len(shape))
+    inside = np.ones((len(starts),) + tuple(shape), bool)
+    for axis, size in enumerate(shape):
+        coordinates = starts[:, axis, None] + np.arange(size)
+        view = [len(starts)] + [1] * len(shape)
+        view[axis + 1] = size
+        inside &= ((coordinates >= 0) & (coordinates < extent[axis])).reshape(view)
+    return inside
 
 
 def cut_cells(image, labels, ids, centroids, crop_shape):

@@ -15,7 +15,7 @@ import onnx
 from gradcamo import contract
 from gradcamo.data.read import open_image
 from gradcamo.errors import InputError
-from gradcamo.scorer.crops import crop_starts, cut_window
+from gradcamo.scorer.crops import crop_starts, cut_window, window_inside
 from gradcamo.scorer.head import CAM_INSIDE, CAM_TOTAL, CROP_CAM, MASK, append_score_head, expose_crop_cam
 from gradcamo.scorer.regions import plan_layout, read_region
 from gradcamo.scorer.session import create_session
@@ -30,13 +30,16 @@ class CamBatch:
     """Recomputed arrays for some of the chosen rows.
 
     ``rows`` (n,) int64 positions in the selection; ``image`` (n, C, *S) float32 crops as
-    fed to the model; ``mask`` (n, *S) bool; ``cam`` (n, *S) float32 at crop resolution.
+    fed to the model; ``mask`` (n, *S) bool; ``cam`` (n, *S) float32 at crop resolution;
+    ``in_image`` (n, *S) bool: not padding; ``background`` (n, *S) bool: in-image pixels with label 0.
     """
 
     rows: np.ndarray
     image: np.ndarray
     mask: np.ndarray
     cam: np.ndarray
+    in_image: np.ndarray = None
+    background: np.ndarray = None
 
 
 @functools.lru_cache(maxsize=4)
@@ -133,4 +136,6 @@ def iter_cams(source, rows, *, batch_size=BATCH_SIZE):
                 {contract.IMAGE: crops, contract.TARGET: targets, MASK: masks.astype(np.float32)},
             )
             _check_scores(source, rows, chosen, inside, total)
-            yield CamBatch(chosen, crops, masks, cam[:, 0])
+            in_image = window_inside(starts[chosen], crop, layout.spatial_shape)
+            background = in_image & (np.stack([c[1] for c in cut]) == 0)
+            yield CamBatch(chosen, crops, masks, cam[:, 0], in_image, background)
