@@ -147,12 +147,12 @@ def test_summary_aggregates_and_verdict(scored_2d):
             assert getattr(row, f"share_flipped_{kind}") == pytest.approx(flipped)
         assert row.median_deletion_auc == pytest.approx(np.median(rows.deletion_auc))
         assert row.median_insertion_auc == pytest.approx(np.median(rows.insertion_auc))
-        assert row.verdict == verdict(row.share_flipped_cell_only, row.share_flipped_context_only)
+        assert row.verdict == verdict(row.median_confidence_lost_cell_only, row.median_confidence_lost_context_only)
 
 
 @pytest.mark.parametrize("cell_only, context_only, expected", [
-    (0.05, 0.09, NEITHER), (0.05, 0.5, CELL), (0.1, 0.2, CELL), (0.5, 0.05, CONTEXT), (0.3, 0.4, BOTH),
-    (None, 0.4, None),
+    (0.01, 0.049, NEITHER), (0.0, 0.08, CELL), (-0.1, 0.06, CELL), (0.1, 0.2, CELL), (0.12, 0.0, CONTEXT),
+    (0.3, 0.4, BOTH), (None, 0.4, None),
 ])
 def test_verdict_thresholds(cell_only, context_only, expected):
     assert verdict(cell_only, context_only) == expected

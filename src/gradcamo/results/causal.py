@@ -2,13 +2,17 @@
 
 Per group: the median confidence lost when the model sees only the cell (its context
 filled) and only the context (the cell filled), the share of rows whose predicted class
-flips in each case, the median deletion and insertion AUCs, and a one-line verdict:
+flips in each case, the median deletion and insertion AUCs, and a one-line verdict from
+the two median confidences lost (``prob_target`` minus that on the cell alone, i.e. without
+the context; minus that on the context alone, i.e. without the cell):
 
-- fewer than :data:`FLIP_SHARE` of the rows flip either way: "neither the cell nor the
-  context alone decides";
-- the share flipping without the cell is at least :data:`DOMINANCE` times the share
-  flipping without the context: "the decision depends on the cell"; the reverse: "on the
-  context"; otherwise "on both".
+- both below :data:`LOSS`: "neither the cell nor the context alone decides";
+- the loss without the cell at least :data:`DOMINANCE` times the loss without the context:
+  "the decision depends on the cell"; the reverse: "on the context"; otherwise "on both".
+
+The confidence lost, not the flips, decides: on the demo plate a model that learned the debris
+next to the cells flips as often without its context as without the cell (the fill is out of
+distribution for both), but loses confidence only without its context.
 """
 
 import pyarrow as pa
@@ -16,16 +20,16 @@ import pyarrow as pa
 ABLATION_COLUMNS = ("prob_target_cell_only", "prob_target_context_only", "predicted_class_cell_only",
                     "predicted_class_context_only")
 DELETION_COLUMNS = ("deletion_auc", "insertion_auc")
-FLIP_SHARE = 0.1
-"""Share of flipped predictions from which removing a part counts as changing the decision."""
+LOSS = 0.05
+"""Median confidence lost (in probability) from which removing a part counts as changing the decision."""
 DOMINANCE = 2.0
-"""How many times more flips one removal must cause than the other for a one-sided verdict."""
+"""How many times more confidence one removal must cost than the other for a one-sided verdict."""
 CELL = "the decision depends on the cell"
 CONTEXT = "the decision depends on the context"
 BOTH = "the decision depends on both"
 NEITHER = "neither the cell nor the context alone decides"
-THRESHOLDS = (f"verdict: share of predictions flipped by removing the context (cell only) vs the cell (context "
-              f"only); < {FLIP_SHARE:.0%} both: neither; >= {DOMINANCE:g}x the other: that part; else both")
+THRESHOLDS = (f"verdict: median confidence lost without the context (cell only) vs without the cell (context "
+              f"only); both < {LOSS:g}: neither; one >= {DOMINANCE:g}x the other: that part decides; else both")
 
 
 def causal_aggregates(columns):
@@ -46,27 +50,28 @@ def causal_aggregates(columns):
     return aggregates
 
 
-def verdict(flipped_cell_only, flipped_context_only):
-    """The one-line verdict from the shares of flipped predictions (None when either is unknown)."""
-    if flipped_cell_only is None or flipped_context_only is None:
+def verdict(lost_cell_only, lost_context_only):
+    """The one-line verdict from the median confidences lost on the cell alone and on the context
+    alone (None when either is unknown)."""
+    if lost_cell_only is None or lost_context_only is None:
         return None
-    if max(flipped_cell_only, flipped_context_only) < FLIP_SHARE:
+    if max(lost_cell_only, lost_context_only) < LOSS:
         return NEITHER
-    if flipped_context_only >= DOMINANCE * flipped_cell_only:
+    if lost_context_only >= DOMINANCE * lost_cell_only:
         return CELL
-    if flipped_cell_only >= DOMINANCE * flipped_context_only:
+    if lost_cell_only >= DOMINANCE * lost_context_only:
         return CONTEXT
     return BOTH
 
 
 def with_verdicts(table):
-    """``table`` (a summary with ``share_flipped_*``) with a ``verdict`` column appended; unchanged without them."""
-    if "share_flipped_cell_only" not in table.column_names:
+    """``table`` (a summary with ``median_confidence_lost_*``) with a ``verdict`` column appended; unchanged without them."""
+    if "median_confidence_lost_cell_only" not in table.column_names:
         return table
-    verdicts = [verdict(c, x) for c, x in zip(table["share_flipped_cell_only"].to_pylist(),
-                                              table["share_flipped_context_only"].to_pylist())]
+    verdicts = [verdict(c, x) for c, x in zip(table["median_confidence_lost_cell_only"].to_pylist(),
+                                              table["median_confidence_lost_context_only"].to_pylist())]
     return table.append_column("verdict", pa.array(verdicts, pa.string()))
 
 
-__all__ = ["BOTH", "CELL", "CONTEXT", "DOMINANCE", "FLIP_SHARE", "NEITHER", "THRESHOLDS", "causal_aggregates",
+__all__ = ["BOTH", "CELL", "CONTEXT", "DOMINANCE", "LOSS", "NEITHER", "THRESHOLDS", "causal_aggregates",
            "verdict", "with_verdicts"]
