@@ -13,7 +13,6 @@ and reading, cutting and writing are shared). Usage::
 """
 
 import argparse
-import json
 import pathlib
 import sys
 import tempfile
@@ -70,9 +69,7 @@ def main(argv=None):
                                       "predicted_cells_per_s": predicted, "ratio_to_prediction": rate / predicted}
         print(f"{name:>17}: {rate:8.1f} cells/s  (1 + {extra:2d} forwards predict {predicted:8.1f}; "
               f"measured / predicted {rate / predicted:.2f})")
-    print(common.format_record(result["machine"]))
-    if args.output:
-        args.output.write_text(json.dumps(result, indent=1, default=str))
+    common.finish_record(result, args.output)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ Goal (issue #16): < 1.15. Usage::
 """
 
 import argparse
-import json
 import pathlib
 import sys
 import tempfile
@@ -97,9 +96,7 @@ def main(argv=None):
         seconds = result["seconds"][kind]
         print(f"{kind:>11}: gradcam {seconds['gradcam']:.3f} s, all five {seconds['all_methods']:.3f} s, "
               f"ratio {ratio:.3f} (goal < 1.15)")
-    print(common.format_record(result["machine"]))
-    if args.output:
-        args.output.write_text(json.dumps(result, indent=1, default=str))
+    common.finish_record(result, args.output)
 
 
 if __name__ == "__main__":
