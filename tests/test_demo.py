@@ -64,12 +64,12 @@ def test_the_verdict_holds_under_every_cam_method(demo_dir):
 
 def test_the_causal_checks_put_the_models_on_opposite_sides(demo_dir, capsys):
     """Issue #24: on the evaluation wells the honest model's decision rests on the cell, the shortcut's on the
-    context, by the median confidence lost recomputed here from the rows; the demo prints both verdicts."""
+    context, by the mean confidence lost recomputed here from the rows; the demo prints both verdicts."""
     lost = {}
     for name in ("honest", "shortcut"):
         table = read_scores(demo_dir / "scores" / name)
         rows = table.filter(pc.starts_with(table["Metadata_Well"], "C")).to_pandas()
-        lost[name] = [float(np.median(rows.prob_target.astype(float) - rows[f"prob_target_{kind}"].astype(float)))
+        lost[name] = [float(np.mean(rows.prob_target.astype(float) - rows[f"prob_target_{kind}"].astype(float)))
                       for kind in ("cell_only", "context_only")]
     assert verdict(*lost["honest"]) == CELL, lost
     assert verdict(*lost["shortcut"]) == CONTEXT, lost

@@ -143,11 +143,12 @@ def test_summary_aggregates_and_verdict(scored_2d):
         for kind in ("cell_only", "context_only"):
             lost = (rows.prob_target - rows[f"prob_target_{kind}"]).to_numpy(np.float64)
             assert getattr(row, f"median_confidence_lost_{kind}") == pytest.approx(np.median(lost), abs=1e-7)
+            assert getattr(row, f"mean_confidence_lost_{kind}") == pytest.approx(np.mean(lost), abs=1e-7)
             flipped = np.mean(rows[f"predicted_class_{kind}"] != rows.predicted_class)
             assert getattr(row, f"share_flipped_{kind}") == pytest.approx(flipped)
         assert row.median_deletion_auc == pytest.approx(np.median(rows.deletion_auc))
         assert row.median_insertion_auc == pytest.approx(np.median(rows.insertion_auc))
-        assert row.verdict == verdict(row.median_confidence_lost_cell_only, row.median_confidence_lost_context_only)
+        assert row.verdict == verdict(row.mean_confidence_lost_cell_only, row.mean_confidence_lost_context_only)
 
 
 @pytest.mark.parametrize("cell_only, context_only, expected", [

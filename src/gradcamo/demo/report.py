@@ -24,14 +24,14 @@ def _print_methods(result, console):
 def _print_causal(result, console):
     """The causal checks of both models (the cell alone, the context alone, deletion) and their verdicts."""
     table = Table(title="Is the attention causal? Cells alone, context alone (evaluation wells)")
-    columns = ("model", "conf. lost: cell only", "context only", "flipped: cell only", "context only",
-               "deletion AUC", "insertion AUC")
+    columns = ("model", "confidence lost, median / mean: cell only", "context only", "flipped: cell only",
+               "context only", "deletion AUC", "insertion AUC")
     for column in columns:
         table.add_column(column, justify="left" if column == "model" else "right")
     for report in result.reports:
         c = report.causal
-        table.add_row(report.name, f"{c['median_confidence_lost_cell_only']:.2f}",
-                      f"{c['median_confidence_lost_context_only']:.2f}", f"{c['share_flipped_cell_only']:.0%}",
+        table.add_row(report.name, *(f"{c[f'median_confidence_lost_{kind}']:.2f} / {c[f'mean_confidence_lost_{kind}']:.2f}"
+                                     for kind in ("cell_only", "context_only")), f"{c['share_flipped_cell_only']:.0%}",
                       f"{c['share_flipped_context_only']:.0%}", f"{c['median_deletion_auc']:.2f}",
                       f"{c['median_insertion_auc']:.2f}")
     console.print(table)

@@ -139,7 +139,7 @@ def _causal(scores_dir):
     aggregates = causal_aggregates(run_query(scores_dir, "select * from scores limit 0").column_names)
     row = run_query(scores_dir, f"select {', '.join(aggregates)} from scores "
                                 f"where Metadata_Well like '{EVALUATION_ROW}%'").to_pylist()[0]
-    return {**row, "verdict": verdict(row["median_confidence_lost_cell_only"], row["median_confidence_lost_context_only"])}
+    return {**row, "verdict": verdict(row["mean_confidence_lost_cell_only"], row["mean_confidence_lost_context_only"])}
 
 
 def _method_medians(scores_dir):

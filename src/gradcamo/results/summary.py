@@ -51,7 +51,8 @@ def summarize(paths, by=DEFAULT_BY, *, method=None):
         ``pointing_hit_rate`` (share of true among the non-null ``pointing_hit``), all null
         for datasets written without them, and ``predicted_class_counts`` (``"0:12 1:3"``,
         classes ascending); for datasets scored with ``--ablation`` / ``--deletion-steps``, then
-        ``median_confidence_lost_cell_only``, ``share_flipped_cell_only``, the same ``_context_only``,
+        ``median_confidence_lost_cell_only``, ``mean_confidence_lost_cell_only``,
+        ``share_flipped_cell_only``, the same ``_context_only``,
         ``median_deletion_auc``, ``median_insertion_auc`` and ``verdict``
         (:mod:`gradcamo.results.causal`). Sorted by the ``by`` columns, nulls last. No rows for datasets
         without rows. ``method`` is ``gradcam`` for rows written without a method column.

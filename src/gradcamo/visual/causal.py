@@ -7,6 +7,8 @@ from gradcamo.results.causal import THRESHOLDS
 CAUSAL_FIELDS = (
     ("median_confidence_lost_cell_only", "confidence lost: cell only", "{:.3f}"),
     ("median_confidence_lost_context_only", "confidence lost: context only", "{:.3f}"),
+    ("mean_confidence_lost_cell_only", "mean lost: cell only", "{:.3f}"),
+    ("mean_confidence_lost_context_only", "mean lost: context only", "{:.3f}"),
     ("share_flipped_cell_only", "flipped: cell only", "{:.1%}"),
     ("share_flipped_context_only", "flipped: context only", "{:.1%}"),
     ("median_deletion_auc", "deletion AUC", "{:.3f}"),
