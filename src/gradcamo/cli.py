@@ -318,7 +318,8 @@ def summary_command(
     output_format: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="File to write instead of the terminal."),
 ):
-    """Per group: cells, NaN scores, mean/median Grad-CAMO, share > 0.5, share edge-padded, predicted classes."""
+    """Per group: cells, NaN scores, mean/median Grad-CAMO, share > 0.5, share edge-padded, predicted classes;
+    for datasets scored with --ablation / --deletion-steps also the causal checks and a verdict (its rule on stderr)."""
     from gradcamo.results.query import write_table
     from gradcamo.results.summary import summarize
 
