@@ -73,7 +73,7 @@ def format_record(record):
 
 
 def finish_record(result, output=None):
-    """Print ``result["machine"]`` (:func:`format_record`) and, when ``output`` (a path) is given, write ``result`` as JSON."""
+    """Print ``result["machine"]`` (:func:`format_record`); write ``result`` as JSON to ``output`` (a path), if any."""
     print(format_record(result["machine"]))
     if output:
         output.write_text(json.dumps(result, indent=1, default=str))

@@ -30,8 +30,9 @@ def _print_causal(result, console):
         table.add_column(column, justify="left" if column == "model" else "right")
     for report in result.reports:
         c = report.causal
-        table.add_row(report.name, *(f"{c[f'median_confidence_lost_{kind}']:.2f} / {c[f'mean_confidence_lost_{kind}']:.2f}"
-                                     for kind in ("cell_only", "context_only")), f"{c['share_flipped_cell_only']:.0%}",
+        lost = [f"{c[f'median_confidence_lost_{kind}']:.2f} / {c[f'mean_confidence_lost_{kind}']:.2f}"
+                for kind in ("cell_only", "context_only")]
+        table.add_row(report.name, *lost, f"{c['share_flipped_cell_only']:.0%}",
                       f"{c['share_flipped_context_only']:.0%}", f"{c['median_deletion_auc']:.2f}",
                       f"{c['median_insertion_auc']:.2f}")
     console.print(table)

@@ -46,7 +46,7 @@ class ModelReport:
     median_grad_camo: float
     share_above_half: float
     causal: dict = dataclasses.field(default_factory=dict)
-    """The causal checks on the evaluation wells: medians, flipped shares (:mod:`gradcamo.results.causal`), ``verdict``."""
+    """The causal checks on the evaluation wells: :mod:`gradcamo.results.causal`'s aggregates and ``verdict``."""
 
 
 @dataclasses.dataclass(frozen=True)

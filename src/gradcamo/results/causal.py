@@ -67,7 +67,7 @@ def verdict(lost_cell_only, lost_context_only):
 
 
 def with_verdicts(table):
-    """``table`` (a summary with ``mean_confidence_lost_*``) with a ``verdict`` column appended; unchanged without them."""
+    """``table`` (a summary) with a ``verdict`` column appended; unchanged without ``mean_confidence_lost_*``."""
     if "mean_confidence_lost_cell_only" not in table.column_names:
         return table
     verdicts = [verdict(c, x) for c, x in zip(table["mean_confidence_lost_cell_only"].to_pylist(),

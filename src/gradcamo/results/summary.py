@@ -158,7 +158,8 @@ classes AS (
 )
 SELECT {out_keys}{", " if by else ""}
     s.cells, s.nan_scores, s.mean_grad_camo, s.median_grad_camo, s.share_above_half,
-    s.share_edge_padded, s.median_enrichment, s.mean_rank_accuracy, s.pointing_hit_rate, p.predicted_class_counts{"".join(", s." + e.rsplit(" AS ", 1)[1] for e in extra)}
+    s.share_edge_padded, s.median_enrichment, s.mean_rank_accuracy, s.pointing_hit_rate, p.predicted_class_counts
+    {"".join(", s." + e.rsplit(" AS ", 1)[1] for e in extra)}
 FROM stats s LEFT JOIN classes p ON {join}
 WHERE s.cells > 0
 {order}

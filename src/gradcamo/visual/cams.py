@@ -136,7 +136,8 @@ def write_cams(
         for batch in iter_cams(source, rows):
             modified, pngs = _ablated_pngs(batch, rows) if ablated else ({}, [])
             for name in arrays:
-                arrays[name].set_orthogonal_selection(batch.rows, modified[name] if name in modified else getattr(batch, name))
+                values = modified[name] if name in modified else getattr(batch, name)
+                arrays[name].set_orthogonal_selection(batch.rows, values)
             for name, png in pngs:
                 (staging / PNG_DIR / name).write_bytes(png)
             for index, png in batch_overlays(batch, rows):
