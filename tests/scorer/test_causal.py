@@ -194,6 +194,24 @@ def test_3d_every_column_matches_torch(tmp_path, model_3d):
     _check(frame, _torch_model(3), image, labels, CROP_3D, 2)
 
 
+def test_deletion_ranks_by_the_crop_cam_of_the_convention(tmp_path, model_3d):
+    """pytorch-grad-cam's convention in 3D (a cubic spline resize, then ReLU and min-max) ranks the voxels
+    otherwise than the linear resize of ``raw``: the curves follow the convention's own map."""
+    image, labels = make_cells((6, 30, 28), 3, n_channels=3, radius=5, seed=8)
+    store = write_image_store(tmp_path / "vol.zarr", image, labels)
+    score([store], model_3d, tmp_path / "scores", workers=1, threads=1, convention="pytorch-grad-cam",
+          deletion_steps=4, deletion_curves=True)
+    frame = read_scores(tmp_path / "scores").to_pandas()
+    model = _torch_model(3)
+    for cell, crop, window in _reference_crops(image, labels, CROP_3D):
+        row = frame[frame.Metadata_ObjectNumber == cell].iloc[0]
+        cam = torch_gradcam(model, "2", crop[None].numpy(), [row.target_class], mean=[MEAN] * 3, std=[STD] * 3,
+                            convention="pytorch-grad-cam").upsampled[0]
+        deletion, insertion = _Reference(model, crop, window, cell).curves(cam, row.target_class, 4)
+        np.testing.assert_allclose(row.deletion_curve, deletion, atol=TOLERANCE)
+        np.testing.assert_allclose(row.insertion_curve, insertion, atol=TOLERANCE)
+
+
 def test_one_step_goes_from_the_full_to_the_fully_filled_crop(tmp_path, model_2d):
     """K = 1: deletion is (full crop, every in-image pixel filled), insertion the reverse."""
     image, labels = make_cells((40, 36), 4, n_channels=3, radius=5, seed=21)
