@@ -15,8 +15,9 @@ CAUSAL_FIELDS = (
     ("median_insertion_auc", "insertion AUC", "{:.3f}"),
 )
 NOTE = (
-    "Medians over the rows of the model on the cell alone (its context replaced by the crop's background median) "
-    "and on the context alone (the cell replaced); a flip is a predicted class that changes. Deletion / insertion: "
+    "Confidence lost (median and mean over the rows; the verdict uses the means): prob_target minus that on the "
+    "cell alone (its context replaced by the crop's background median) and on the context alone (the cell "
+    "replaced); a flip is a predicted class that changes. Deletion / insertion: "
     "prob_target as the most attended pixels are filled / restored (low deletion and high insertion AUC: the CAM "
     "points at what the decision rests on). A filled crop is out of distribution; compare models, not absolute "
     "values. See docs/score.md, Causal checks."
