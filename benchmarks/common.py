@@ -5,6 +5,7 @@ measured in one run, so the helpers only build models, sessions and a timer.
 """
 
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -69,6 +70,13 @@ def format_record(record):
     if "gpu" in record:
         keys.append("gpu")
     return "\n".join(f"  {k}: {record[k]}" for k in keys if k in record)
+
+
+def finish_record(result, output=None):
+    """Print ``result["machine"]`` (:func:`format_record`); write ``result`` as JSON to ``output`` (a path), if any."""
+    print(format_record(result["machine"]))
+    if output:
+        output.write_text(json.dumps(result, indent=1, default=str))
 
 
 # --------------------------------------------------------------------------- models

@@ -18,7 +18,6 @@ activations, 512 float32 columns for resnet18, from the same pass). Usage::
 """
 
 import argparse
-import json
 import pathlib
 import sys
 import tempfile
@@ -105,9 +104,7 @@ def main(argv=None):
             seconds = result["seconds"][kind]
             print(f"{kind:>11}: gradcam {seconds['gradcam']:.3f} s, {extra} {seconds[extra]:.3f} s, "
                   f"ratio {ratio:.3f} (goal <= {goal})")
-    print(common.format_record(result["machine"]))
-    if args.output:
-        args.output.write_text(json.dumps(result, indent=1, default=str))
+    common.finish_record(result, args.output)
 
 
 if __name__ == "__main__":

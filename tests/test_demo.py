@@ -11,6 +11,7 @@ from gradcamo.cli import main
 from gradcamo.data.read import discover_images
 from gradcamo.demo.plate import make_demo_fields
 from gradcamo.model_file import read_model_info
+from gradcamo.results.causal import CELL, CONTEXT, verdict
 from gradcamo.scorer.sink import read_scores
 
 
@@ -59,6 +60,23 @@ def test_the_verdict_holds_under_every_cam_method(demo_dir):
         medians[name] = rows.groupby("method", observed=True).grad_camo.median()
     assert sorted(medians["honest"].index) == sorted(METHODS)
     assert (medians["honest"] - medians["shortcut"] >= 0.1).all(), medians
+
+
+def test_the_causal_checks_put_the_models_on_opposite_sides(demo_dir, capsys):
+    """Issue #24: on the evaluation wells the honest model's decision rests on the cell, the shortcut's on the
+    context, by the mean confidence lost recomputed here from the rows; the demo prints both verdicts."""
+    lost = {}
+    for name in ("honest", "shortcut"):
+        table = read_scores(demo_dir / "scores" / name)
+        rows = table.filter(pc.starts_with(table["Metadata_Well"], "C")).to_pandas()
+        lost[name] = [float(np.mean(rows.prob_target.astype(float) - rows[f"prob_target_{kind}"].astype(float)))
+                      for kind in ("cell_only", "context_only")]
+    assert verdict(*lost["honest"]) == CELL, lost
+    assert verdict(*lost["shortcut"]) == CONTEXT, lost
+    capsys.readouterr()
+    assert main(["demo", "--out", str(demo_dir), "--seed", "0"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert f"honest: {CELL}" in printed and f"shortcut: {CONTEXT}" in printed
 
 
 def test_rerun_reuses_and_other_settings_need_overwrite(demo_dir, capsys):

@@ -272,6 +272,14 @@ def score_command(
     missing_chunks: str = typer.Option("error", "--missing-chunks", help="An image chunk the store lacks: error "
                                        "(fails its work unit) or zeros (read as the fill value, counted and "
                                        "flagged; for stores sparse on purpose)."),
+    ablation: bool = typer.Option(False, "--ablation", help="Also the target's probability and logit on the "
+                                  "cell alone and on its context alone (the rest filled with the crop's "
+                                  "background median; docs/score.md, Causal checks)."),
+    deletion_steps: Optional[int] = typer.Option(None, "--deletion-steps", help="K >= 1: delete (and insert) "
+                                                 "the crop's pixels in K steps along the CAM; deletion_auc, "
+                                                 "insertion_auc."),
+    deletion_curves: bool = typer.Option(False, "--deletion-curves", help="With --deletion-steps: also the K+1 "
+                                         "probabilities of each curve as list columns."),
     quiet: bool = QUIET_OPTION,
     gpus: Optional[str] = typer.Option(None, "--gpus", help="all, or GPU numbers such as 0,1,3: one local worker "
                                        "process per GPU (default: all visible GPUs; CUDA_VISIBLE_DEVICES applies)."),
@@ -292,7 +300,8 @@ def score_command(
         target=target, batch_size=batch_size, device=device, workers=workers, threads=threads,
         scheduler=scheduler, convention=convention, methods=method, overwrite=overwrite, timepoint=timepoint,
         progress=_show_progress(), max_failures=max_failures, site_base=site_base, centre_labels=center_labels,
-        features=features, missing_chunks=missing_chunks, gpus=gpus,
+        features=features, missing_chunks=missing_chunks, gpus=gpus, ablation=ablation,
+        deletion_steps=deletion_steps, deletion_curves=deletion_curves,
     )
     skipped = ("" if summary.cells_without_centre is None else
                f", {summary.cells_without_centre} cells without a {center_labels} object skipped")
@@ -420,11 +429,17 @@ def summary_command(
     output_format: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="File to write instead of the terminal."),
 ):
-    """Per group: cells, NaN scores, mean/median Grad-CAMO, share > 0.5, share edge-padded, predicted classes."""
+    """Per group: cells, NaN scores, mean/median Grad-CAMO, share > 0.5, share edge-padded, predicted classes;
+    for datasets scored with --ablation / --deletion-steps also the causal checks and a verdict (its rule on stderr)."""
     from gradcamo.results.query import write_table
     from gradcamo.results.summary import summarize
 
-    write_table(summarize(datasets, by=by), output_format, output)
+    table = summarize(datasets, by=by)
+    write_table(table, output_format, output)
+    if "verdict" in table.column_names:
+        from gradcamo.results.causal import THRESHOLDS
+
+        typer.echo(THRESHOLDS, err=True)
 
 
 MODEL_FILES_OPTION = typer.Option(None, "--model", "-m", help="Model file the scores were made with (checked "
@@ -446,6 +461,8 @@ def cams_command(
     models: Optional[list[str]] = MODEL_FILES_OPTION,
     inputs: Optional[list[str]] = INPUT_MAP_OPTION,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace cams written earlier to --output."),
+    ablated: bool = typer.Option(False, "--ablated", help="Also write the cell-only and context-only crops "
+                                 "(what score --ablation feeds the model) beside each overlay."),
     quiet: bool = QUIET_OPTION,
 ):
     """Recompute the crops, masks and CAMs of chosen cells exactly as scored, with an overlay PNG each.
@@ -459,7 +476,7 @@ def cams_command(
         _configure_logging(quiet)
     summary = write_cams(
         dataset, output, where=where, order_by=order_by, limit=limit, method=method, models=models or (),
-        input_map=parse_input_map(inputs), overwrite=overwrite, progress=_show_progress(),
+        input_map=parse_input_map(inputs), overwrite=overwrite, progress=_show_progress(), ablated=ablated,
     )
     typer.echo(f"wrote the CAMs of {summary.rows} rows to {summary.output} ({summary.seconds:.1f} s)")
 

@@ -5,7 +5,8 @@ mitochondrial puncta (inside the cell: the real biology). Next to some cells lie
 bright piece of extracellular debris (outside the cell: the confounder):
 
 - row A, *shortcut training*: debris next to every treated cell and no control cell, and
-  the phenotype is faint (as in a weak batch), so the debris is the easy way to the class;
+  no phenotype (2 puncta in both classes, as in a batch where the treatment failed), so the
+  debris is the only way to the class;
 - row B, *honest training*: debris next to random cells of both classes;
 - row C, *evaluation*: debris next to random cells, as in row B.
 """
@@ -21,8 +22,10 @@ from gradcamo.scorer.crops import measure_objects
 CLASSES = ("control", "treated")
 MITO = 4
 ROLES = {"A": "shortcut training", "B": "honest training", "C": "evaluation"}
-PUNCTA = {False: (2, 8), True: (2, 3)}
-"""Mitochondrial puncta per (control, treated) cell; faint in row A, where debris gives the class away."""
+PUNCTA = {False: (2, 8), True: (2, 2)}
+"""Mitochondrial puncta per (control, treated) cell; none extra in row A, where debris gives the class away
+(with a faint difference, 3 vs 2, the shortcut model also learned the cells and the causal checks found
+its decision to rest on both)."""
 DEBRIS_SHARE = 0.5
 """Share of cells with debris next to them in rows B and C."""
 

@@ -4,6 +4,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gradcamo.demo.run import EVALUATION_ROW, MIN_GAP
+from gradcamo.results.causal import THRESHOLDS
 
 
 def _print_methods(result, console):
@@ -18,6 +19,29 @@ def _print_methods(result, console):
     verdict = ("holds under every method" if len(holding) == len(result.method_medians)
                else f"holds under {', '.join(holding) or 'no method'} only")
     console.print(f"The shortcut model's verdict {verdict}.")
+
+
+def _print_causal(result, console):
+    """The causal checks of both models (the cell alone, the context alone, deletion) and their verdicts."""
+    table = Table(title="Is the attention causal? Cells alone, context alone (evaluation wells)")
+    columns = ("model", "confidence lost, median / mean: cell only", "context only", "flipped: cell only",
+               "context only", "deletion AUC", "insertion AUC")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for report in result.reports:
+        c = report.causal
+        lost = [f"{c[f'median_confidence_lost_{kind}']:.2f} / {c[f'mean_confidence_lost_{kind}']:.2f}"
+                for kind in ("cell_only", "context_only")]
+        table.add_row(report.name, *lost, f"{c['share_flipped_cell_only']:.0%}",
+                      f"{c['share_flipped_context_only']:.0%}", f"{c['median_deletion_auc']:.2f}",
+                      f"{c['median_insertion_auc']:.2f}")
+    console.print(table)
+    for report in result.reports:
+        console.print(f"{report.name}: {report.causal['verdict']}")
+    console.print(f"({THRESHOLDS})", highlight=False)
+    if not result.verdicts_separate:
+        console.print("[bold red]With this seed the causal verdicts do not separate the two models; "
+                      "try another --seed.[/]")
 
 
 def print_report(result, console=None):
@@ -43,6 +67,7 @@ def print_report(result, console=None):
             "try another --seed.[/]"
         )
     _print_methods(result, console)
+    _print_causal(result, console)
     console.print(f"\nThe report, with plate maps and the CAMs of the cells: {result.report}", highlight=False,
                   soft_wrap=True)
     scores = result.out / "scores"

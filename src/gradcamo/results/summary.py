@@ -1,10 +1,9 @@
 """Per-group summary of score datasets: counts, NaNs, the distribution of grad_camo and the localisation metrics."""
 
 import duckdb
-import pyarrow as pa
 
-from gradcamo.errors import InputError
-from gradcamo.errors import first_line
+from gradcamo.errors import InputError, first_line
+from gradcamo.results.causal import causal_aggregates, with_verdicts
 from gradcamo.results.datasets import DATASET_COLUMN, VIEW, connect, quote_identifier, resolve_datasets
 from gradcamo.results.query import to_arrow
 
@@ -50,7 +49,11 @@ def summarize(paths, by=DEFAULT_BY, *, method=None):
         rows), ``median_enrichment``, ``mean_rank_accuracy`` (over non-NaN values) and
         ``pointing_hit_rate`` (share of true among the non-null ``pointing_hit``), all null
         for datasets written without them, and ``predicted_class_counts`` (``"0:12 1:3"``,
-        classes ascending). Sorted by the ``by`` columns, nulls last. No rows for datasets
+        classes ascending); for datasets scored with ``--ablation`` / ``--deletion-steps``, then
+        ``median_confidence_lost_cell_only``, ``mean_confidence_lost_cell_only``,
+        ``share_flipped_cell_only``, the same ``_context_only``,
+        ``median_deletion_auc``, ``median_insertion_auc`` and ``verdict``
+        (:mod:`gradcamo.results.causal`). Sorted by the ``by`` columns, nulls last. No rows for datasets
         without rows. ``method`` is ``gradcam`` for rows written without a method column.
 
     Notes
@@ -69,7 +72,7 @@ def summarize(paths, by=DEFAULT_BY, *, method=None):
         schema = {row[0]: row[1] for row in con.execute(f"DESCRIBE {VIEW}").fetchall()}
         missing = {name: kind for name, kind in METRIC_COLUMNS.items() if name not in schema}
         _check_by(by, {**schema, **missing})
-        return to_arrow(con.sql(_summary_sql(by, missing)))
+        return with_verdicts(to_arrow(con.sql(_summary_sql(by, missing, causal_aggregates(schema)))))
     except duckdb.Error as error:
         raise InputError(f"summary: {first_line(error)}") from None
     finally:
@@ -113,7 +116,7 @@ def _nan_to_null(column):
     return f"CASE WHEN isnan({column}) THEN NULL ELSE {column} END"
 
 
-def _summary_sql(by, missing):
+def _summary_sql(by, missing, extra=()):
     keys = ", ".join(quote_identifier(key) for key in by)
     group = f"GROUP BY {keys}" if by else ""
     select_keys = f"{keys}, " if by else ""
@@ -139,7 +142,7 @@ stats AS (
         avg(edge_padded::DOUBLE)::DOUBLE AS share_edge_padded,
         quantile_cont(_enrichment, 0.5)::DOUBLE AS median_enrichment,
         avg(_rank_accuracy)::DOUBLE AS mean_rank_accuracy,
-        avg(pointing_hit::DOUBLE)::DOUBLE AS pointing_hit_rate
+        avg(pointing_hit::DOUBLE)::DOUBLE AS pointing_hit_rate{"".join(", " + e for e in extra)}
     FROM valid {group}
 ),
 per_class AS (
@@ -155,6 +158,7 @@ classes AS (
 SELECT {out_keys}{", " if by else ""}
     s.cells, s.nan_scores, s.mean_grad_camo, s.median_grad_camo, s.share_above_half,
     s.share_edge_padded, s.median_enrichment, s.mean_rank_accuracy, s.pointing_hit_rate, p.predicted_class_counts
+    {"".join(", s." + e.rsplit(" AS ", 1)[1] for e in extra)}
 FROM stats s LEFT JOIN classes p ON {join}
 WHERE s.cells > 0
 {order}

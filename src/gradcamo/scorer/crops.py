@@ -192,6 +192,7 @@ class CropCutter:
             np.lib.stride_tricks.sliding_window_view(image, tuple(crop), axis=spatial_axes), 0, ndim)
         self._label_windows = np.lib.stride_tricks.sliding_window_view(labels, tuple(crop))
         self._starts = starts + low
+        self._region_starts, self._extent = starts, extent
         self._crop = tuple(int(c) for c in crop)
         inside = np.clip(np.minimum(starts + crop, extent) - np.maximum(starts, 0), 0, None).prod(axis=1)
         self.pad_fractions = 1.0 - inside / float(np.prod(crop))
@@ -220,6 +221,36 @@ class CropCutter:
         masks = np.empty((len(objects), *self._crop), mask_dtype)
         np.equal(self._label_windows[where], ids, out=masks, casting="unsafe")
         return crops, masks
+
+    def surroundings(self, objects):
+        """Which pixels of each crop lie in the region, and which of those have label 0.
+
+        Parameters
+        ----------
+        objects : (m,) int ndarray
+
+        Returns
+        -------
+        background : (m, *crop_shape) bool ndarray
+            In-region pixels whose label is 0.
+        in_region : (m, *crop_shape) bool ndarray
+            Pixels inside the region (not padding).
+        """
+        in_region = window_inside(self._region_starts[objects], self._crop, self._extent)
+        labels = self._label_windows[tuple(self._starts[objects].T)]
+        return (labels == 0) & in_region, in_region
+
+
+def window_inside(starts, shape, extent):
+    """(n, *shape) bool: which voxels of windows starting at ``starts`` ((n, ndim) int) lie in ``[0, extent)``."""
+    starts = np.asarray(starts, dtype=np.int64).reshape(-1, len(shape))
+    inside = np.ones((len(starts),) + tuple(shape), bool)
+    for axis, size in enumerate(shape):
+        coordinates = starts[:, axis, None] + np.arange(size)
+        view = [len(starts)] + [1] * len(shape)
+        view[axis + 1] = size
+        inside &= ((coordinates >= 0) & (coordinates < extent[axis])).reshape(view)
+    return inside
 
 
 def cut_cells(image, labels, ids, centroids, crop_shape):

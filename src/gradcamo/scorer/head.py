@@ -31,6 +31,8 @@ HEAD_OUTPUTS = (contract.LOGITS, CAM_INSIDE, CAM_TOTAL)
 METRIC_OUTPUTS = (MASK_VOXELS, RANK_COUNTS, PEAK_VALUES)
 """Inputs of :func:`gradcamo.localisation.localisation_metrics`: voxel counts (int64), peak values (float32)."""
 _PREFIX = "gradcamo_head/"
+CROP_CAM = "crop_cam"
+"""Optional output (:func:`expose_crop_cam`): each row's CAM at crop resolution, ``[rows, 1, *crop]``."""
 
 
 class _Graph:
@@ -301,3 +303,25 @@ def append_score_head(model, *, crop_spatial, convention="raw", methods=("gradca
         helper.make_tensor_value_info(FEATURES, TensorProto.FLOAT, [contract.BATCH_AXIS, channels]),
     ])
     return headed
+
+
+def expose_crop_cam(model):
+    """The scorer's headed graph with its crop-resolution CAM as the extra output ``crop_cam``.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        A graph returned by :func:`gradcamo.scorer.head.append_score_head`.
+
+    Returns
+    -------
+    onnx.ModelProto
+        A copy with the extra output ``crop_cam`` ``[rows, 1, *crop_spatial]``: the input of
+        the sum that gives ``cam_total`` (``gradcamo cams`` shows it; ``--deletion-steps`` ranks by it).
+    """
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    total = next(node for node in exposed.graph.node if CAM_TOTAL in node.output)
+    exposed.graph.node.append(helper.make_node("Identity", [total.input[0]], [CROP_CAM], name=CROP_CAM))
+    exposed.graph.output.append(helper.make_empty_tensor_value_info(CROP_CAM))
+    return exposed

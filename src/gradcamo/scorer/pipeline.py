@@ -13,6 +13,7 @@ from gradcamo.data.chunks import check_mode
 from gradcamo.errors import GradcamoError, InputError, Interrupted
 from gradcamo.model_file import read_model_info
 from gradcamo.cam import CONVENTIONS, check_choice, check_methods
+from gradcamo.scorer.causal import causal_schema, check_causal_options
 from gradcamo.scorer.channels import channel_note, describe_choices, parse_channels
 from gradcamo.scorer.failures import DEFAULT_MAX_FAILURES, FailureLog, UnitFailure
 from gradcamo.scorer.plan import UNIT_MAX_BYTES, parse_targets, plan_inputs
@@ -230,7 +231,7 @@ def score(
     device="auto", workers=None, threads=None, scheduler=None, convention="raw", methods=("gradcam",),
     overwrite=False, timepoint=0, block_shape=None, progress=False, unit_max_bytes=UNIT_MAX_BYTES,
     max_failures=DEFAULT_MAX_FAILURES, site_base=0, centre_labels=None, features=False, missing_chunks="error",
-    gpus=None,
+    gpus=None, ablation=False, deletion_steps=None, deletion_curves=False,
 ):
     """Score every cell of the given OME-Zarr images; write Grad-CAMO rows to ``output``.
 
@@ -288,6 +289,13 @@ def score(
         ``all`` or device numbers such as ``0,1,3``: one local worker process per GPU, each
         bound to its device. Default: every visible GPU when there are several (and neither
         ``scheduler`` nor ``workers`` is given, nor ``device="cpu"``).
+    ablation : bool
+        Also run the model on each crop's cell alone and context alone (the rest filled with
+        the crop's background median): ``prob_target_cell_only``, ... (docs/score.md, "Causal checks").
+    deletion_steps : int, optional
+        K >= 1: deletion and insertion along the row's CAM in K steps: ``deletion_auc``, ``insertion_auc``.
+    deletion_curves : bool
+        With ``deletion_steps``: also the K + 1 probabilities, ``deletion_curve`` and ``insertion_curve``.
 
     Returns
     -------
@@ -311,6 +319,7 @@ def score(
     gpu_workers = choose_gpu_workers(gpus, device=device, scheduler=scheduler, workers=workers, cpus=cpus.cpus)
     if gpus is not None:
         device = "cuda"  # asked for GPUs: a worker whose session does not get CUDA is an error, not a CPU run
+    checks = check_causal_options(ablation=ablation, deletion_steps=deletion_steps, deletion_curves=deletion_curves)
     info = read_model_info(model)
     targets = parse_targets(target, list(info.class_names))
     if site_base not in (0, 1) or isinstance(site_base, bool):
@@ -326,11 +335,12 @@ def score(
         model_path=str(os.path.abspath(model)), model_sha256=info.sha256, crop_shape=tuple(info.input_shape),
         convention=convention, device=device, threads=threads, batch_size=batch_size, targets=targets,
         label_name=labels, class_names=tuple(info.class_names), provenance=provenance, methods=methods,
-        centre_labels=centre_labels, features=n_features,
+        centre_labels=centre_labels, features=n_features, causal=checks,
     )
     parameters.update({
         "model_sha256": info.sha256, "target_layer": info.target_layer, "convention": convention,
         "methods": list(methods), "targets": list(targets),
+        **(checks.parameters() if checks is not None else {}),
     })
     if features:
         parameters["features"] = n_features
@@ -338,8 +348,8 @@ def score(
         score_unit, spec, images, output, parameters,
         record={"model": spec.model_path},  # where `cams` and `report` find it; not a parameter: may move
         overwrite=overwrite, scheduler=scheduler, workers=workers, threads=threads, progress=progress,
-        max_failures=max_failures, started=started, verb="scored", schema=score_schema(n_features), cpus=cpus,
-        gpu_workers=gpu_workers,
+        max_failures=max_failures, started=started, verb="scored", cpus=cpus, gpu_workers=gpu_workers,
+        schema=causal_schema(score_schema(n_features), checks),
     )
     return dataclasses.replace(summary, channel_note=channel_note(parameters["channel_mapping"], info.channel_names))
 

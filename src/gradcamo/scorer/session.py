@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 
 from gradcamo.errors import InputError
-from gradcamo.scorer.head import append_score_head
+from gradcamo.scorer.head import append_score_head, expose_crop_cam
 
 LOGGER = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
@@ -92,11 +92,14 @@ def require_device(session, device):
     return session
 
 
-def build_scoring_session(model_path, crop_spatial, convention, device, threads, methods=("gradcam",),
+def build_scoring_session(model_path, crop_spatial, convention, device, threads, methods=("gradcam",), crop_cam=False,
                           device_id=None):
-    """A new session of a model file with the Grad-CAMO head appended (:mod:`gradcamo.scorer.head`)."""
+    """A new session of a model file with the Grad-CAMO head appended (:mod:`gradcamo.scorer.head`);
+    with ``crop_cam``, also each row's crop-resolution CAM (:func:`~gradcamo.scorer.head.expose_crop_cam`)."""
     model = onnx.load(model_path)
     headed = append_score_head(model, crop_spatial=tuple(crop_spatial), convention=convention, methods=methods)
+    if crop_cam:
+        headed = expose_crop_cam(headed)
     session = create_session(headed.SerializeToString(), device=device, threads=threads, device_id=device_id)
     LOGGER.info("onnxruntime session on %s (pid %d)", session.get_providers()[0], os.getpid())
     return session
@@ -138,10 +141,10 @@ def run_in_batches(session, output_names, feed, batch_size, advance=None):
 
 
 def scoring_session(model_path, model_sha256, crop_spatial, convention, device, threads, methods=("gradcam",),
-                    device_id=None):
+                    crop_cam=False, device_id=None):
     """A new headed session of a model file, built once per run and worker by
     :meth:`gradcamo.scorer.worker.ScorerPlugin.session`, which keeps it until the run ends.
 
     ``model_sha256`` is part of the plugin's key only (the file scored is the file the run checked).
     """
-    return build_scoring_session(model_path, crop_spatial, convention, device, threads, methods, device_id)
+    return build_scoring_session(model_path, crop_spatial, convention, device, threads, methods, crop_cam, device_id)

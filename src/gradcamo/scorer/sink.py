@@ -335,7 +335,8 @@ def read_scores(directory):
     parts = part_files(directory)
     if not parts:
         return SCORE_SCHEMA.empty_table()
-    tables = [pq.read_table(path, schema=SCORE_SCHEMA) for path in parts]
+    schema = pq.read_schema(parts[0]).remove_metadata()  # SCORE_SCHEMA and any optional columns (--ablation, ...)
+    tables = [pq.read_table(path, schema=schema) for path in parts]
     return pa.concat_tables(tables).replace_schema_metadata(pq.read_schema(parts[0]).metadata)
 
 

@@ -17,12 +17,13 @@ import time
 
 import numpy as np
 
+from gradcamo import contract
 from gradcamo.cam import score_ratio, softmax
 from gradcamo.data.chunks import chunks_read_as_fill
 from gradcamo.data.read import ImageSource
 from gradcamo.errors import InputError
 from gradcamo.localisation import localisation_metrics
-from gradcamo.scorer import head
+from gradcamo.scorer import causal, head
 from gradcamo.scorer.crops import CropCutter, Measurements, crop_starts, measure_objects, merge_measurements
 from gradcamo.scorer.features import feature_columns, score_schema
 from gradcamo.scorer.regions import Layout, read_region, region_index
@@ -55,6 +56,8 @@ class ScoreSpec:
     """Label image whose object k centres the crop of cell k (``--center-labels``), or None."""
     features: int = 0
     """Feature columns (the target layer's channels) written per row; 0 without ``--features``."""
+    causal: object = None
+    """:class:`gradcamo.scorer.causal.CausalSpec` (``--ablation``, ``--deletion-steps``), or None."""
 
     @property
     def crop_spatial(self):
@@ -65,7 +68,7 @@ class ScoreSpec:
         with ``threads`` onnxruntime threads (:func:`gradcamo.scorer.worker.session_threads`) on CUDA
         device ``device_id`` (:func:`gradcamo.scorer.resources.worker_device_id`)."""
         return (self.model_path, self.model_sha256, self.crop_spatial, self.convention, self.device, threads,
-                self.methods, device_id)
+                self.methods, self.causal is not None and self.causal.deletion, device_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,8 +320,14 @@ def score_unit(spec, block, objects=None):
     pair_object = np.repeat(np.arange(len(objects)), len(targets))
     pair_target = np.tile(targets, len(objects))
     per_method = len(spec.methods)  # the head's rows: (pair, method), pair-major
-    fetched = head.HEAD_OUTPUTS + head.METRIC_OUTPUTS + ((head.FEATURES,) if spec.features else ())
-    outputs = []
+    outputs, checks = [], []
+    extra = (head.CROP_CAM,) if spec.causal is not None and spec.causal.deletion else ()
+    fetched = head.HEAD_OUTPUTS + head.METRIC_OUTPUTS + extra + ((head.FEATURES,) if spec.features else ())
+    per_row = len(head.HEAD_OUTPUTS + head.METRIC_OUTPUTS + extra) - 1  # all but logits; then per sample
+    if spec.causal is not None:
+        forward_session = state.session(causal.forward_session, spec.model_path, spec.model_sha256, spec.device,
+                                        threads, worker_device_id())
+        forward = _forward_runner(state, forward_session, spec.batch_size)
     for begin in range(0, len(pair_object), spec.batch_size):
         chosen = pair_object[begin:begin + spec.batch_size]
         crops, masks = cutter.cut(chosen, objects.ids[chosen], mask_dtype=np.float32)
@@ -328,23 +337,58 @@ def score_unit(spec, block, objects=None):
         with state.batch_slot(session):
             clock.lap("wait")
             logits, *rows = session.run(list(fetched), feed)
-            per_row = len(head.HEAD_OUTPUTS + head.METRIC_OUTPUTS) - 1  # all but logits; then per sample
             outputs.append([logits[:len(chosen)], *(row[:len(chosen) * per_method] for row in rows[:per_row]),
                             *(row[:len(chosen)] for row in rows[per_row:])])
             clock.lap("infer")
-    logits, inside, total, voxels, ranks, peaks, *features = (np.concatenate(column) for column in zip(*outputs))
+        if spec.causal is not None:
+            checks.append(_causal_batch(spec, cutter, chosen, crops, masks, outputs[-1], forward,
+                                        pair_target[begin:begin + spec.batch_size]))
+            clock.lap("infer")
+    columns = list(zip(*outputs))
+    logits, inside, total, voxels, ranks, peaks = (np.concatenate(column) for column in columns[:6])
     row_pair = np.repeat(np.arange(len(pair_object)), per_method)
     scored = {"object": pair_object[row_pair], "target": pair_target[row_pair], "logits": logits[row_pair],
               "method": np.tile(np.arange(per_method), len(pair_object)), "inside": inside, "total": total,
               "mask_voxels": voxels, "rank_counts": ranks, "peak_values": peaks,
               "pad": cutter.pad_fractions[pair_object[row_pair]]}
-    if features:
-        scored["features"] = features[0][row_pair]
+    if spec.features:
+        scored["features"] = np.concatenate(columns[-1])[row_pair]
+    if checks:
+        scored["causal"] = {name: _concatenated([c[name] for c in checks]) for name in checks[0]}
     table = unit_table(spec, block, objects, scored, missing_chunks=bool(missing))
     clock.lap("table")
     provider = session.get_providers()[0]
     return UnitResult(table, len(objects), provider, clock.seconds, without_centre=objects.without_centre,
                       missing_chunks=missing, worker=describe_worker(provider, threads))
+
+
+def _forward_runner(state, session, batch_size):
+    """``images -> logits`` by the forward-only ``session``, ``batch_size`` crops per run (padded on CUDA)."""
+    def forward(images):
+        parts = []
+        for begin in range(0, len(images), batch_size):
+            chunk = images[begin:begin + batch_size]
+            with state.batch_slot(session):
+                (logits,) = session.run([contract.LOGITS], padded_for(session, {contract.IMAGE: chunk}, batch_size))
+            parts.append(logits[:len(chunk)])
+        return np.concatenate(parts)
+    return forward
+
+
+def _causal_batch(spec, cutter, chosen, crops, masks, batch_outputs, forward, requested):
+    """The causal columns (:func:`gradcamo.scorer.causal.causal_columns`) of one batch's rows."""
+    logits = batch_outputs[0]
+    background, in_image = cutter.surroundings(chosen)
+    cams = batch_outputs[6][:, 0] if spec.causal.deletion else None
+    return causal.causal_columns(
+        spec.causal, forward, crops=crops, masks=masks, background=background, in_image=in_image,
+        targets=np.where(requested < 0, logits.argmax(axis=1), requested), logits=logits, cams=cams,
+        methods=len(spec.methods), chunk=max(1, spec.batch_size // (2 * (spec.causal.deletion_steps or 1) - 1)),
+    )
+
+
+def _concatenated(parts):
+    return [v for part in parts for v in part] if isinstance(parts[0], list) else np.concatenate(parts)
 
 
 def _padded_to(feed, batch_size):
@@ -389,7 +433,7 @@ def unit_table(spec, block, objects, scored, *, missing_chunks=False):
     ``peak_values`` feed the localisation metrics), ``pad`` (pad fraction of the crop) and, with
     ``spec.features``, ``features`` (the row's pooled activations, ``(rows, C)``).
     """
-    schema = score_schema(spec.features)
+    schema = causal.causal_schema(score_schema(spec.features), spec.causal)
     if scored is None:
         return make_table({}, provenance=spec.provenance, schema=schema)
     index = scored["object"]
@@ -423,6 +467,7 @@ def unit_table(spec, block, objects, scored, *, missing_chunks=False):
         "pointing_hit": np.ma.MaskedArray(metrics.pointing_hit, mask=~metrics.pointing_known),
         "missing_chunks": np.full(n, missing_chunks),
         **(feature_columns(scored["features"]) if spec.features else {}),
+        **scored.get("causal", {}),
     }, provenance=spec.provenance, schema=schema)
 
 

@@ -14,21 +14,19 @@ from collections.abc import Iterator
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper
 
 from gradcamo import contract
 from gradcamo.data.chunks import MissingChunkError
 from gradcamo.data.read import open_image
 from gradcamo.errors import InputError, UnreadableError
-from gradcamo.scorer.crops import crop_starts, cut_window, measure_objects
-from gradcamo.scorer.head import CAM_INSIDE, CAM_TOTAL, MASK, append_score_head
+from gradcamo.scorer.crops import crop_starts, cut_window, measure_objects, window_inside
+from gradcamo.scorer.head import CAM_INSIDE, CAM_TOTAL, CROP_CAM, MASK, append_score_head, expose_crop_cam
 from gradcamo.scorer.regions import plan_layout, read_region
 from gradcamo.scorer.session import create_session
 
 BATCH_SIZE = 32
 SCORE_TOLERANCE = 1e-4
 """Largest |recomputed - recorded| Grad-CAMO accepted; more means the inputs changed."""
-CROP_CAM = "crop_cam"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,35 +34,16 @@ class CamBatch:
     """Recomputed arrays for some of the chosen rows.
 
     ``rows`` (n,) int64 positions in the selection; ``image`` (n, C, *S) float32 crops as
-    fed to the model; ``mask`` (n, *S) bool; ``cam`` (n, *S) float32 at crop resolution.
+    fed to the model; ``mask`` (n, *S) bool; ``cam`` (n, *S) float32 at crop resolution;
+    ``in_image`` (n, *S) bool: not padding; ``background`` (n, *S) bool: in-image pixels with label 0.
     """
 
     rows: np.ndarray
     image: np.ndarray
     mask: np.ndarray
     cam: np.ndarray
-
-
-def expose_crop_cam(model) -> onnx.ModelProto:
-    """The scorer's headed graph with its crop-resolution CAM as the extra output ``crop_cam``.
-
-    Parameters
-    ----------
-    model : onnx.ModelProto
-        A graph returned by :func:`gradcamo.scorer.head.append_score_head`.
-
-    Returns
-    -------
-    onnx.ModelProto
-        A copy whose outputs are logits, cam_inside, cam_total and ``crop_cam``
-        ``[batch, 1, *crop_spatial]``: the input of the sum that gives ``cam_total``.
-    """
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    total = next(node for node in exposed.graph.node if CAM_TOTAL in node.output)
-    exposed.graph.node.append(helper.make_node("Identity", [total.input[0]], [CROP_CAM], name=CROP_CAM))
-    exposed.graph.output.append(helper.make_empty_tensor_value_info(CROP_CAM))
-    return exposed
+    in_image: np.ndarray = None
+    background: np.ndarray = None
 
 
 @functools.lru_cache(maxsize=4)
@@ -185,4 +164,6 @@ def iter_cams(source, rows, *, batch_size=BATCH_SIZE) -> Iterator[CamBatch]:
                 {contract.IMAGE: crops, contract.TARGET: targets, MASK: masks.astype(np.float32)},
             )
             _check_scores(source, rows, chosen, inside, total)
-            yield CamBatch(chosen, crops, masks, cam[:, 0])
+            in_image = window_inside(starts[chosen], crop, layout.spatial_shape)
+            background = in_image & (np.stack([c[1] for c in cut]) == 0)
+            yield CamBatch(chosen, crops, masks, cam[:, 0], in_image, background)

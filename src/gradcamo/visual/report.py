@@ -17,6 +17,7 @@ from gradcamo.errors import InputError
 from gradcamo.files import atomic_path
 from gradcamo.results.datasets import incompleteness
 from gradcamo.progress import cell_progress
+from gradcamo.visual.causal import causal_section
 from gradcamo.visual.figures import colorbar_svg, density_svg, histogram_svg, plate_svg
 from gradcamo.visual.gallery import render_galleries, select_galleries
 from gradcamo.visual.plates import parse_well, plate_shape, row_name
@@ -270,6 +271,8 @@ def write_report(paths, output, *, gallery=16, models=(), input_map=None, progre
     )
     sections = [
         ("Headline", incomplete + _headline(stats)),
+        *([("Causal checks: the cell alone, the context alone", causal)] if (causal := causal_section(stats, value_cell))
+          else []),
         ("Grad-CAMO distribution per target", _per_dataset(
             stats, lambda n: histogram_svg(stats.histograms.get(n, {}), label=f"{n}: Grad-CAMO histogram"))),
         ("Plate map: median Grad-CAMO per well", colorbar_svg() + _per_dataset(
