@@ -381,7 +381,7 @@ def _causal_batch(spec, cutter, chosen, crops, masks, batch_outputs, forward, re
     background, in_image = cutter.surroundings(chosen)
     cams = batch_outputs[6][:, 0] if spec.causal.deletion else None
     return causal.causal_columns(
-        spec.causal, forward, crops=crops, masks=masks, background=background, in_image=in_image,
+        spec.causal, forward, crops=crops, masks=masks.astype(bool), background=background, in_image=in_image,
         targets=np.where(requested < 0, logits.argmax(axis=1), requested), logits=logits, cams=cams,
         methods=len(spec.methods), chunk=max(1, spec.batch_size // (2 * (spec.causal.deletion_steps or 1) - 1)),
     )
