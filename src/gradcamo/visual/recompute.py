@@ -164,6 +164,6 @@ def iter_cams(source, rows, *, batch_size=BATCH_SIZE) -> Iterator[CamBatch]:
                 {contract.IMAGE: crops, contract.TARGET: targets, MASK: masks.astype(np.float32)},
             )
             _check_scores(source, rows, chosen, inside, total)
-            in_image = window_inside(starts[chosen], crop, layout.spatial_shape)
+            in_image = window_inside(np.asarray([starts[i] for i in chosen]), crop, layout.spatial_shape)
             background = in_image & (np.stack([c[1] for c in cut]) == 0)
             yield CamBatch(chosen, crops, masks, cam[:, 0], in_image, background)
