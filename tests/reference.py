@@ -185,12 +185,22 @@ def torch_gradcamo(model, layer_module, image, mask, target, *, mean=None, std=N
         ``score`` is NaN where ``total == 0``.
     """
     reference = torch_gradcam(model, layer_module, image, target, mean=mean, std=std, convention=convention)
+    return gradcamo_of(reference, mask)
+
+
+def gradcamo_of(reference, mask):
+    """Grad-CAMO per sample of a :class:`GradCamReference` (as :func:`torch_gradcamo` returns it)."""
     cam = torch.from_numpy(reference.upsampled)
     mask = torch.as_tensor(np.asarray(mask, dtype=bool))
     inside = (cam * mask).flatten(1).sum(dim=1)
     total = cam.flatten(1).sum(dim=1)
     score = torch.where(total > 0, inside / torch.where(total > 0, total, torch.ones_like(total)), torch.nan)
     return inside.numpy(), total.numpy(), score.numpy()
+
+
+def pooled_activations(reference):
+    """The spatial mean of the target layer's activations per sample (what ``score --features`` writes)."""
+    return reference.activations.mean(axis=tuple(range(2, reference.activations.ndim)))
 
 
 def calibrate_batchnorm(model, input_shape, *, batches, batch_size):
