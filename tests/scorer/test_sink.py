@@ -2,6 +2,8 @@
 
 import json
 import os
+import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -133,3 +135,12 @@ def test_a_written_part_is_complete_parquet(tmp_path):
     with ScoreDataset.open(tmp_path, PARAMETERS) as dataset:
         dataset.write_part("u1", make_table(rows(5), provenance=PROVENANCE))
     assert pq.read_metadata(tmp_path / "part-u1.parquet").num_rows == 5
+
+
+def test_the_docs_list_every_column():
+    """docs/score.md's column table names every column of the schema, in its order."""
+    text = (pathlib.Path(__file__).parents[2] / "docs" / "score.md").read_text()
+    table = text[text.index("| column | type | meaning |"):text.index("`missing_chunks` is true on")]
+    listed = [name for row in table.splitlines()[2:] if row.startswith("|")
+              for name in re.findall(r"`(\w+)`", row.split("|")[1])]
+    assert listed == [*SCORE_SCHEMA.names, "feature_0"]
