@@ -10,7 +10,7 @@ benchmark suite can check that they agree and time them:
   the same (issue #16), so the two agree to float32 precision.
 - ``score_captum``: ``captum.attr.LayerGradCam`` (``relu_attributions=True``) +
   ``F.interpolate`` (bi-/tri-linear, ``align_corners=False``), then the mask share (raw
-  convention of DESIGN.md).
+  convention of docs/score.md).
 - ``score_torch_eager``: plain torch: forward hook on the layer + ``torch.autograd.grad``
   of the selected logits, CAM, ``F.interpolate`` and mask share in torch (raw convention).
 - ``score_gradcamo_onnx``: an exported gradcamo graph run by onnxruntime, CAM and share

@@ -1,6 +1,6 @@
 """An independent torch Grad-CAM / Grad-CAMO reference for the numerical tests.
 
-Written from DESIGN.md ("The score") with eager torch autograd, in float64, one sample
+Written from docs/score.md ("Conventions") with eager torch autograd, in float64, one sample
 at a time. It shares no code with ``gradcamo.exporter`` (no GradCamWrapper, no
 capture_layer_output) nor with ``gradcamo.cam``; tests compare both against it.
 
@@ -185,12 +185,22 @@ def torch_gradcamo(model, layer_module, image, mask, target, *, mean=None, std=N
         ``score`` is NaN where ``total == 0``.
     """
     reference = torch_gradcam(model, layer_module, image, target, mean=mean, std=std, convention=convention)
+    return gradcamo_of(reference, mask)
+
+
+def gradcamo_of(reference, mask):
+    """Grad-CAMO per sample of a :class:`GradCamReference` (as :func:`torch_gradcamo` returns it)."""
     cam = torch.from_numpy(reference.upsampled)
     mask = torch.as_tensor(np.asarray(mask, dtype=bool))
     inside = (cam * mask).flatten(1).sum(dim=1)
     total = cam.flatten(1).sum(dim=1)
     score = torch.where(total > 0, inside / torch.where(total > 0, total, torch.ones_like(total)), torch.nan)
     return inside.numpy(), total.numpy(), score.numpy()
+
+
+def pooled_activations(reference):
+    """The spatial mean of the target layer's activations per sample (what ``score --features`` writes)."""
+    return reference.activations.mean(axis=tuple(range(2, reference.activations.ndim)))
 
 
 def calibrate_batchnorm(model, input_shape, *, batches, batch_size):
@@ -222,7 +232,7 @@ def signed_cam_scale(reference):
 
 def reference_crops(image, labels, crop_shape, centre_labels=None):
     """(cell, centroid, crop (1, C, *S) float32, mask, pad fraction) per cell, cut from the zero-padded
-    whole image by DESIGN.md's rule, one cell at a time; with ``centre_labels``, centred on the centroid
+    whole image by the crop rule of docs/score.md, one cell at a time; with ``centre_labels``, centred on the centroid
     of the object of the same id there (cells without one are left out)."""
     crop = np.asarray(crop_shape[1:])
     pad = [(0, 0)] + [(int(c), int(c)) for c in crop]

@@ -1,4 +1,4 @@
-"""DESIGN: the scoring, results, visual and exaggeration side imports and runs without torch."""
+"""The scoring, results, visual and exaggeration side imports and runs without torch."""
 
 import subprocess
 import sys

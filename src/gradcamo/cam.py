@@ -1,6 +1,6 @@
 """Grad-CAM and Grad-CAMO arithmetic in plain numpy (the reference the scorer is checked against).
 
-No torch, no onnxruntime: these functions define the score convention of DESIGN.md.
+No torch, no onnxruntime: these functions define the score convention of docs/score.md.
 """
 
 import numpy as np

@@ -1,5 +1,6 @@
 """`gradcamo import` of a JUMP-like screen (LoadData CSV, per-channel TIFFs, Cells/Nuclei label TIFFs,
-1-based sites), scored and joined to a CellProfiler-style per-object table; bad CSVs refused cleanly."""
+1-based sites), scored with features, joined to a CellProfiler-style per-object table and profiled for
+pycytominer; bad CSVs refused cleanly."""
 
 import json
 import shutil
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 import tifffile
 import zarr
+from pycytominer import aggregate
 from skimage.measure import regionprops
 
 from gradcamo.cli import main
@@ -18,12 +20,14 @@ from gradcamo.data.read import discover_images, open_image
 from gradcamo.data.write import write_field, write_plate
 from gradcamo.errors import InputError
 from gradcamo.scorer.channels import choose_channels
-from tests.reference import reference_crops, torch_gradcamo
+from tests.reference import gradcamo_of, pooled_activations, reference_crops, torch_gradcam
 from tests.screens import CHANNELS, PLATE, make_screen, make_site, read_csv, write_csv
 from tests.tiny_models import CROP_2D, export_tiny, tiny_classifier
 
 MODEL_CHANNELS = ("Mito", "DNA", "ER")
 """The channels the tiny model was 'trained on', in its order: not the CSV's order."""
+KEYS = ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_ObjectNumber"]
+FEATURES = [f"feature_{k}" for k in range(6)]  # the tiny 2D model's target layer has 6 channels
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +60,27 @@ def cellprofiler_table(truth, objects="Cells"):
     return pd.DataFrame.from_records(records)
 
 
-def test_import_score_and_join_a_jump_like_screen(tmp_path, capsys, screen, named_model):
+def reference_cells(truth):
+    """Per cell of the screen, from the TIFFs directly (torch autograd, the model's channel order): its keys,
+    Grad-CAMO score and pooled target-layer activations."""
+    network, records = tiny_classifier(2), []
+    for (plate, well, site), (planes, labels) in truth.items():
+        image = np.stack([planes[name] for name in MODEL_CHANNELS])
+        cut = list(reference_crops(image, labels["Cells"], CROP_2D))
+        reference = torch_gradcam(network, "2", np.concatenate([c[2] for c in cut]), [-1] * len(cut),
+                                  mean=[100.0] * 3, std=[300.0] * 3)
+        _, _, scores = gradcamo_of(reference, np.stack([c[3] for c in cut]))
+        for (cell, *_), value, pooled in zip(cut, scores, pooled_activations(reference)):
+            records.append({"Metadata_Plate": plate, "Metadata_Well": well, "Metadata_Site": site,
+                            "Metadata_ObjectNumber": int(cell), "grad_camo": value,
+                            **{f"feature_{k}": v for k, v in enumerate(pooled)}})
+    return pd.DataFrame.from_records(records).set_index(KEYS)
+
+
+def test_a_jump_like_screen_goes_import_score_features_profiles_and_pycytominer(tmp_path, capsys, screen,
+                                                                                 named_model):
+    """The issue's whole path on one screen: every score and feature equals the torch reference computed from
+    the TIFFs, the keys join a CellProfiler per-object table 1:1, and pycytominer aggregates the profiles."""
     csv_path, truth = screen
     code, out, err = run(capsys, "import", csv_path, "-o", tmp_path / "zarr")
     assert code == 0, err
@@ -75,7 +99,7 @@ def test_import_score_and_join_a_jump_like_screen(tmp_path, capsys, screen, name
     assert described[f"{PLATE}.zarr/B/3/1"]["labels"] == "Cells, Nuclei"
 
     code, out, err = run(capsys, "score", plate, "-m", named_model, "-o", tmp_path / "scores", "--labels", "Cells",
-                         "--threads", 1)
+                         "--features", "--threads", 1)
     assert code == 0, err
     assert out.strip().splitlines()[-1].endswith("channels matched by name (Mito=4, DNA=0, ER=1)")
     scores = rows(tmp_path / "scores")
@@ -83,22 +107,16 @@ def test_import_score_and_join_a_jump_like_screen(tmp_path, capsys, screen, name
     assert manifest["parameters"]["channel_mapping"] == [{"match": "name", "channels": [
         {"model": "Mito", "index": 4, "label": "Mito"}, {"model": "DNA", "index": 0, "label": "DNA"},
         {"model": "ER", "index": 1, "label": "ER"}]}]
-    assert set(zip(scores.Metadata_Well, scores.Metadata_Site)) == {(w, s) for _, w, s in truth}
+    assert manifest["parameters"]["features"] == len(FEATURES)
 
-    # Every score equals the torch reference computed from the TIFFs directly.
-    network = tiny_classifier(2)
-    for (plate_name, well, site), (planes, labels) in truth.items():
-        image = np.stack([planes[name] for name in MODEL_CHANNELS])
-        cut = list(reference_crops(image, labels["Cells"], CROP_2D))
-        _, _, expected = torch_gradcamo(network, "2", np.concatenate([c[2] for c in cut]),
-                                        np.stack([c[3] for c in cut]), [-1] * len(cut),
-                                        mean=[100.0] * 3, std=[300.0] * 3)
-        got = scores[(scores.Metadata_Well == well) & (scores.Metadata_Site == site)].set_index("Metadata_ObjectNumber")
-        assert sorted(got.index) == [int(c[0]) for c in cut]
-        for (cell, *_), value in zip(cut, expected):
-            assert got.loc[int(cell), "grad_camo"] == pytest.approx(value, abs=1e-5, nan_ok=True)
-            assert (got.loc[int(cell), "Metadata_Plate"], got.loc[int(cell), "Metadata_Image"]) == (
-                plate_name, f"{PLATE}.zarr/{well[0]}/{int(well[1:])}/{site - 1}")
+    # Every score and feature equals the torch reference computed from the TIFFs directly; the image is the field.
+    expected = reference_cells(truth)
+    got = scores.set_index(KEYS)
+    assert sorted(got.index) == sorted(expected.index)
+    got = got.loc[expected.index]
+    np.testing.assert_allclose(got.grad_camo, expected.grad_camo, atol=1e-5)
+    np.testing.assert_allclose(got[FEATURES], expected[FEATURES], rtol=1e-4, atol=1e-5)
+    assert (got.Metadata_Image == [f"{PLATE}.zarr/{w[0]}/{int(w[1:])}/{s - 1}" for _, w, s, _ in got.index]).all()
 
     # The join with a CellProfiler per-object table is 1:1, with equal object areas.
     cells = cellprofiler_table(truth)
@@ -110,6 +128,19 @@ def test_import_score_and_join_a_jump_like_screen(tmp_path, capsys, screen, name
     """).df()
     assert len(joined) == len(scores) == len(cells)
     assert (joined.object_voxels == joined.AreaShape_Area).all()
+
+    # profiles -> pycytominer: one row per cell, the reference's values under CellProfiler names, per-site medians.
+    code, _, err = run(capsys, "profiles", tmp_path / "scores", "-o", tmp_path / "profiles.parquet")
+    assert code == 0, err
+    profiles = pd.read_parquet(tmp_path / "profiles.parquet")
+    named = {"grad_camo": "Cells_GradCAMO_grad_camo", **{f: f"Cells_DeepProfile_{k}" for k, f in enumerate(FEATURES)}}
+    expected = expected.rename(columns=named)
+    np.testing.assert_allclose(profiles.set_index(KEYS).loc[expected.index][list(named.values())], expected,
+                               rtol=1e-4, atol=1e-5)
+    per_site = aggregate(profiles, strata=KEYS[:3], features="infer").set_index(KEYS[:3]).sort_index()
+    medians = expected.groupby(level=KEYS[:3]).median().sort_index()
+    assert list(per_site.index) == list(medians.index)
+    np.testing.assert_allclose(per_site[list(named.values())], medians, rtol=1e-4, atol=1e-5)
 
 
 def test_an_interrupted_import_resumes_and_keeps_finished_fields(tmp_path, capsys, screen):

@@ -17,7 +17,7 @@ from gradcamo.results.query import run_query, write_table
 from gradcamo.results.summary import SUMMARY_COLUMNS, summarize
 from gradcamo.scorer.sink import SCORE_SCHEMA, ScoreDataset
 
-SCHEMA = SCORE_SCHEMA  # DESIGN.md's columns, as the scorer writes them
+SCHEMA = SCORE_SCHEMA  # the documented columns, as the scorer writes them
 CLASSES = ["alive", "dead", "mitotic"]
 
 

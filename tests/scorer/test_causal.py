@@ -29,7 +29,7 @@ TOLERANCE = 1e-4
 
 
 def _reference_crops(image, labels, crop_shape):
-    """(cell id, crop (C, *S) float64, label window with -1 outside the image), cut by DESIGN's rule."""
+    """(cell id, crop (C, *S) float64, label window with -1 outside the image), cut by the crop rule."""
     crop = np.asarray(crop_shape[1:])
     pad = [(int(c), int(c)) for c in crop]
     padded_image = np.pad(image.astype(np.float64), [(0, 0)] + pad)

@@ -16,7 +16,7 @@ from gradcamo.cli import main
 from gradcamo.data.synthetic import make_cells
 from gradcamo.data.write import write_image_store
 from gradcamo.scorer.pipeline import score
-from tests.reference import assert_matches, reference_crops, reference_rows, torch_gradcam
+from tests.reference import assert_matches, pooled_activations, reference_crops, reference_rows, torch_gradcam
 from tests.tiny_models import CROP_2D, CROP_3D, tiny_classifier
 
 
@@ -122,8 +122,7 @@ def test_features_are_the_mean_of_the_target_layer_activations(tmp_path, request
     cells, crops = zip(*[(cell, x[0]) for cell, _, x, _, _ in reference_crops(image, labels, crop)])
     reference = torch_gradcam(tiny_classifier(spatial_dims), "2", np.stack(crops), [-1] * len(crops),
                               mean=[100.0] * 3, std=[300.0] * 3)
-    pooled = reference.activations.mean(axis=tuple(range(2, reference.activations.ndim)))
-    for cell, expected in zip(cells, pooled):
+    for cell, expected in zip(cells, pooled_activations(reference)):
         rows = frame[frame.Metadata_ObjectNumber == cell][names].to_numpy()
         assert len(rows) == 3  # one per target, the same features
         np.testing.assert_allclose(rows, np.repeat(expected[None], 3, axis=0), rtol=1e-4, atol=1e-5)

@@ -2,6 +2,8 @@
 
 import json
 import os
+import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -79,6 +81,26 @@ def test_other_parameters_are_refused_unless_overwrite(tmp_path):
     assert json.loads((tmp_path / MANIFEST).read_text())["parameters"] == other
 
 
+def test_a_dataset_of_the_previous_release_resumes_with_the_defaults_and_its_old_parts_are_redone(tmp_path, caplog):
+    """The previous release recorded neither site_base nor channel_mapping and wrote no missing_chunks column."""
+    old_columns = {k: v for k, v in rows(3).items() if k != "missing_chunks"}
+    old_schema = SCORE_SCHEMA.remove(SCORE_SCHEMA.get_field_index("missing_chunks"))
+    pq.write_table(make_table(old_columns, provenance=PROVENANCE, schema=old_schema), tmp_path / "part-u1.parquet")
+    (tmp_path / MANIFEST).write_text(json.dumps({"version": 1, "parameters": PARAMETERS, "finished": None}))
+    position = [{"match": "position", "channels": [{"model": None, "index": 0, "label": "DNA"}]}]
+    by_name = [{"match": "name", "channels": [{"model": "DNA", "index": 1, "label": "DNA"}]}]
+    for changed, later in [("site_base", {"site_base": 1, "channel_mapping": position}),
+                           ("channel_mapping", {"site_base": 0, "channel_mapping": by_name})]:
+        with pytest.raises(InputError, match=rf"other parameters \({changed}\)"):
+            with ScoreDataset.open(tmp_path, {**PARAMETERS, **later}):
+                pass
+    now = {**PARAMETERS, "site_base": 0, "channel_mapping": position}
+    with ScoreDataset.open(tmp_path, now) as dataset:
+        assert dataset.completed_units() == set()
+    assert "part-u1.parquet has other columns (written by an earlier release" in caplog.text
+    assert json.loads((tmp_path / MANIFEST).read_text())["parameters"] == now
+
+
 def test_foreign_files_are_never_touched(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match=r"notes\.txt"):
@@ -113,3 +135,12 @@ def test_a_written_part_is_complete_parquet(tmp_path):
     with ScoreDataset.open(tmp_path, PARAMETERS) as dataset:
         dataset.write_part("u1", make_table(rows(5), provenance=PROVENANCE))
     assert pq.read_metadata(tmp_path / "part-u1.parquet").num_rows == 5
+
+
+def test_the_docs_list_every_column():
+    """docs/score.md's column table names every column of the schema, in its order."""
+    text = (pathlib.Path(__file__).parents[2] / "docs" / "score.md").read_text()
+    table = text[text.index("| column | type | meaning |"):text.index("`missing_chunks` is true on")]
+    listed = [name for row in table.splitlines()[2:] if row.startswith("|")
+              for name in re.findall(r"`(\w+)`", row.split("|")[1])]
+    assert listed == [*SCORE_SCHEMA.names, "feature_0"]

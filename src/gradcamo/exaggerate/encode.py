@@ -3,7 +3,7 @@
 Cells are streamed exactly as ``score`` streams them (the same planning, work units, crops,
 keys, resume, Dask cluster, progress and failure handling: :func:`gradcamo.scorer.pipeline.run_units`);
 each unit runs the autoencoder's encoder on its crops and the decoder on the codes, for
-``reconstruction_mse``. The dataset's rows (DESIGN.md "Latent-space exaggeration")::
+``reconstruction_mse``. The dataset's rows (docs/encode.md)::
 
     Metadata_Plate, Metadata_Well, Metadata_Site, Metadata_Image, Metadata_ObjectNumber,
     centroid_z, centroid_y, centroid_x, object_voxels, edge_padded, z_0 .. z_{L-1}, reconstruction_mse

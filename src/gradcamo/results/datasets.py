@@ -1,7 +1,7 @@
 """Find score datasets on disk and expose them to DuckDB as views.
 
 A score dataset is a directory with ``_gradcamo.json`` and ``part-*.parquet`` files
-(DESIGN.md "Output"). :func:`connect` gives an in-memory DuckDB connection with
+(docs/score.md, "Output"). :func:`connect` gives an in-memory DuckDB connection with
 
 * a view ``scores``: every row of every dataset, with a leading ``dataset`` column
   (the dataset's name) -- also when there is only one dataset, so a query or a

@@ -1,4 +1,4 @@
-"""Objects, centroids and crop windows, as DESIGN.md fixes them ("Cutting crops").
+"""Objects, centroids and crop windows, as docs/score.md fixes them ("Crops and objects").
 
 Works block by block: :func:`measure_objects` sums voxel counts and coordinates of each
 label id inside one block, :func:`merge_measurements` adds the partial sums of all blocks,

@@ -1,6 +1,6 @@
 """The Parquet dataset scores are written to: schema, atomic part files, manifest, lock.
 
-Layout of a dataset directory (DESIGN.md "Output")::
+Layout of a dataset directory (docs/score.md, "Output")::
 
     part-<unit id>.parquet   one per finished work unit (possibly 0 rows)
     _gradcamo.json           version, parameters, counts, start/end time
@@ -142,12 +142,30 @@ def _process_alive(pid):
     return True
 
 
-def _part_is_readable(path, expected):
+LATER_PARAMETERS = {
+    "site_base": lambda value: value == 0,
+    "channel_mapping": lambda mapping: all(entry["match"] != "name" for entry in mapping),
+}
+"""Parameters added after the first release, and whether a new value is what that release did (it numbered
+sites from 0 and matched channels by position or by --channels indices): a dataset it wrote lacks them, and
+a run that agrees resumes it."""
+
+
+def _changed_parameters(old, new):
+    """Names of the parameters that differ between a dataset's manifest (``old``) and a run (``new``)."""
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
+                  and not (k not in old and k in LATER_PARAMETERS and LATER_PARAMETERS[k](new[k])))
+
+
+def _part_problem(path, expected):
+    """Why a part file cannot be kept (None where it can)."""
     try:
         schema = pq.read_schema(path)
     except (OSError, pa.ArrowException):
-        return False
-    return schema.remove_metadata().equals(expected)
+        return "is damaged"
+    if not schema.remove_metadata().equals(expected):
+        return "has other columns (written by an earlier release or another pass)"
+    return None
 
 
 class ScoreDataset:
@@ -168,7 +186,8 @@ class ScoreDataset:
     def open(cls, directory, parameters, *, overwrite=False, schema=SCORE_SCHEMA):
         """Create, resume or (with ``overwrite``) replace the dataset in ``directory``.
 
-        A part whose columns are not ``schema``'s counts as damaged: its unit is done again.
+        A part whose columns are not ``schema``'s (damaged, or written by an earlier release) is
+        deleted: its unit is done again.
 
         Raises
         ------
@@ -219,10 +238,9 @@ class ScoreDataset:
                 raise InputError(f"output {directory}: {MANIFEST} is unreadable; use a new directory", argument="output") from None
         elif any(_is_part(name) for name in names):
             raise InputError(f"output {directory}: holds part files but no {MANIFEST}; use a new directory", argument="output")
-        if previous is not None and previous.get("parameters") != parameters:
+        changed = None if previous is None else _changed_parameters(previous.get("parameters") or {}, parameters)
+        if changed:
             if not overwrite:
-                old = previous.get("parameters") or {}
-                changed = sorted(k for k in set(old) | set(parameters) if old.get(k) != parameters.get(k))
                 raise InputError(
                     f"output {directory}: holds rows made with other parameters "
                     f"({', '.join(changed)}); pass --overwrite (overwrite=True) to replace them or choose another "
@@ -248,16 +266,17 @@ class ScoreDataset:
         return manifest
 
     def completed_units(self):
-        """Unit ids whose part file is present and readable; damaged parts are deleted."""
+        """Unit ids whose part file is present and readable; damaged parts and parts with other columns are deleted."""
         done = set()
         for name in sorted(os.listdir(self.directory)):
             if not _is_part(name):
                 continue
             path = self.directory / name
-            if _part_is_readable(path, self.schema):
+            problem = _part_problem(path, self.schema)
+            if problem is None:
                 done.add(name[len(PART_PREFIX):-len(PART_SUFFIX)])
             else:
-                LOGGER.warning("%s is damaged; its unit will be scored again", path)
+                LOGGER.warning("%s %s; its unit will be scored again", path, problem)
                 os.remove(path)
         return done
 
