@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from gradcamo.errors import ExportError, InputError
+from gradcamo.exporter.layout import TargetLayout
 
 
 def resolve_layer(model, name):
@@ -92,14 +93,17 @@ class GradCamWrapper(nn.Module):
     ``image`` holds raw intensities; the optional per-channel ``mean``/``std``
     normalisation is applied first, so it becomes part of the exported graph.
     ``target`` holds one class index per sample, -1 for the predicted class; each
-    sample's gradient is that of its own target logit.
+    sample's gradient is that of its own target logit. ``layout`` (a
+    :class:`~gradcamo.exporter.layout.TargetLayout`; default channels-first) turns the
+    layer's output and its gradient alike into ``(N, C, [d,] h, w)``.
     """
 
-    def __init__(self, model, target_layer, *, input_shape, mean=None, std=None):
+    def __init__(self, model, target_layer, *, input_shape, mean=None, std=None, layout=None):
         super().__init__()
         self.model = model
         self.layer_name = target_layer
         self.layer = resolve_layer(model, target_layer)
+        self.layout = layout or TargetLayout("nchw", "default")
         self.normalise = ChannelNormalisation(input_shape, mean, std)
 
     def forward(self, image, target):
@@ -121,4 +125,5 @@ class GradCamWrapper(nn.Module):
                 raise ExportError(
                     f"the logits do not depend on target layer {self.layer_name!r}: {error}"
                 ) from None
-        return logits.detach(), activations.detach(), gradients
+        to_maps = self.layout.to_channels_first
+        return logits.detach(), to_maps(activations.detach()), to_maps(gradients)
