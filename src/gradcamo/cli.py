@@ -91,6 +91,13 @@ def export_command(
     factory_kwargs: Optional[str] = typer.Option(None, "--factory-kwargs", help="JSON object of factory "
                                                  "keyword arguments, e.g. '{\"num_classes\": 4}'."),
     opset: int = typer.Option(18, "--opset", min=18, help="ONNX opset version."),
+    target_layout: Optional[str] = typer.Option(None, "--target-layout", help="How the layer's output is read: "
+                                                "nchw, nhwc (channels-last, Swin) or tokens (N, T, C) (ViT); "
+                                                "default: decided from the layer, the model and the shape."),
+    token_grid: Optional[str] = typer.Option(None, "--token-grid", help="Token grid H,W (or D,H,W) of a tokens "
+                                             "layer, when the model declares none."),
+    prefix_tokens: Optional[int] = typer.Option(None, "--prefix-tokens", help="Tokens before the grid (class, "
+                                                "distillation, register tokens), when the model declares none."),
     quiet: bool = QUIET_OPTION,
 ):
     """Turn a PyTorch classifier into one ONNX graph returning logits, activations and gradients.
@@ -99,11 +106,13 @@ def export_command(
     disagrees is never written.
     """
     from gradcamo.exporter import export_model
+    from gradcamo.exporter.layout import parse_token_grid
     from gradcamo.exporter.loading import load_model, load_weights
 
     if quiet:
         _configure_logging(quiet)
     shape = _parse_numbers(input_shape, "--input-shape", int)
+    grid = parse_token_grid(token_grid)
     mean_values = _parse_numbers(mean, "--mean")
     std_values = _parse_numbers(std, "--std")
     class_names = [name.strip() for name in classes.split(",")] if classes else None
@@ -112,13 +121,42 @@ def export_command(
         load_weights(network, weights)
     result = export_model(
         network, target_layer, shape, output, class_names=class_names,
-        mean=mean_values, std=std_values, opset=opset,
+        mean=mean_values, std=std_values, opset=opset, target_layout=target_layout, token_grid=grid,
+        prefix_tokens=prefix_tokens,
     )
+    typer.echo(f"target layer {target_layer} read as {result.layout.describe()}")
     typer.echo(f"wrote {result.path} (CAM max relative error vs torch "
                f"{result.validation.cam_max_rel_error:.1e})")
 
 
+@app.command("layers")
+def layers_command(
+    model: str = typer.Argument(..., help="MODEL as for `gradcamo export` (package.module:factory, "
+                                "path/to/file.py:factory)."),
+    input_shape: str = typer.Option(..., "--input-shape", "-s", help="Crop shape C,H,W (2D) or C,D,H,W (3D)."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="state_dict file, as for export."),
+    factory_kwargs: Optional[str] = typer.Option(None, "--factory-kwargs", help="JSON object of factory "
+                                                 "keyword arguments, e.g. '{\"num_classes\": 4}'."),
+):
+    """List the candidate target layers: output shape, how export would read it, whether its gradient is non-zero.
+
+    One line per layer whose output has a batch axis and two or more others, in forward order,
+    on a seeded random input; `*` marks the suggested layer (the last usable one at the
+    network's final width). Pass the chosen name to `gradcamo export --target-layer`.
+    """
+    from gradcamo.exporter.layers import format_layers, list_layers
+    from gradcamo.exporter.loading import load_model, load_weights
+
+    network = load_model(model, _parse_json_object(factory_kwargs, "--factory-kwargs"))
+    if weights:
+        load_weights(network, weights)
+    for line in format_layers(*list_layers(network, _parse_numbers(input_shape, "--input-shape", int))):
+        typer.echo(line)
+
+
 def _model_table(info):
+    from gradcamo.contract import META_TARGET_LAYOUT
+
     table = Table(title=str(info.path), show_header=False)
     rows = [
         ("format version", str(info.format_version)),
@@ -127,6 +165,7 @@ def _model_table(info):
         ("crop shape (C,[D,]H,W)", ",".join(map(str, info.input_shape))),
         ("spatial dims", str(info.spatial_dims)),
         ("target layer", info.target_layer),
+        ("target layout", info.metadata.get(META_TARGET_LAYOUT, "nchw (exported before layouts were recorded)")),
         ("classes", ", ".join(info.class_names)),
         ("preprocessing", json.dumps(info.preprocessing)),
         ("validation", json.dumps(info.validation)),

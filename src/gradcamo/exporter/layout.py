@@ -43,6 +43,14 @@ _CHANNELS_LAST_TYPES = (nn.Linear, nn.LayerNorm)
 """Layers acting on the last axis (exact types only: timm's ``LayerNorm2d`` subclasses ``nn.LayerNorm``)."""
 
 
+class UndecidedLayout(InputError):
+    """The layout of a layer's output cannot be decided or contradicts the flags; ``short`` says why in a few words."""
+
+    def __init__(self, message, short):
+        super().__init__(message)
+        self.short = short
+
+
 @dataclasses.dataclass(frozen=True)
 class TargetLayout:
     """How to read a target layer's output as ``(N, C, [d,] h, w)``.
@@ -120,9 +128,10 @@ def _token_layout(shape, spatial_dims, *, model, layer_name, token_grid, prefix_
     missing = [option for option, value in ((GRID_OPTION, grid), (PREFIX_OPTION, prefix)) if value is None]
     if missing:
         needed = " and ".join(f"{o} {'H,W' if o == GRID_OPTION else 'N'}" for o in missing)
-        raise InputError(
+        raise UndecidedLayout(
             f"--target-layer: {layer_name!r} outputs {_shape_text(shape)}, read as tokens (N, T, C), but the model "
-            f"declares no token grid; give {needed} (prefix tokens: class, distillation, register tokens)"
+            f"declares no token grid; give {needed} (prefix tokens: class, distillation, register tokens)",
+            f"tokens without a declared grid ({GRID_OPTION}, {PREFIX_OPTION})",
         )
     if len(grid) != spatial_dims or not all(isinstance(n, int) and n > 0 for n in grid):
         raise InputError(f"{GRID_OPTION}: expected {spatial_dims} positive integers (the crop is {spatial_dims}D), "
@@ -131,10 +140,11 @@ def _token_layout(shape, spatial_dims, *, model, layer_name, token_grid, prefix_
         raise InputError(f"{PREFIX_OPTION}: expected a whole number >= 0, got {prefix!r}")
     if shape[1] != prefix + math.prod(grid):
         source = "the model's" if declared and token_grid is None and prefix_tokens is None else "the"
-        raise InputError(
+        raise UndecidedLayout(
             f"--target-layer: {layer_name!r} outputs {shape[1]} tokens {_shape_text(shape)}, but {source} grid "
             f"{'x'.join(map(str, grid))} with {prefix} prefix tokens makes {prefix + math.prod(grid)}; "
-            f"give {GRID_OPTION} and {PREFIX_OPTION} that fit, or choose another layer"
+            f"give {GRID_OPTION} and {PREFIX_OPTION} that fit, or choose another layer",
+            f"{shape[1]} tokens != {prefix} + {'x'.join(map(str, grid))}",
         )
     by = "flag" if decided_by == "flag" or token_grid is not None or prefix_tokens is not None else "model"
     if by == "model" and declared[2]:
@@ -180,10 +190,11 @@ def decide_layout(shape, crop_spatial, *, model=None, layer_name="", layer=None,
         return _token_layout(shape, spatial_dims, model=model, layer_name=layer_name, token_grid=token_grid,
                              prefix_tokens=prefix_tokens, decided_by="flag" if layout else "model")
     if len(shape) != maps_rank:
-        raise InputError(
+        raise UndecidedLayout(
             f"--target-layer: {layer_name!r} outputs shape {_shape_text(shape)}, neither {spatial_dims}D maps "
             f"(N, C, {'D, ' if spatial_dims == 3 else ''}H, W) or channels-last, nor tokens (N, T, C); "
-            "choose another layer (`gradcamo layers` lists candidates)"
+            "choose another layer (`gradcamo layers` lists candidates)",
+            "neither maps nor tokens",
         )
     if token_grid is not None or prefix_tokens is not None:
         raise InputError(f"{GRID_OPTION} and {PREFIX_OPTION} apply to token outputs (N, T, C); {layer_name!r} "
@@ -199,9 +210,10 @@ def decide_layout(shape, crop_spatial, *, model=None, layer_name="", layer=None,
         return TargetLayout(fitting[0], "shape")
     crop, depth = "x".join(map(str, crop_spatial)), "D, " if spatial_dims == 3 else ""
     readings = f"channels-first (N, C, {depth}H, W) {'and' if fitting else 'nor'} as channels-last (N, {depth}H, W, C)"
-    raise InputError(
+    raise UndecidedLayout(
         f"--target-layer: {layer_name!r} outputs {_shape_text(shape)}, which fits a {crop} crop "
-        f"{'both' if fitting else 'neither'} as {readings}; give {LAYOUT_OPTION} nchw or nhwc"
+        f"{'both' if fitting else 'neither'} as {readings}; give {LAYOUT_OPTION} nchw or nhwc",
+        f"{'nchw or nhwc' if fitting else 'neither nchw nor nhwc'} ({LAYOUT_OPTION})",
     )
 
 
@@ -215,4 +227,4 @@ def parse_token_grid(text):
         raise InputError(f"{GRID_OPTION}: expected comma-separated whole numbers such as 14,14, got {text!r}") from None
 
 
-__all__ = ["LAYOUTS", "TargetLayout", "decide_layout", "parse_token_grid"]
+__all__ = ["LAYOUTS", "TargetLayout", "UndecidedLayout", "decide_layout", "parse_token_grid"]

@@ -11,13 +11,16 @@ from gradcamo.exporter.layout import TargetLayout
 
 
 def resolve_layer(model, name):
-    """Return the sub-module called ``name``, or raise ``InputError`` listing close matches."""
+    """Return the sub-module called ``name``, or raise ``InputError`` pointing to ``gradcamo layers``."""
     modules = dict(model.named_modules())
     if name in modules and name != "":
         return modules[name]
-    close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.5)
-    hint = f"close matches: {', '.join(close)}" if close else f"its layers: {_layer_listing(model)}"
-    raise InputError(f"--target-layer: the model has no layer {name!r}; {hint}")
+    alike = difflib.get_close_matches(name, [n for n in modules if n], n=3, cutoff=0.8)
+    spelled = f"names spelled alike (not checked as targets): {', '.join(alike)}; " if alike else ""
+    raise InputError(
+        f"--target-layer: the model has no layer {name!r}; {spelled}`gradcamo layers MODEL --input-shape ...` "
+        f"lists the candidate layers with their shapes and gradients; top-level layers: {_layer_listing(model)}"
+    )
 
 
 MAX_LISTED_LAYERS = 16
