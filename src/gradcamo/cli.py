@@ -300,6 +300,8 @@ def _report_run(summary, max_failures, *, holds, wrote):
         return
     typer.echo(f"wrote {wrote} to {summary.output} ({summary.units_resumed} of {summary.units} work units resumed, "
                f"{summary.seconds:.1f} s)")
+    if summary.warning:
+        typer.echo(summary.warning)
     if summary.failures:
         _report_failures(summary, max_failures)
 
@@ -351,8 +353,13 @@ def summary_command(
     """Per group: cells, NaN scores, mean/median Grad-CAMO, share > 0.5, share edge-padded, predicted classes."""
     from gradcamo.results.query import write_table
     from gradcamo.results.summary import summarize
+    from gradcamo.scorer.empty import EMPTY_MAPS_KEY, empty_maps_warning
 
-    write_table(summarize(datasets, by=by), output_format, output)
+    table = summarize(datasets, by=by)
+    write_table(table, output_format, output)
+    warning = empty_maps_warning(sum(table[EMPTY_MAPS_KEY].to_pylist()), sum(table["cells"].to_pylist()))
+    if warning:
+        typer.echo(warning, err=True)
 
 
 MODEL_FILES_OPTION = typer.Option(None, "--model", "-m", help="Model file the scores were made with (checked "

@@ -13,6 +13,7 @@ from gradcamo.errors import GradcamoError, InputError, Interrupted
 from gradcamo.model_file import read_model_info
 from gradcamo.cam import CONVENTIONS, check_choice, check_methods
 from gradcamo.scorer.crops import merge_measurements
+from gradcamo.scorer.empty import EMPTY_MAPS_KEY, empty_maps_warning
 from gradcamo.scorer.failures import DEFAULT_MAX_FAILURES, FailureLog, UnitFailure
 from gradcamo.scorer.plan import UNIT_MAX_BYTES, parse_targets, plan_inputs
 from gradcamo.scorer.progress import cell_progress
@@ -58,6 +59,12 @@ class RunSummary:
     stage_seconds: dict = dataclasses.field(default_factory=dict)
     failures: tuple = ()
     stopped_early: bool = False
+    empty_maps: int = 0
+    """Rows of this run whose map is empty (``cam_empty``); :attr:`warning` when more than half."""
+
+    @property
+    def warning(self):
+        return empty_maps_warning(self.empty_maps, self.rows)
 
 
 def _check_whole(value, argument, *, minimum=1, allow_none=True):
@@ -322,6 +329,9 @@ def run_units(unit, spec, images, output, parameters, *, record, overwrite, sche
                     writer.write(block.unit_id, result.table)
                     counts["cells"] += result.cells
                     counts["rows"] += result.table.num_rows
+                    if "cam_empty" in result.table.column_names:
+                        counts[EMPTY_MAPS_KEY] = counts.get(EMPTY_MAPS_KEY, 0) + result.table["cam_empty"].to_numpy(
+                            zero_copy_only=False).sum().item()
                     providers.update([result.provider] if result.provider else [])
                     for stage, seconds in result.seconds.items():
                         stages[stage] += seconds
@@ -344,12 +354,15 @@ def run_units(unit, spec, images, output, parameters, *, record, overwrite, sche
             client.close()
             if cluster is not None:
                 cluster.close()
+        warning = empty_maps_warning(counts.get(EMPTY_MAPS_KEY, 0), counts["rows"])
+        if warning:
+            dataset.record(warnings=[warning])
         dataset.finish(counts, failures=failures.to_json(), stopped_early=failures.exceeded)
     summary = RunSummary(
         output=str(output), images=len(images), units=counts["units"],
         units_resumed=len(done), cells=counts["cells"], rows=counts["rows"], seconds=time.time() - started,
         providers=tuple(counts["providers"]), stage_seconds=with_stages,
-        failures=tuple(failures.failures), stopped_early=failures.exceeded,
+        failures=tuple(failures.failures), stopped_early=failures.exceeded, empty_maps=counts.get(EMPTY_MAPS_KEY, 0),
     )
     LOGGER.info(
         "%s %d cells (%d rows) in %.1f s on %s", verb, summary.cells, summary.rows, summary.seconds,
