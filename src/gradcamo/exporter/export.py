@@ -222,7 +222,7 @@ def export_model(
     model = copy.deepcopy(model).float().eval()
     n_classes, layout = _probe(model, target_layer, input_shape, layout=target_layout, token_grid=token_grid,
                                prefix_tokens=prefix_tokens)
-    LOGGER.info("target layer %r read as %s", target_layer, layout.describe())
+    LOGGER.debug("target layer %r read as %s", target_layer, layout.describe())
     if class_names is None:
         class_names = [f"class_{i}" for i in range(n_classes)]
     class_names = [str(name) for name in class_names]
