@@ -124,9 +124,9 @@ def export_command(
         mean=mean_values, std=std_values, opset=opset, target_layout=target_layout, token_grid=grid,
         prefix_tokens=prefix_tokens,
     )
-    typer.echo(f"target layer {target_layer} read as {result.layout.describe()}")
     typer.echo(f"wrote {result.path} (CAM max relative error vs torch "
                f"{result.validation.cam_max_rel_error:.1e})")
+    typer.echo(f"target layer {target_layer} read as {result.layout.describe()}")
 
 
 @app.command("layers")

@@ -191,9 +191,9 @@ def decide_layout(shape, crop_spatial, *, model=None, layer_name="", layer=None,
                              prefix_tokens=prefix_tokens, decided_by="flag" if layout else "model")
     if len(shape) != maps_rank:
         raise UndecidedLayout(
-            f"--target-layer: {layer_name!r} outputs shape {_shape_text(shape)}, neither {spatial_dims}D maps "
-            f"(N, C, {'D, ' if spatial_dims == 3 else ''}H, W) or channels-last, nor tokens (N, T, C); "
-            "choose another layer (`gradcamo layers` lists candidates)",
+            f"--target-layer: {layer_name!r} outputs shape {_shape_text(shape)}: not {spatial_dims}D maps "
+            f"(N, C, {'D, ' if spatial_dims == 3 else ''}H, W) or (N, {'D, ' if spatial_dims == 3 else ''}H, W, C), "
+            "nor tokens (N, T, C); choose another layer (`gradcamo layers` lists candidates)",
             "neither maps nor tokens",
         )
     if token_grid is not None or prefix_tokens is not None:
