@@ -66,6 +66,14 @@ def _torchvision_vit():
     return model
 
 
+def _vit_b_16():
+    """torchvision's vit_b_16 itself (12 blocks, 64 px crops), its zero-initialised head randomised."""
+    torch.manual_seed(0)
+    model = torchvision.models.vit_b_16(weights=None, image_size=64, num_classes=N_CLASSES)
+    nn.init.normal_(model.heads.head.weight, std=0.05)
+    return model
+
+
 def _calibrated(name, shape):
     def build():
         torch.manual_seed(0)
@@ -81,10 +89,12 @@ CASES = {
     "timm-swin": (_timm_swin, "layers.1", SHAPE, "nhwc", lambda t: swin_reshape_transform(t, 4, 4)),
     "torchvision-vit": (_torchvision_vit, "encoder.layers.encoder_layer_1.ln_1", SHAPE, "tokens",
                         lambda t: vit_reshape_transform(t, 4, 4, 1)),
+    "torchvision-vit_b_16": (_vit_b_16, "encoder.layers.encoder_layer_11.ln_1", (3, 64, 64), "tokens",
+                             lambda t: vit_reshape_transform(t, 4, 4, 1)),
     "timm-convnext": (_calibrated("convnext_atto", (3, 64, 64)), "stages.2", (3, 64, 64), "nchw", None),
     "timm-efficientnet": (_calibrated("efficientnet_b0", (3, 64, 64)), "blocks.5", (3, 64, 64), "nchw", None),
 }
-SLOW = {"timm-convnext", "timm-efficientnet"}
+SLOW = {"torchvision-vit_b_16", "timm-convnext", "timm-efficientnet"}
 
 
 @pytest.fixture(scope="module", params=[pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else []) for n in CASES])

@@ -101,11 +101,12 @@ def _fits_crop(sizes, crop_spatial):
     return low <= high
 
 
-def _declared_tokens(model, layer_name):
+def _declared_tokens(model, layer_name, crop_spatial):
     """(grid, prefix, owner name) declared by the innermost module around the layer, or None.
 
-    timm ViTs declare ``patch_embed`` (with ``grid_size``) and ``num_prefix_tokens``;
-    torchvision's ``VisionTransformer`` its ``image_size``, ``patch_size`` and ``class_token``.
+    timm ViTs declare ``patch_embed`` (with ``grid_size``, or ``dynamic_feat_size(crop)`` when
+    built with ``dynamic_img_size``) and ``num_prefix_tokens``; torchvision's
+    ``VisionTransformer`` its ``image_size``, ``patch_size`` and ``class_token``.
     """
     if model is None:
         return None
@@ -114,15 +115,18 @@ def _declared_tokens(model, layer_name):
     for name, module in reversed(owners):
         embed, prefix = getattr(module, "patch_embed", None), getattr(module, "num_prefix_tokens", None)
         if embed is not None and isinstance(prefix, int) and getattr(embed, "grid_size", None) is not None:
-            return tuple(int(n) for n in embed.grid_size), prefix, name
+            dynamic = getattr(module, "dynamic_img_size", False) and hasattr(embed, "dynamic_feat_size")
+            grid = embed.dynamic_feat_size(tuple(crop_spatial)) if dynamic else embed.grid_size
+            return tuple(int(n) for n in grid), prefix, name
         image, patch = getattr(module, "image_size", None), getattr(module, "patch_size", None)
         if isinstance(image, int) and isinstance(patch, int) and hasattr(module, "class_token"):
             return (image // patch,) * 2, 1, name
     return None
 
 
-def _token_layout(shape, spatial_dims, *, model, layer_name, token_grid, prefix_tokens, decided_by):
-    declared = _declared_tokens(model, layer_name)
+def _token_layout(shape, crop_spatial, *, model, layer_name, token_grid, prefix_tokens, decided_by):
+    spatial_dims = len(crop_spatial)
+    declared = _declared_tokens(model, layer_name, crop_spatial)
     grid = tuple(token_grid) if token_grid is not None else declared[0] if declared else None
     prefix = prefix_tokens if prefix_tokens is not None else declared[1] if declared else None
     missing = [option for option, value in ((GRID_OPTION, grid), (PREFIX_OPTION, prefix)) if value is None]
@@ -187,7 +191,7 @@ def decide_layout(shape, crop_spatial, *, model=None, layer_name="", layer=None,
     if layout == "tokens" or (layout is None and len(shape) == 3 and len(shape) != maps_rank):
         if len(shape) != 3:
             raise InputError(f"{LAYOUT_OPTION} tokens: {layer_name!r} outputs {_shape_text(shape)}, not (N, T, C)")
-        return _token_layout(shape, spatial_dims, model=model, layer_name=layer_name, token_grid=token_grid,
+        return _token_layout(shape, crop_spatial, model=model, layer_name=layer_name, token_grid=token_grid,
                              prefix_tokens=prefix_tokens, decided_by="flag" if layout else "model")
     if len(shape) != maps_rank:
         raise UndecidedLayout(
