@@ -16,13 +16,15 @@ from gradcamo.exporter.layout import UndecidedLayout, decide_layout
     ((2, 12, 10, 16), (48, 40), "nhwc"),
     ((2, 64, 2, 8, 8), (8, 32, 32), "nchw"),  # 3D
     ((2, 2, 8, 8, 64), (8, 32, 32), "nhwc"),
+    ((2, 24, 4, 8, 8), (8, 32, 32), "nchw"),  # depth stride 2, H and W stride 4
 ])
 def test_the_shape_decides_when_one_reading_fits_the_crop(shape, crop, layout):
     decided = decide_layout(shape, crop)
     assert (decided.layout, decided.decided_by) == (layout, "shape")
 
 
-@pytest.mark.parametrize(("shape", "crop"), [((2, 4, 4, 4), (16, 16)), ((2, 3, 50, 7), (32, 32))])
+@pytest.mark.parametrize(("shape", "crop"), [((2, 4, 4, 4), (16, 16)), ((2, 3, 50, 7), (32, 32)),
+                                             ((2, 8, 8, 8, 8), (8, 32, 32))])
 def test_the_shape_never_guesses(shape, crop):
     with pytest.raises(UndecidedLayout, match="give --target-layout nchw or nhwc"):
         decide_layout(shape, crop)

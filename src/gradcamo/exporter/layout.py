@@ -15,7 +15,8 @@ A layout is never guessed. In order:
    ``patch_embed`` and ``num_prefix_tokens``; torchvision's ``VisionTransformer``: its
    ``image_size``, ``patch_size`` and class token);
 4. the shape: of the two readings of an ``(N, a, b, c)`` output, the one whose spatial
-   sizes fit the crop with one common stride (each within one of ``S / stride``), if only one does.
+   sizes fit the crop (no axis larger than the crop's, H and W through one common stride,
+   each within one of ``S / stride``), if only one does.
 
 Anything else is refused with the flag that settles it.
 """
@@ -93,9 +94,15 @@ def _shape_text(shape):
 
 
 def _fits_crop(sizes, crop_spatial):
-    """Whether ``sizes`` is the crop's spatial shape seen through one stride r: |size - S / r| <= 1 on every axis."""
+    """Whether ``sizes`` can be the crop's spatial shape after downsampling.
+
+    Every axis at most one more than the crop's (no upsampling), and H and W seen through one
+    common stride r (each within one of ``S / r``); a 3D depth axis may have its own stride.
+    """
+    if any(size > crop + 1 for size, crop in zip(sizes, crop_spatial)):
+        return False
     low, high = 0.0, math.inf
-    for size, crop in zip(sizes, crop_spatial):
+    for size, crop in zip(sizes[-2:], crop_spatial[-2:]):
         low = max(low, crop / (size + 1))
         high = min(high, crop / (size - 1) if size > 1 else math.inf)
     return low <= high
