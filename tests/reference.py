@@ -113,6 +113,7 @@ def _normalise(image, mean, std):
 
 def torch_gradcam(
     model, layer_module, image, target, *, mean=None, std=None, convention="raw", dtype=torch.float64,
+    reshape=None,
 ):
     """Grad-CAM of ``layer_module`` for each sample of ``image`` by eager torch autograd.
 
@@ -128,12 +129,16 @@ def torch_gradcam(
     target : (N,) array-like of int
         Class per sample; -1 selects the argmax class.
     convention : {"raw", "pytorch-grad-cam"}
+    reshape : callable, optional
+        Applied to the layer's output and to its gradient alike before the CAM (a
+        pytorch-grad-cam ``reshape_transform``: tokens or channels-last -> (N, C, h, w)).
 
     Returns
     -------
     GradCamReference
     """
     name = _layer_name(model, layer_module)
+    reshape = reshape or (lambda tensor: tensor)
     model = copy.deepcopy(model).to(dtype).eval()
     layer = model.get_submodule(name)
     image = torch.as_tensor(np.asarray(image)).to(dtype)
@@ -158,8 +163,8 @@ def torch_gradcam(
                 (grad,) = torch.autograd.grad(out[0, cls], kept[0])
             logits.append(out.detach())
             targets.append(cls)
-            activations.append(kept[0].detach())
-            gradients.append(grad.detach())
+            activations.append(reshape(kept[0].detach()))
+            gradients.append(reshape(grad.detach()))
     finally:
         handle.remove()
     activations = torch.cat(activations).to(torch.float64)
@@ -176,7 +181,7 @@ def torch_gradcam(
     )
 
 
-def torch_gradcamo(model, layer_module, image, mask, target, *, mean=None, std=None, convention="raw"):
+def torch_gradcamo(model, layer_module, image, mask, target, *, mean=None, std=None, convention="raw", reshape=None):
     """Grad-CAMO per sample: share of the crop-resolution CAM inside ``mask``.
 
     Returns
@@ -184,7 +189,8 @@ def torch_gradcamo(model, layer_module, image, mask, target, *, mean=None, std=N
     inside, total, score : (N,) float64 ndarrays
         ``score`` is NaN where ``total == 0``.
     """
-    reference = torch_gradcam(model, layer_module, image, target, mean=mean, std=std, convention=convention)
+    reference = torch_gradcam(model, layer_module, image, target, mean=mean, std=std, convention=convention,
+                              reshape=reshape)
     return gradcamo_of(reference, mask)
 
 

@@ -63,11 +63,11 @@ def case(request, tmp_path_factory):
     return model, onnx.load(str(path)), image, mask, np.array([0, 1, 2, 3])
 
 
-def _library(method, model, image, targets, layer_name="2"):
+def _library(method, model, image, targets, layer_name="2", reshape_transform=None):
     """The library's output, its hooks' activations and gradients, and its ReLU'd layer map."""
     model = copy.deepcopy(model)  # the library calls model.eval() on what it is given
     layer = model.get_submodule(layer_name)
-    cam = LIBRARY[method](model=model, target_layers=[layer])
+    cam = LIBRARY[method](model=model, target_layers=[layer], reshape_transform=reshape_transform)
     try:
         targets = [ClassifierOutputTarget(int(t)) for t in targets]
         output = cam(input_tensor=torch.from_numpy(image), targets=targets)

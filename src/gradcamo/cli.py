@@ -94,6 +94,13 @@ def export_command(
     channel_names: Optional[str] = typer.Option(None, "--channel-names", help="Names of the input channels the "
                                                 "model was trained on, in order, e.g. DNA,ER,RNA,AGP,Mito; "
                                                 "`score` then picks a store's channels by name."),
+    target_layout: Optional[str] = typer.Option(None, "--target-layout", help="How the layer's output is read: "
+                                                "nchw, nhwc (channels-last, Swin) or tokens (N, T, C) (ViT); "
+                                                "default: decided from the layer, the model and the shape."),
+    token_grid: Optional[str] = typer.Option(None, "--token-grid", help="Token grid H,W (or D,H,W) of a tokens "
+                                             "layer, when the model declares none."),
+    prefix_tokens: Optional[int] = typer.Option(None, "--prefix-tokens", help="Tokens before the grid (class, "
+                                                "distillation, register tokens), when the model declares none."),
     quiet: bool = QUIET_OPTION,
 ):
     """Turn a PyTorch classifier into one ONNX graph returning logits, activations and gradients.
@@ -102,11 +109,13 @@ def export_command(
     disagrees is never written.
     """
     from gradcamo.exporter import export_model
+    from gradcamo.exporter.layout import parse_token_grid
     from gradcamo.exporter.loading import load_model, load_weights
 
     if quiet:
         _configure_logging(quiet)
     shape = _parse_numbers(input_shape, "--input-shape", int)
+    grid = parse_token_grid(token_grid)
     mean_values = _parse_numbers(mean, "--mean")
     std_values = _parse_numbers(std, "--std")
     class_names = [name.strip() for name in classes.split(",")] if classes else None
@@ -116,13 +125,42 @@ def export_command(
     result = export_model(
         network, target_layer, shape, output, class_names=class_names,
         mean=mean_values, std=std_values, opset=opset,
-        channel_names=channel_names.split(",") if channel_names else None,
+        channel_names=channel_names.split(",") if channel_names else None, target_layout=target_layout,
+        token_grid=grid, prefix_tokens=prefix_tokens,
     )
     typer.echo(f"wrote {result.path} (CAM max relative error vs torch "
                f"{result.validation.cam_max_rel_error:.1e})")
+    typer.echo(f"target layer {target_layer} read as {result.layout.describe()}")
+
+
+@app.command("layers")
+def layers_command(
+    model: str = typer.Argument(..., help="MODEL as for `gradcamo export` (package.module:factory, "
+                                "path/to/file.py:factory)."),
+    input_shape: str = typer.Option(..., "--input-shape", "-s", help="Crop shape C,H,W (2D) or C,D,H,W (3D)."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="state_dict file, as for export."),
+    factory_kwargs: Optional[str] = typer.Option(None, "--factory-kwargs", help="JSON object of factory "
+                                                 "keyword arguments, e.g. '{\"num_classes\": 4}'."),
+):
+    """List the candidate target layers: output shape, how export would read it, whether its gradient is non-zero.
+
+    One line per layer whose output has a batch axis and two or more others, in forward order,
+    on a seeded random input; `*` marks the suggested layer (the last usable one at the
+    network's final width). Pass the chosen name to `gradcamo export --target-layer`.
+    """
+    from gradcamo.exporter.layers import format_layers, list_layers
+    from gradcamo.exporter.loading import load_model, load_weights
+
+    network = load_model(model, _parse_json_object(factory_kwargs, "--factory-kwargs"))
+    if weights:
+        load_weights(network, weights)
+    for line in format_layers(*list_layers(network, _parse_numbers(input_shape, "--input-shape", int))):
+        typer.echo(line)
 
 
 def _model_table(info):
+    from gradcamo.contract import META_TARGET_LAYOUT
+
     table = Table(title=str(info.path), show_header=False)
     rows = [
         ("format version", str(info.format_version)),
@@ -131,6 +169,7 @@ def _model_table(info):
         ("crop shape (C,[D,]H,W)", ",".join(map(str, info.input_shape))),
         ("spatial dims", str(info.spatial_dims)),
         ("target layer", info.target_layer),
+        ("target layout", info.metadata.get(META_TARGET_LAYOUT, "nchw (exported before layouts were recorded)")),
         ("classes", ", ".join(info.class_names)),
         ("channel names", ", ".join(info.channel_names) or "none (channels matched by position)"),
         ("preprocessing", json.dumps(info.preprocessing)),
@@ -320,6 +359,8 @@ def _report_run(summary, max_failures, *, holds, wrote, note=""):
         return
     typer.echo(f"wrote {wrote} to {summary.output} ({summary.units_resumed} of {summary.units} work units resumed, "
                f"{summary.seconds:.1f} s){note}{_read_as_zeros(summary.missing_chunks)}")
+    if summary.warning:
+        typer.echo(summary.warning)
     if summary.failures:
         _report_failures(summary, max_failures)
 
@@ -433,6 +474,7 @@ def summary_command(
     for datasets scored with --ablation / --deletion-steps also the causal checks and a verdict (its rule on stderr)."""
     from gradcamo.results.query import write_table
     from gradcamo.results.summary import summarize
+    from gradcamo.scorer.empty import EMPTY_MAPS_KEY, empty_maps_warning
 
     table = summarize(datasets, by=by)
     write_table(table, output_format, output)
@@ -440,6 +482,9 @@ def summary_command(
         from gradcamo.results.causal import THRESHOLDS
 
         typer.echo(THRESHOLDS, err=True)
+    warning = empty_maps_warning(sum(table[EMPTY_MAPS_KEY].to_pylist()), sum(table["cells"].to_pylist()))
+    if warning:
+        typer.echo(warning, err=True)
 
 
 MODEL_FILES_OPTION = typer.Option(None, "--model", "-m", help="Model file the scores were made with (checked "

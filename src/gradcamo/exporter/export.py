@@ -18,7 +18,8 @@ from gradcamo.errors import ExportError, InputError, first_line
 from gradcamo.files import atomic_path
 from gradcamo.exporter.loading import hash_weights
 from gradcamo.exporter.trace import choose_trace_batch, convert_to_onnx, trace_gradient_graph
-from gradcamo.exporter.validate import validate_onnx
+from gradcamo.exporter.layout import decide_layout
+from gradcamo.exporter.validate import make_validation_inputs, validate_onnx
 from gradcamo.exporter.wrap import GradCamWrapper, capture_layer_output, resolve_layer
 
 LOGGER = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class ExportResult:
     path: pathlib.Path
     metadata: dict
     validation: object  # ValidationReport, or None when validation was skipped
+    layout: object = None  # the TargetLayout the layer's output was read with
 
 
 def check_input_shape(input_shape):
@@ -104,8 +106,11 @@ def shape_or_type(value):
     return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
-def _probe(model, layer_name, input_shape):
-    """Run the model once; check the input fits and the layer is spatial. Returns n_classes."""
+def _probe(model, layer_name, input_shape, **layout_options):
+    """Run the model once; check the input fits and decide how the layer's output is read.
+
+    Returns n_classes and the :class:`TargetLayout`.
+    """
     spatial_dims = len(input_shape) - 1
     conv_name, conv = _first_convolution(model)
     if conv is not None:
@@ -136,15 +141,14 @@ def _probe(model, layer_name, input_shape):
         raise ExportError(f"the model must return (N, classes) logits, got {shape_or_type(logits)}")
     if not leaves:
         raise InputError(f"--target-layer: layer {layer_name!r} is not called in the model's forward")
-    activation_shape = tuple(leaves[0].shape)
-    if len(activation_shape) != 2 + spatial_dims:
-        shown = ", ".join(["N", *map(str, activation_shape[1:])])
+    shape = tuple(leaves[0].shape)
+    if not shape or shape[0] != batch:
         raise InputError(
-            f"--target-layer: {layer_name!r} outputs shape ({shown}), not a "
-            f"{spatial_dims}D feature map (N, C, {'D, ' if spatial_dims == 3 else ''}H, W); "
-            "choose a convolutional block"
+            f"--target-layer: {layer_name!r} outputs shape {shape} for a batch of {batch}: its first axis "
+            "is not the batch (e.g. attention windows); choose another layer (`gradcamo layers` lists candidates)"
         )
-    return logits.shape[1]
+    layout = decide_layout(shape, input_shape[1:], model=model, layer_name=layer_name, layer=layer, **layout_options)
+    return logits.shape[1], layout
 
 
 def check_channel_names(names, n_channels):
@@ -159,12 +163,35 @@ def check_channel_names(names, n_channels):
     return names
 
 
-def _metadata(*, target_layer, input_shape, class_names, mean, std, validation, weights_sha256, channel_names=None):
+def check_gradient_reaches(wrapper, input_shape, n_classes, *, mean=None, std=None):
+    """Refuse a target layer whose gradient is zero on every validation input (both target passes).
+
+    Raises
+    ------
+    InputError
+        Naming the layer and the way out.
+    """
+    image, target_passes = make_validation_inputs(input_shape, n_classes, mean=mean, std=std)
+    for target in target_passes:
+        _, _, gradients = wrapper(torch.from_numpy(image), torch.from_numpy(target))
+        if bool(gradients.ne(0).any()):
+            return
+    raise InputError(
+        f"--target-layer: the gradient of the logits with respect to {wrapper.layer_name!r} is zero on every "
+        "validation input (a layer after the last use of what the logits depend on, e.g. a ViT's last block "
+        "when only its class token reaches the head; a zero-initialised head; a detached branch): choose an "
+        "earlier layer; `gradcamo layers` lists candidates"
+    )
+
+
+def _metadata(*, target_layer, layout, input_shape, class_names, mean, std, validation, weights_sha256,
+              channel_names=None):
     named = {contract.META_CHANNEL_NAMES: json.dumps(channel_names)} if channel_names else {}
     return {
         **named,
         contract.META_FORMAT_VERSION: str(contract.FORMAT_VERSION),
         contract.META_TARGET_LAYER: target_layer,
+        contract.META_TARGET_LAYOUT: layout.to_json(),
         contract.META_SPATIAL_DIMS: str(len(input_shape) - 1),
         contract.META_INPUT_SHAPE: json.dumps(list(input_shape)),
         contract.META_CLASS_NAMES: json.dumps(list(class_names)),
@@ -184,7 +211,7 @@ def write_atomically(model_proto, path):
 
 def export_model(
     model, target_layer, input_shape, path, *, class_names=None, mean=None, std=None,
-    opset=DEFAULT_OPSET, validate=True, channel_names=None,
+    opset=DEFAULT_OPSET, validate=True, channel_names=None, target_layout=None, token_grid=None, prefix_tokens=None,
 ):
     """Export ``model`` as one ONNX graph returning logits, activations and gradients.
 
@@ -209,6 +236,13 @@ def export_model(
     channel_names : sequence of str, optional
         The input channels the model was trained on, in order (``DNA, ER, RNA, AGP, Mito``);
         recorded as ``gradcamo.channel_names`` so that ``score`` picks a store's channels by name.
+    target_layout : {"nchw", "nhwc", "tokens"}, optional
+        How the layer's output is read; default: decided from the layer, the model and the
+        shape (:func:`gradcamo.exporter.layout.decide_layout`), refused when undecidable.
+    token_grid : tuple of int, optional
+        Token grid ``(h, w)`` or ``(d, h, w)`` of a ``tokens`` layer, when the model declares none.
+    prefix_tokens : int, optional
+        Tokens before the grid (class, distillation, register), when the model declares none.
 
     Returns
     -------
@@ -217,7 +251,8 @@ def export_model(
     Raises
     ------
     InputError
-        A bad argument (layer, shape, channels, path, class names, normalisation).
+        A bad argument (layer, shape, channels, path, class names, normalisation), an
+        undecidable layout, or a layer whose gradient is zero on every validation input.
     ExportError
         The model cannot be traced or converted.
     ValidationError
@@ -228,7 +263,9 @@ def export_model(
     mean, std = check_normalisation(mean, std, input_shape[0])
     channel_names = check_channel_names(channel_names, input_shape[0])
     model = copy.deepcopy(model).float().eval()
-    n_classes = _probe(model, target_layer, input_shape)
+    n_classes, layout = _probe(model, target_layer, input_shape, layout=target_layout, token_grid=token_grid,
+                               prefix_tokens=prefix_tokens)
+    LOGGER.debug("target layer %r read as %s", target_layer, layout.describe())
     if class_names is None:
         class_names = [f"class_{i}" for i in range(n_classes)]
     class_names = [str(name) for name in class_names]
@@ -237,7 +274,8 @@ def export_model(
     if len(set(class_names)) != len(class_names):
         raise InputError(f"--classes: names must be unique, got {class_names}")
 
-    wrapper = GradCamWrapper(model, target_layer, input_shape=input_shape, mean=mean, std=std).eval()
+    wrapper = GradCamWrapper(model, target_layer, input_shape=input_shape, mean=mean, std=std, layout=layout).eval()
+    check_gradient_reaches(wrapper, input_shape, n_classes, mean=mean, std=std)
     batch = choose_trace_batch(input_shape)
     example_image = torch.randn((batch, *input_shape), generator=torch.Generator().manual_seed(0))
     example_target = torch.tensor([contract.PREDICTED_CLASS] + [0] * (batch - 1))
@@ -254,10 +292,10 @@ def export_model(
         )
         LOGGER.info("CAM max relative error %.2e (tolerance %.0e)", report.cam_max_rel_error, report.cam_rtol)
     metadata = _metadata(
-        target_layer=target_layer, input_shape=input_shape, class_names=class_names,
+        target_layer=target_layer, layout=layout, input_shape=input_shape, class_names=class_names,
         mean=mean, std=std, validation=report, weights_sha256=hash_weights(model), channel_names=channel_names,
     )
     onnx.helper.set_model_props(model_proto, metadata)
     write_atomically(model_proto, path)
     LOGGER.info("wrote %s", path)
-    return ExportResult(path=path, metadata=metadata, validation=report)
+    return ExportResult(path=path, metadata=metadata, validation=report, layout=layout)

@@ -13,6 +13,7 @@ import warnings
 
 import torch
 from torch.export import Dim
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from gradcamo import contract
@@ -37,13 +38,19 @@ MAX_BATCH = 1 << 20
 
 
 def trace_gradient_graph(wrapper, example_image, example_target):
-    """Record ``wrapper``'s forward and partial backward as an aten ``GraphModule``."""
-    traced = make_fx(
-        wrapper,
-        tracing_mode="symbolic",
-        decomposition_table=gradient_decompositions(),
-        _allow_non_fake_inputs=True,
-    )(example_image, example_target)
+    """Record ``wrapper``'s forward and partial backward as an aten ``GraphModule``.
+
+    Traced under the MATH attention backend: ``scaled_dot_product_attention`` (ViTs' fused
+    attention) then records matmul and softmax, whose backward the ONNX exporter lowers
+    (the fused CPU kernels' backward it cannot).
+    """
+    with sdpa_kernel([SDPBackend.MATH]):
+        traced = make_fx(
+            wrapper,
+            tracing_mode="symbolic",
+            decomposition_table=gradient_decompositions(),
+            _allow_non_fake_inputs=True,
+        )(example_image, example_target)
     replaced = simplify_as_strided(traced)
     LOGGER.debug("traced %d nodes, %d as_strided views rewritten", len(traced.graph.nodes), replaced)
     return traced

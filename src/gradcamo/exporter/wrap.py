@@ -7,16 +7,20 @@ import torch
 from torch import nn
 
 from gradcamo.errors import ExportError, InputError
+from gradcamo.exporter.layout import TargetLayout
 
 
 def resolve_layer(model, name):
-    """Return the sub-module called ``name``, or raise ``InputError`` listing close matches."""
+    """Return the sub-module called ``name``, or raise ``InputError`` pointing to ``gradcamo layers``."""
     modules = dict(model.named_modules())
     if name in modules and name != "":
         return modules[name]
-    close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.5)
-    hint = f"close matches: {', '.join(close)}" if close else f"its layers: {_layer_listing(model)}"
-    raise InputError(f"--target-layer: the model has no layer {name!r}; {hint}")
+    alike = difflib.get_close_matches(name, [n for n in modules if n], n=3, cutoff=0.8)
+    spelled = f"names spelled alike (not checked as targets): {', '.join(alike)}; " if alike else ""
+    raise InputError(
+        f"--target-layer: the model has no layer {name!r}; {spelled}`gradcamo layers MODEL --input-shape ...` "
+        f"lists the candidate layers with their shapes and gradients; top-level layers: {_layer_listing(model)}"
+    )
 
 
 MAX_LISTED_LAYERS = 16
@@ -92,14 +96,17 @@ class GradCamWrapper(nn.Module):
     ``image`` holds raw intensities; the optional per-channel ``mean``/``std``
     normalisation is applied first, so it becomes part of the exported graph.
     ``target`` holds one class index per sample, -1 for the predicted class; each
-    sample's gradient is that of its own target logit.
+    sample's gradient is that of its own target logit. ``layout`` (a
+    :class:`~gradcamo.exporter.layout.TargetLayout`; default channels-first) turns the
+    layer's output and its gradient alike into ``(N, C, [d,] h, w)``.
     """
 
-    def __init__(self, model, target_layer, *, input_shape, mean=None, std=None):
+    def __init__(self, model, target_layer, *, input_shape, mean=None, std=None, layout=None):
         super().__init__()
         self.model = model
         self.layer_name = target_layer
         self.layer = resolve_layer(model, target_layer)
+        self.layout = layout or TargetLayout("nchw", "default")
         self.normalise = ChannelNormalisation(input_shape, mean, std)
 
     def forward(self, image, target):
@@ -121,4 +128,5 @@ class GradCamWrapper(nn.Module):
                 raise ExportError(
                     f"the logits do not depend on target layer {self.layer_name!r}: {error}"
                 ) from None
-        return logits.detach(), activations.detach(), gradients
+        to_maps = self.layout.to_channels_first
+        return logits.detach(), to_maps(activations.detach()), to_maps(gradients)

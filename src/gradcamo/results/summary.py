@@ -11,6 +11,7 @@ DEFAULT_BY = ("dataset", "Metadata_Plate", "Metadata_Well", "target_name", "meth
 SUMMARY_COLUMNS = (
     "cells",
     "nan_scores",
+    "empty_maps",
     "mean_grad_camo",
     "median_grad_camo",
     "share_above_half",
@@ -43,7 +44,7 @@ def summarize(paths, by=DEFAULT_BY, *, method=None):
     -------
     pyarrow.Table
         The ``by`` columns, then ``cells`` (rows, i.e. cell x target), ``nan_scores``
-        (grad_camo NaN or null), ``mean_grad_camo`` and ``median_grad_camo`` (over
+        (grad_camo NaN or null), ``empty_maps`` (rows whose map is empty, ``cam_empty``), ``mean_grad_camo`` and ``median_grad_camo`` (over
         non-NaN scores; null when there is none), ``share_above_half`` (share of the
         non-NaN scores > 0.5; null when there is none), ``share_edge_padded`` (over all
         rows), ``median_enrichment``, ``mean_rank_accuracy`` (over non-NaN values) and
@@ -136,6 +137,7 @@ stats AS (
     SELECT {select_keys}
         count(*)::BIGINT AS cells,
         (count(*) - count(_score))::BIGINT AS nan_scores,
+        count_if(cam_empty)::BIGINT AS empty_maps,
         avg(_score)::DOUBLE AS mean_grad_camo,
         quantile_cont(_score, 0.5)::DOUBLE AS median_grad_camo,
         avg((_score > 0.5)::DOUBLE)::DOUBLE AS share_above_half,
@@ -156,7 +158,7 @@ classes AS (
     FROM per_class {group}
 )
 SELECT {out_keys}{", " if by else ""}
-    s.cells, s.nan_scores, s.mean_grad_camo, s.median_grad_camo, s.share_above_half,
+    s.cells, s.nan_scores, s.empty_maps, s.mean_grad_camo, s.median_grad_camo, s.share_above_half,
     s.share_edge_padded, s.median_enrichment, s.mean_rank_accuracy, s.pointing_hit_rate, p.predicted_class_counts
     {"".join(", s." + e.rsplit(" AS ", 1)[1] for e in extra)}
 FROM stats s LEFT JOIN classes p ON {join}

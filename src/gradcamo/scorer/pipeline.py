@@ -15,6 +15,7 @@ from gradcamo.model_file import read_model_info
 from gradcamo.cam import CONVENTIONS, check_choice, check_methods
 from gradcamo.scorer.causal import causal_schema, check_causal_options
 from gradcamo.scorer.channels import channel_note, describe_choices, parse_channels
+from gradcamo.scorer.empty import EMPTY_MAPS_KEY, empty_maps_warning
 from gradcamo.scorer.failures import DEFAULT_MAX_FAILURES, FailureLog, UnitFailure
 from gradcamo.scorer.plan import UNIT_MAX_BYTES, parse_targets, plan_inputs
 from gradcamo.progress import RunProgress, cell_progress
@@ -63,6 +64,12 @@ class RunSummary:
     """With centre labels: cells left out for want of a centre object (None without)."""
     missing_chunks: dict = dataclasses.field(default_factory=dict)
     """Image name -> image chunks read as the fill value (``--missing-chunks zeros``), this run's and the kept parts'."""
+    empty_maps: int = 0
+    """Rows of this run whose map is empty (``cam_empty``); :attr:`warning` when more than half."""
+
+    @property
+    def warning(self):
+        return empty_maps_warning(self.empty_maps, self.rows)
 
 
 def _check_whole(value, argument, *, minimum=1, allow_none=True):
@@ -425,6 +432,9 @@ def run_units(unit, spec, images, output, parameters, *, record, overwrite, sche
                     counts["rows"] += result.table.num_rows
                     if "cells_without_centre" in counts:
                         counts["cells_without_centre"] += result.without_centre
+                    if "cam_empty" in result.table.column_names:
+                        counts[EMPTY_MAPS_KEY] = counts.get(EMPTY_MAPS_KEY, 0) + result.table["cam_empty"].to_numpy(
+                            zero_copy_only=False).sum().item()
                     providers.update([result.provider] if result.provider else [])
                     for stage, seconds in result.seconds.items():
                         stages[stage] += seconds
@@ -462,13 +472,16 @@ def run_units(unit, spec, images, output, parameters, *, record, overwrite, sche
         for entry in workers_used:
             LOGGER.info("worker %s on %s: %d cells", entry["worker"], entry["device"], entry["cells"])
         dataset.record(workers=workers_used)
+        warning = empty_maps_warning(counts.get(EMPTY_MAPS_KEY, 0), counts["rows"])
+        if warning:
+            dataset.record(warnings=[warning])
         dataset.finish(counts, failures=failures.to_json(), stopped_early=failures.exceeded)
     summary = RunSummary(
         output=str(output), images=len(images), units=counts["units"],
         units_resumed=len(done), cells=counts["cells"], rows=counts["rows"], seconds=time.time() - started,
         providers=tuple(counts["providers"]), stage_seconds=with_stages,
         failures=tuple(failures.failures), stopped_early=failures.exceeded, missing_chunks=missing,
-        cells_without_centre=counts.get("cells_without_centre"),
+        cells_without_centre=counts.get("cells_without_centre"), empty_maps=counts.get(EMPTY_MAPS_KEY, 0),
     )
     LOGGER.info(
         "%s %d cells (%d rows) in %.1f s on %s", verb, summary.cells, summary.rows, summary.seconds,
