@@ -5,8 +5,10 @@ import difflib
 import hashlib
 import importlib
 import importlib.util
+import logging
 import pathlib
 import sys
+import zipfile
 
 import torch
 from torch import nn
@@ -63,13 +65,39 @@ def _create_timm_model(name, factory_kwargs):
         raise InputError(f"MODEL: timm.create_model({name!r}) raised {describe(error)}") from error
 
 
+def _load_exported_program(path):
+    """A torch.export ``.pt2`` file as a module with its original sub-modules (unflattened, so hooks run)."""
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"MODEL: {str(path)!r} is not a torch.export .pt2 file (not a zip archive)")
+    exporter_logger = logging.getLogger("torch.export")
+    level = exporter_logger.level
+    exporter_logger.setLevel(logging.ERROR)  # it logs a traceback before raising on a file it cannot read
+    try:
+        program = torch.export.load(str(path))
+    except Exception as error:  # torch.export raises many types on files it cannot read
+        raise InputError(f"MODEL: {str(path)!r} is not a torch.export .pt2 file it can load: {describe(error)}") from error
+    finally:
+        exporter_logger.setLevel(level)
+    inputs = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
+    shapes = [getattr(n.meta.get("val"), "shape", None) for n in inputs]
+    if len(inputs) != 1 or not shapes[0]:
+        raise InputError(f"MODEL: {str(path)!r} takes {len(inputs)} inputs; a classifier takes one image batch")
+    if isinstance(shapes[0][0], int):
+        raise InputError(
+            f"MODEL: {str(path)!r} was exported for a fixed batch of {shapes[0][0]}; export it with a dynamic "
+            "batch: torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))"
+        )
+    module = torch.export.unflatten(program)
+    for graph in {getattr(m, "graph", None) for m in module.modules()} - {None}:
+        for node in graph.nodes:
+            node.meta.clear()  # its fake tensors with symbolic shapes cannot be deep-copied; running needs none
+    return module
+
+
 def _load_model_file(path, *, trust_pickle):
     """A whole model saved to a file: torch.export ``.pt2``, or a pickled ``nn.Module`` (with ``trust_pickle``)."""
     if path.suffix == ".pt2":
-        try:
-            return torch.export.unflatten(torch.export.load(str(path)))
-        except Exception as error:  # torch.export raises many types on files it cannot read
-            raise InputError(f"MODEL: {str(path)!r} is not a torch.export .pt2 file it can load: {describe(error)}") from error
+        return _load_exported_program(path)
     if is_torchscript(path):
         raise InputError(
             f"MODEL: {str(path)!r} is TorchScript, whose compiled layers cannot be hooked (no forward hooks on "

@@ -38,7 +38,7 @@ LAYOUT_KEEPING_OPS = {
 }
 LOGIT_RTOL = 1e-4
 GRADIENT_RTOL = 1e-3
-FD_STEP = 1e-4
+FD_STEP = 1e-6
 
 
 def _node_name(index):
