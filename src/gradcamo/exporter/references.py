@@ -91,7 +91,10 @@ class CosineSimilarityHead(nn.Module):
         embedding = self.model(image)
         size = self.references.shape[1]
         if not isinstance(embedding, torch.Tensor) or embedding.dim() != 2 or embedding.shape[1] != size:
-            shown = tuple(embedding.shape) if isinstance(embedding, torch.Tensor) else type(embedding).__name__
+            shown = (
+                "(" + ", ".join(["N", *map(str, embedding.shape[1:])]) + ")"
+                if isinstance(embedding, torch.Tensor) else type(embedding).__name__
+            )
             raise InputError(
                 f"--references: the references have D={size} but the model outputs {shown}, not (N, {size}) embeddings"
             )
