@@ -18,22 +18,26 @@ NAME_COLUMN = "name"
 
 
 def _read_table(path):
-    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.csv
+    import pyarrow.parquet
 
     try:
-        table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    except Exception as error:  # pandas/pyarrow raise many types on damaged files
+        table = pyarrow.parquet.read_table(path) if path.suffix == ".parquet" else pyarrow.csv.read_csv(path)
+    except (pa.ArrowException, OSError) as error:
         raise InputError(f"--references: cannot read {str(path)!r} ({describe(error)})") from error
-    if NAME_COLUMN not in table.columns:
+    if NAME_COLUMN not in table.column_names:
         raise InputError(
-            f"--references: {str(path)!r} has no {NAME_COLUMN!r} column (columns: {', '.join(map(str, table.columns[:8]))}); "
+            f"--references: {str(path)!r} has no {NAME_COLUMN!r} column (columns: {', '.join(table.column_names[:8])}); "
             f"a table of references has one {NAME_COLUMN!r} column and one numeric column per embedding dimension"
         )
-    values = table.drop(columns=[NAME_COLUMN])
-    not_numeric = [str(c) for c in values.columns if not pd.api.types.is_numeric_dtype(values[c])]
+    values = table.drop_columns([NAME_COLUMN])
+    not_numeric = [f.name for f in values.schema if not (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))]
     if not_numeric:
         raise InputError(f"--references: columns of {str(path)!r} that are not numbers: {', '.join(not_numeric[:5])}")
-    return values.to_numpy(dtype=np.float64), [str(n) for n in table[NAME_COLUMN]]
+    columns = [c.to_numpy(zero_copy_only=False).astype(np.float64) for c in values.columns]
+    vectors = np.column_stack(columns) if columns else np.empty((table.num_rows, 0))
+    return vectors, [str(n) for n in table[NAME_COLUMN].to_pylist()]
 
 
 def read_references(path):
