@@ -131,6 +131,8 @@ def load_model(spec, factory_kwargs=None, *, trust_pickle=False):
         When the spec is malformed, cannot be imported or loaded, or does not produce a module.
     """
     path = pathlib.Path(spec)
+    if path.suffix == ".onnx":
+        raise InputError(f"MODEL: {spec!r}: an ONNX classifier is taken by `gradcamo export` (see docs/models.md)")
     if path.suffix in MODEL_FILE_SUFFIXES or (path.suffix != ".py" and path.is_file()):
         if not path.is_file():
             raise InputError(f"MODEL: file {spec!r} not found")

@@ -180,6 +180,8 @@ def _check_convertible(proto):
     from onnx2torch.node_converters.registry import get_converter
 
     version = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if version is None:
+        raise InputError("MODEL: the ONNX graph declares no ai.onnx opset")
     for node in proto.graph.node:
         try:
             get_converter(node.op_type, version, node.domain or "")
@@ -253,8 +255,11 @@ def _validate_conversion(proto, model, layer_name, input_shape, channels_last, t
     generator = torch.Generator().manual_seed(0)
     image = torch.randn((3, *input_shape), generator=generator)
     native = image.movedim(1, -1) if channels_last else image
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    (expected,) = session.run(None, {session.get_inputs()[0].name: native.numpy()})
+    try:
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        (expected,) = session.run(None, {session.get_inputs()[0].name: native.numpy()})
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise InputError(f"MODEL: onnxruntime cannot run the ONNX graph: {describe(error)}") from error
     with torch.no_grad():
         logits = model(image)
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected.shape or expected.ndim != 2:
