@@ -8,6 +8,7 @@ exported end to end and its graph's outputs compared bit for bit with the plain 
 import json
 import re
 import textwrap
+import warnings
 
 import numpy as np
 import onnxruntime as ort
@@ -159,7 +160,9 @@ def test_timm_models_take_factory_kwargs():
 def _torchscript(factory, plain, path):
     model = load_model(factory).eval()
     model.load_state_dict(plain)
-    torch.jit.script(model).save(str(path))
+    with warnings.catch_warnings():  # torch.jit.script is deprecated: a FutureWarning on stderr
+        warnings.simplefilter("ignore")
+        torch.jit.script(model).save(str(path))
     return path
 
 
