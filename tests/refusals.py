@@ -13,3 +13,9 @@ def assert_refused(argv, pattern, capsys, output_dir):
     assert len(error.splitlines()) == 1 and "Traceback" not in error, error
     assert re.search(pattern, error), error
     assert list(output_dir.iterdir()) == []
+
+
+def written(path, data):
+    """``path`` after writing ``data`` (bytes) to it: a bad file for a refusal case."""
+    path.write_bytes(data)
+    return path

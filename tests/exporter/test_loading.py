@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from gradcamo.cli import main
-from tests.refusals import assert_refused
+from tests.refusals import assert_refused, written
 from gradcamo.errors import InputError
 from gradcamo.exporter.loading import hash_weights, load_model, load_weights
 
@@ -177,16 +177,16 @@ BAD_INPUT = [
     ("pickled weights without --trust-pickle", lambda f, p, t: [f, "-w", str(_class_with_custom_object(t / "w.pt"))],
      r"--weights: .*w.pt' holds Python objects beyond tensors \(re\."),
     ("torchscript model", lambda f, p, t: [str(_torchscript(f, p, t / "ts.pt"))],
-     r"MODEL: .*ts.pt' is TorchScript, whose compiled layers cannot be hooked"),
+     r"MODEL: .*ts.pt' is TorchScript: its compiled layers take no forward hooks, so the target layer cannot be captured"),
     ("torchscript weights", lambda f, p, t: [f, "-w", str(_torchscript(f, p, t / "ts.pt"))],
-     r"--weights: .*ts.pt' is a TorchScript file; save its weights with torch.save\(torch.jit.load"),
+     r"--weights: .*ts.pt' is TorchScript: save its weights with torch.save\(torch.jit.load"),
     ("missing and unexpected keys", lambda f, p, t: [f, "-w", str(_save({**{k.replace("0.0.", "stem.0."): v for k, v in p.items()}, "extra.weight": torch.ones(1)}, t / "w.pt"))],
      r"--weights: .*w.pt' does not fit the model: 2 missing: 0\.0\.weight, 0\.0\.bias; 3 unexpected: stem\.0\.weight, stem\.0\.bias, extra\.weight$"),
     ("several prefixes fit", lambda f, p, t: [f, "-w", str(_save({**{f"net.{k}": v for k, v in p.items()}, **{f"ema.{k}": v for k, v in p.items()}}, t / "w.ckpt"))],
      r"--weights: .*w.ckpt' holds the model's weights under several prefixes \('ema.', 'net.'\)"),
     ("no state dict", lambda f, p, t: [f, "-w", str(_save({"epoch": 3, "lr": 0.1}, t / "w.pt"))],
      r"--weights: .*w.pt' holds no state dict of tensors \(found epoch, lr\)"),
-    ("damaged safetensors", lambda f, p, t: [f, "-w", str(_write(t / "w.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage"))],
+    ("damaged safetensors", lambda f, p, t: [f, "-w", str(written(t / "w.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage"))],
      r"--weights: .*w.safetensors' is not a safetensors file"),
     ("unknown timm model", lambda f, p, t: ["timm:resnet1000"], r"MODEL: timm has no model 'resnet1000'; close names: .*resnet10"),
     ("bad timm kwargs", lambda f, p, t: ["timm:resnet10t", "--factory-kwargs", '{"no_such_arg": 1}'],
@@ -195,17 +195,12 @@ BAD_INPUT = [
      r"MODEL: --factory-kwargs apply to factories, not to the saved model"),
     ("pt2 with a fixed batch", lambda f, p, t: [str(_exported_program(f, t / "m.pt2"))],
      r"MODEL: .*m.pt2' was exported for a fixed batch of 2; export it with a dynamic batch"),
-    ("damaged pt2", lambda f, p, t: [str(_write(t / "m.pt2", b"garbage"))], r"MODEL: .*m.pt2' is not a torch.export .pt2 file"),
+    ("damaged pt2", lambda f, p, t: [str(written(t / "m.pt2", b"garbage"))], r"MODEL: .*m.pt2' is not a torch.export .pt2 file"),
 ]
 
 
 def _exported_program(factory, path):
     torch.export.save(torch.export.export(load_model(factory).eval(), (torch.zeros(2, 2, 12, 12),)), path)
-    return path
-
-
-def _write(path, data):
-    path.write_bytes(data)
     return path
 
 

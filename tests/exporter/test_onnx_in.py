@@ -18,7 +18,7 @@ from torch import nn
 import gradcamo
 from gradcamo.cam import crop_cam, gradcamo_score
 from gradcamo.cli import main
-from tests.refusals import assert_refused
+from tests.refusals import assert_refused, written
 
 SHAPE = (3, 16, 16)
 
@@ -134,13 +134,8 @@ BAD_INPUT = [
      r"--weights: an ONNX MODEL holds its weights"),
     ("unconvertible operator", lambda p, t: [str(_unconvertible(t / "mish.onnx")), "-l", "conv"],
      r"the ONNX graph's node 'stem_mish' uses operator Mish at opset 18, which onnx2torch cannot convert"),
-    ("not an ONNX file", lambda p, t: [str(_write(t / "x.onnx", b"\x00garbage")), "-l", "a"], r"MODEL: .*x.onnx' is not an ONNX model"),
+    ("not an ONNX file", lambda p, t: [str(written(t / "x.onnx", b"\x00garbage")), "-l", "a"], r"MODEL: .*x.onnx' is not an ONNX model"),
 ]
-
-
-def _write(path, data):
-    path.write_bytes(data)
-    return path
 
 
 @pytest.mark.parametrize("case", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])

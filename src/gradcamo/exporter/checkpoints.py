@@ -26,13 +26,22 @@ PICKLE_WARNING = "--trust-pickle: unpickling {path!r} runs code from the file; u
 SHOWN_KEYS = 3
 
 
-def is_torchscript(path):
-    """True when ``path`` is a TorchScript archive (``torch.jit.save``): it holds compiled code."""
+TORCHSCRIPT_ADVICE = {
+    "MODEL": "its compiled layers take no forward hooks, so the target layer cannot be captured; give the "
+             "model's factory with --weights, or save the model with torch.export (.pt2)",
+    "--weights": "save its weights with torch.save(torch.jit.load(path).state_dict(), 'weights.pt')",
+}
+
+
+def refuse_torchscript(path, option):
+    """Refuse a TorchScript archive (``torch.jit.save``: compiled code) given as ``option``, saying what to give instead."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return any("/code/" in name or name.endswith("/constants.pkl") for name in archive.namelist())
+            compiled = any("/code/" in name or name.endswith("/constants.pkl") for name in archive.namelist())
     except (zipfile.BadZipFile, OSError):
-        return False
+        compiled = False
+    if compiled:
+        raise InputError(f"{option}: {str(path)!r} is TorchScript: {TORCHSCRIPT_ADVICE[option]}")
 
 
 def load_pickle(path, *, trust_pickle, option):
@@ -78,11 +87,7 @@ def read_state_dict(path, *, trust_pickle=False):
         raise InputError(f"--weights: file {str(path)!r} not found")
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
-    if is_torchscript(path):
-        raise InputError(
-            f"--weights: {str(path)!r} is a TorchScript file; save its weights with "
-            "torch.save(torch.jit.load(path).state_dict(), 'weights.pt')"
-        )
+    refuse_torchscript(path, "--weights")
     state = load_pickle(path, trust_pickle=trust_pickle, option="--weights")
     if isinstance(state, nn.Module):
         state = state.state_dict()

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from gradcamo.errors import InputError, describe
-from gradcamo.exporter.checkpoints import fit_state_dict, is_torchscript, load_pickle, read_state_dict
+from gradcamo.exporter.checkpoints import fit_state_dict, load_pickle, read_state_dict, refuse_torchscript
 
 MODEL_FILE_SUFFIXES = (".pt2",)
 
@@ -98,12 +98,7 @@ def _load_model_file(path, *, trust_pickle):
     """A whole model saved to a file: torch.export ``.pt2``, or a pickled ``nn.Module`` (with ``trust_pickle``)."""
     if path.suffix == ".pt2":
         return _load_exported_program(path)
-    if is_torchscript(path):
-        raise InputError(
-            f"MODEL: {str(path)!r} is TorchScript, whose compiled layers cannot be hooked (no forward hooks on "
-            "ScriptModules), so the target layer cannot be captured; give the model's factory with --weights, "
-            "or save it with torch.export (.pt2)"
-        )
+    refuse_torchscript(path, "MODEL")
     model = load_pickle(path, trust_pickle=trust_pickle, option="MODEL")
     if not isinstance(model, nn.Module):
         raise InputError(
