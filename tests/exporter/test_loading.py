@@ -132,7 +132,7 @@ def test_a_pickled_module_loads_only_with_trust_pickle(factory, plain, tmp_path,
         load_model(str(tmp_path / "whole.pt"))
     with caplog.at_level("WARNING", logger="gradcamo"):
         loaded = load_model(str(tmp_path / "whole.pt"), trust_pickle=True)
-    assert "runs code from the file" in caplog.text
+    assert "executes code from the file" in caplog.text
     assert hash_weights(loaded) == hash_weights(model)
     # as --weights, the pickled module's own state dict is taken
     assert hash_weights(load_weights(load_model(factory), tmp_path / "whole.pt", trust_pickle=True)) == hash_weights(model)

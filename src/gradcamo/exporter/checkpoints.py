@@ -22,7 +22,7 @@ from gradcamo.errors import InputError, describe, first_line
 LOGGER = logging.getLogger(__name__)
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
-PICKLE_WARNING = "--trust-pickle: unpickling {path!r} runs code from the file; use it only for files you trust"
+PICKLE_WARNING = "--trust-pickle: unpickling {path!r} executes code from the file; use it only for files you trust"
 SHOWN_KEYS = 3
 
 
