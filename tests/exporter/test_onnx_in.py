@@ -47,14 +47,21 @@ def _tensor(proto, op_type, occurrence=0):
     return [n.output[0] for n in proto.graph.node if n.op_type == op_type][occurrence]
 
 
-@pytest.fixture(scope="module")
-def keras_like(tmp_path_factory):
-    path = tmp_path_factory.mktemp("onnx_in") / "keras_like.onnx"
+def _export_twin(path, dynamic_axes):
     torch.onnx.export(
         Twin(channels_last=True).eval(), (torch.zeros(2, 16, 16, 3),), str(path), input_names=["input_1"],
-        output_names=["dense"], dynamic_axes={"input_1": {0: "batch"}}, opset_version=17, dynamo=False,
+        output_names=["dense"], dynamic_axes=dynamic_axes, opset_version=17, dynamo=False,
     )
     return path
+
+
+@pytest.fixture(scope="module")
+def keras_like(tmp_path_factory):
+    return _export_twin(tmp_path_factory.mktemp("onnx_in") / "keras_like.onnx", {"input_1": {0: "batch"}})
+
+
+def _fixed_batch(path):
+    return _export_twin(path, None)
 
 
 def _run(path, image, target):
@@ -134,6 +141,8 @@ BAD_INPUT = [
      r"--weights: an ONNX MODEL holds its weights"),
     ("unconvertible operator", lambda p, t: [str(_unconvertible(t / "mish.onnx")), "-l", "conv"],
      r"the ONNX graph's node 'stem_mish' uses operator Mish at opset 18, which onnx2torch cannot convert"),
+    ("fixed batch", lambda p, t: [str(_fixed_batch(t / "fixed.onnx")), "-l", "/Relu_1_output_0"],
+     r"MODEL: the graph's input 'input_1' has a fixed batch of 2; .* dynamic_axes=\{'input_1': \{0: 'batch'\}\}"),
     ("not an ONNX file", lambda p, t: [str(written(t / "x.onnx", b"\x00garbage")), "-l", "a"], r"MODEL: .*x.onnx' is not an ONNX model"),
 ]
 

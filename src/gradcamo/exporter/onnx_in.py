@@ -84,6 +84,12 @@ def _check_input_shape(graph_input, input_shape, channels_last):
     native = (*input_shape[1:], input_shape[0]) if channels_last else tuple(input_shape)
     dims = graph_input.type.tensor_type.shape.dim
     declared = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    if declared and declared[0] is not None:
+        raise InputError(
+            f"MODEL: the graph's input {graph_input.name!r} has a fixed batch of {declared[0]}; gradcamo runs "
+            "batches of any size: export the graph with a dynamic batch axis (torch.onnx.export: "
+            f"dynamic_axes={{{graph_input.name!r}: {{0: 'batch'}}}})"
+        )
     if len(declared) != len(native) + 1 or any(d is not None and d != n for d, n in zip(declared[1:], native)):
         shown = ",".join("?" if d is None else str(d) for d in declared)
         layout = "channels-last" if channels_last else "channels-first"
