@@ -18,6 +18,8 @@ from torch import nn
 import gradcamo
 from gradcamo.cam import crop_cam, gradcamo_score
 from gradcamo.cli import main
+from gradcamo.errors import InputError
+from gradcamo.exporter.onnx_in import load_onnx_classifier
 from tests.refusals import assert_refused, written
 
 SHAPE = (3, 16, 16)
@@ -103,6 +105,53 @@ def test_a_channels_last_onnx_classifier_scores_as_its_torch_twin(keras_like, tm
     expected = gradcamo_score(crop_cam(t_activations, t_gradients, SHAPE[1:]), mask)[2]
     assert np.isfinite(expected).sum() >= 3
     np.testing.assert_allclose(gradcamo_score(crop_cam(c_activations, c_gradients, SHAPE[1:]), mask)[2], expected, atol=1e-5)
+
+
+def _squeeze_excite(path):
+    """A hand-built channels-last classifier: Transpose, Conv, a squeeze-excite gate (Flatten, Reshape,
+    Sigmoid: layouts the graph does not decide), Mul, Transpose back to channels-last, ReLU, mean, MatMul."""
+    rng = np.random.default_rng(3)
+    weights = [
+        helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 3, 3], rng.standard_normal(108).astype(np.float32)),
+        helper.make_tensor("gate_shape", TensorProto.INT64, [4], [-1, 4, 1, 1]),
+        helper.make_tensor("fc", TensorProto.FLOAT, [4, 2], rng.standard_normal(8).astype(np.float32)),
+    ]
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "w"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["conv"], ["squeezed"]),
+        helper.make_node("Flatten", ["squeezed"], ["flat"]),
+        helper.make_node("Reshape", ["flat", "gate_shape"], ["gate_in"]),
+        helper.make_node("Sigmoid", ["gate_in"], ["gate"]),
+        helper.make_node("Mul", ["conv", "gate"], ["excited"]),
+        helper.make_node("Transpose", ["excited"], ["nhwc"], perm=[0, 2, 3, 1]),
+        helper.make_node("Relu", ["nhwc"], ["relu"]),
+        helper.make_node("ReduceMean", ["relu"], ["pooled"], axes=[1, 2], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "fc"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8, 8, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 2])], weights,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    return path
+
+
+@pytest.mark.parametrize(("tensor", "refusal"), [
+    ("nchw", None), ("conv", None), ("excited", None),
+    ("gate", "is not decided by the graph"), ("relu", r"is channels-last \(N,H,W,C\)"),
+])
+def test_the_target_layout_is_read_from_the_graph(tensor, refusal, tmp_path):
+    path = _squeeze_excite(tmp_path / "se.onnx")
+    if refusal:
+        with pytest.raises(InputError, match=refusal):
+            load_onnx_classifier(path, tensor, (3, 8, 8), input_layout="nhwc")
+    else:
+        model, layer = load_onnx_classifier(path, tensor, (3, 8, 8), input_layout="nhwc")
+        seen = []
+        model.get_submodule(layer).register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+        model(torch.zeros(2, 3, 8, 8))
+        assert seen == [(2, 3 if tensor == "nchw" else 4, 8, 8)]
 
 
 def _unconvertible(path):

@@ -143,13 +143,13 @@ def _tensor_layout(tensor, producers, ranks, graph_input, input_layout):
                 return None
             return "".join(source[p] for p in perm)
         if node.op_type in LAYOUT_KEEPING_OPS:
+            # inputs of an element-wise op share their axes' meaning (or broadcast): one known layout decides
             rank = ranks.get(output)
-            full_rank = [n for n in node.input if n and rank and ranks.get(n) == rank and n not in constants]
-            known = {layout(n) for n in full_rank}
+            full_rank = [n for n in node.input if n and rank and ranks.get(n) == rank]
+            known = {layout(n) for n in full_rank} - {None}
             return known.pop() if len(known) == 1 else None
         return None
 
-    constants = {name for name, (_, node) in producers.items() if node.op_type == "Constant"}
     return layout(tensor)
 
 
