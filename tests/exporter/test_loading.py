@@ -78,12 +78,31 @@ def _lightning(state):
     }
 
 
+class HyperParameters:
+    """A custom class in a checkpoint's hyper-parameters (Lightning's save_hyperparameters of a config object)."""
+
+    def __init__(self, lr):
+        self.lr = lr
+
+
+def _lightning_with_objects(state):
+    """As Lightning saves one whose hyper-parameters and callbacks hold Python objects that
+    ``weights_only=True`` refuses: they are read as inert stand-ins, the state dict as saved."""
+    import argparse
+
+    checkpoint = _lightning(state)
+    checkpoint["hyper_parameters"] = {"args": argparse.Namespace(lr=0.01), "config": HyperParameters(0.01)}
+    checkpoint["callbacks"] = {"ModelCheckpoint": {"best_k_models": {"a.ckpt": np.float64(0.3)}, "ranks": np.arange(3)}}
+    return checkpoint
+
+
 CHECKPOINTS = {
     "plain.pt": lambda s: s,
     "wrapped-state_dict.pt": lambda s: {"state_dict": s, "epoch": 1},
     "wrapped-model.pt": lambda s: {"model": s, "optimizer": {"lr": 0.1}},
     "wrapped-model_state_dict.pt": lambda s: {"model_state_dict": s, "epoch": 1},
     "lightning.ckpt": _lightning,
+    "lightning-with-objects.ckpt": _lightning_with_objects,
     "ddp.pt": lambda s: {f"module.{k}": v for k, v in s.items()},
     "ddp-in-lightning.ckpt": lambda s: {"state_dict": {f"module.model.{k}": v for k, v in s.items()}},
     "weights.safetensors": lambda s: s,
@@ -116,11 +135,12 @@ def _outputs(path, image):
 
 
 def test_a_lightning_checkpoint_exports_the_plain_state_dicts_graph(factory, plain, tmp_path):
-    for name in ("plain.pt", "lightning.ckpt"):
+    for name in ("plain.pt", "lightning-with-objects.ckpt"):
         weights = _save(CHECKPOINTS[name](plain), tmp_path / name)
         assert main(["export", factory, "-l", "2", "-s", SHAPE, "-w", str(weights), "-o", str(tmp_path / f"{name}.onnx")]) == 0
     image = np.random.default_rng(0).standard_normal((3, 2, 12, 12)).astype(np.float32)
-    for ours, expected in zip(_outputs(tmp_path / "lightning.ckpt.onnx", image), _outputs(tmp_path / "plain.pt.onnx", image)):
+    for ours, expected in zip(_outputs(tmp_path / "lightning-with-objects.ckpt.onnx", image),
+                              _outputs(tmp_path / "plain.pt.onnx", image)):
         np.testing.assert_array_equal(ours, expected)
 
 
@@ -220,3 +240,39 @@ def test_bad_models_and_weights(case, factory, plain, tmp_path, capsys):
 
 def test_factory_kwargs_reach_a_file_factory(factory):
     assert load_model(factory, json.loads('{"num_classes": 5}'))[-1].out_features == 5
+
+
+class _CopiesAFile:
+    """Unpickled, it copies a file: the code a malicious checkpoint would run (``shutil``, which
+    torch's weights-only unpickler does not block outright, unlike ``os``)."""
+
+    def __init__(self, source, target):
+        self.source, self.target = source, target
+
+    def __reduce__(self):
+        import shutil
+
+        return shutil.copyfile, (self.source, self.target)
+
+
+def test_objects_beside_the_state_dict_run_no_code(factory, plain, tmp_path):
+    marker = tmp_path / "copied"
+    payload = _CopiesAFile(str(written(tmp_path / "source", b"x")), str(marker))
+    path = _save({"state_dict": plain, "hyper_parameters": {"payload": payload}}, tmp_path / "w.ckpt")
+    model = load_weights(load_model(factory), path)
+    assert not marker.exists()
+    assert all(torch.equal(model.state_dict()[k], plain[k]) for k in plain)
+    load_weights(load_model(factory), path, trust_pickle=True)  # a full unpickle runs it
+    assert marker.read_bytes() == b"x"
+
+
+def test_globals_torch_blocks_are_refused(factory, plain, tmp_path):
+    class Blocked:
+        def __reduce__(self):
+            import os
+
+            return os.getcwd, ()
+
+    path = _save({"state_dict": plain, "payload": Blocked()}, tmp_path / "w.ckpt")
+    with pytest.raises(InputError, match=r"holds Python objects beyond tensors \((os|posix)\.getcwd\)"):
+        load_weights(load_model(factory), path)

@@ -4,8 +4,10 @@ Accepted: a plain state dict; ``{"state_dict": ...}``, ``{"model": ...}`` and
 ``{"model_state_dict": ...}`` wrappers (PyTorch Lightning ``.ckpt`` files are the
 first); keys under an attribute prefix (Lightning's ``model.``, DDP's ``module.``,
 both), the prefix found by matching the keys against the model; safetensors files.
-Pickles are read with ``torch.load(weights_only=True)``; a full unpickle, which runs
-code from the file, only with ``trust_pickle=True``.
+Pickles are read with ``torch.load(weights_only=True)``; the Python objects a checkpoint
+holds beside its state dict (hyper-parameters, training state) are read as inert stand-ins,
+so no code from the file runs. A full unpickle, which runs code from the file, only with
+``trust_pickle=True``.
 """
 
 import logging
@@ -24,6 +26,7 @@ LOGGER = logging.getLogger(__name__)
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 PICKLE_WARNING = "--trust-pickle: unpickling {path!r} executes code from the file; use it only for files you trust"
 SHOWN_KEYS = 3
+MAX_STAND_INS = 64
 
 
 TORCHSCRIPT_ADVICE = {
@@ -44,23 +47,50 @@ def refuse_torchscript(path, option):
         raise InputError(f"{option}: {str(path)!r} is TorchScript: {TORCHSCRIPT_ADVICE[option]}")
 
 
-def load_pickle(path, *, trust_pickle, option):
-    """``torch.load`` a file: weights only, or a full unpickle when ``trust_pickle`` (with a warning)."""
+def _stand_in(qualified_name):
+    """An inert class standing for ``qualified_name``: called or restored with anything, it keeps nothing and runs nothing."""
+    return type(qualified_name.rpartition(".")[2], (), {
+        "__module__": "gradcamo.stand_in", "__init__": lambda self, *args, **kwargs: None,
+        "__setstate__": lambda self, state: None,
+    })
+
+
+def pickle_refusal(path, option, name):
+    """The error for a pickle holding the Python object ``name`` beyond tensors and containers."""
+    return InputError(
+        f"{option}: {str(path)!r} holds Python objects beyond tensors ({name}); unpickling it "
+        "runs code from the file: pass --trust-pickle if you trust the file"
+    )
+
+
+def load_pickle(path, *, trust_pickle, option, stand_ins=None):
+    """``torch.load`` a file: weights only, or a full unpickle when ``trust_pickle`` (with a warning).
+
+    With ``stand_ins`` (a list), the Python objects beside the tensors and containers that the
+    weights-only unpickler refuses (a checkpoint's hyper-parameters, ``argparse.Namespace``,
+    numpy arrays) are read as inert stand-ins, and their names appended to the list: no code
+    from the file runs, and the tensors are read as saved.
+    """
     if trust_pickle:
         LOGGER.warning(PICKLE_WARNING.format(path=str(path)))
-    try:
-        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except pickle.UnpicklingError as error:
-        refused = re.search(r"GLOBAL ([\w.]+) was not an allowed global", str(error))
-        if refused and not trust_pickle:
-            raise InputError(
-                f"{option}: {str(path)!r} holds Python objects beyond tensors ({refused.group(1)}); unpickling it "
-                "runs code from the file: pass --trust-pickle if you trust the file"
-            ) from error
-        cause = f"UnpicklingError: {first_line(error)}" if trust_pickle else "UnpicklingError"
-        raise InputError(f"{option}: {str(path)!r} is not a weights-only torch file ({cause})") from error
-    except (RuntimeError, EOFError, ValueError, AttributeError, ImportError) as error:
-        raise InputError(f"{option}: {str(path)!r} is not a torch file torch.load reads ({describe(error)})") from error
+    substitutes = []
+    while True:
+        try:
+            with torch.serialization.safe_globals(substitutes):
+                return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        except pickle.UnpicklingError as error:
+            refused = re.search(r"GLOBAL ([\w.]+) (was not an allowed global|whose module \w+ is blocked)", str(error))
+            if refused and not trust_pickle:
+                name = refused.group(1)
+                if stand_ins is None or len(substitutes) >= MAX_STAND_INS or "blocked" in refused.group(2):
+                    raise pickle_refusal(path, option, name) from error
+                substitutes.append((_stand_in(name), name))
+                stand_ins.append(name)
+                continue
+            cause = f"UnpicklingError: {first_line(error)}" if trust_pickle else "UnpicklingError"
+            raise InputError(f"{option}: {str(path)!r} is not a weights-only torch file ({cause})") from error
+        except (RuntimeError, EOFError, ValueError, AttributeError, ImportError) as error:
+            raise InputError(f"{option}: {str(path)!r} is not a torch file torch.load reads ({describe(error)})") from error
 
 
 def _read_safetensors(path):
@@ -88,7 +118,8 @@ def read_state_dict(path, *, trust_pickle=False):
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
     refuse_torchscript(path, "--weights")
-    state = load_pickle(path, trust_pickle=trust_pickle, option="--weights")
+    stand_ins = []
+    state = load_pickle(path, trust_pickle=trust_pickle, option="--weights", stand_ins=stand_ins)
     if isinstance(state, nn.Module):
         state = state.state_dict()
     while isinstance(state, dict) and not _all_tensors(state):
@@ -97,11 +128,16 @@ def read_state_dict(path, *, trust_pickle=False):
             break
         state = inner.state_dict() if isinstance(inner, nn.Module) else inner
     if not isinstance(state, dict) or not state or not _all_tensors(state):
+        if stand_ins:
+            raise pickle_refusal(path, "--weights", stand_ins[0])
         found = ", ".join(map(str, list(state)[:6])) if isinstance(state, dict) else type(state).__name__
         raise InputError(
             f"--weights: {str(path)!r} holds no state dict of tensors (found {found}); expected a state dict "
             f"or a checkpoint with one under {' / '.join(repr(k) for k in WRAPPER_KEYS)}"
         )
+    if stand_ins:
+        LOGGER.info("weights: %d Python objects beside the state dict not unpickled (%s)", len(stand_ins),
+                    _shown(stand_ins))
     return dict(state)
 
 
