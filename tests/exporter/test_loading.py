@@ -85,13 +85,22 @@ class HyperParameters:
         self.lr = lr
 
 
+class AttributeDict(dict):
+    """A dict subclass, as Lightning's own ``AttributeDict``."""
+
+
+class Milestones(list):
+    """A list subclass."""
+
+
 def _lightning_with_objects(state):
     """As Lightning saves one whose hyper-parameters and callbacks hold Python objects that
     ``weights_only=True`` refuses: they are read as inert stand-ins, the state dict as saved."""
     import argparse
 
     checkpoint = _lightning(state)
-    checkpoint["hyper_parameters"] = {"args": argparse.Namespace(lr=0.01), "config": HyperParameters(0.01)}
+    checkpoint["hyper_parameters"] = {"args": argparse.Namespace(lr=0.01), "config": HyperParameters(0.01),
+                                      "attributes": AttributeDict(lr=0.01), "milestones": Milestones([3, 6])}
     checkpoint["callbacks"] = {"ModelCheckpoint": {"best_k_models": {"a.ckpt": np.float64(0.3)}, "ranks": np.arange(3)}}
     return checkpoint
 

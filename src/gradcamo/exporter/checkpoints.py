@@ -27,6 +27,7 @@ WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 PICKLE_WARNING = "--trust-pickle: unpickling {path!r} executes code from the file; use it only for files you trust"
 SHOWN_KEYS = 3
 MAX_STAND_INS = 64
+STAND_IN_MODULE = "gradcamo.stand_in"
 
 
 TORCHSCRIPT_ADVICE = {
@@ -50,8 +51,8 @@ def refuse_torchscript(path, option):
 def _stand_in(qualified_name):
     """An inert class standing for ``qualified_name``: called or restored with anything, it keeps nothing and runs nothing."""
     return type(qualified_name.rpartition(".")[2], (), {
-        "__module__": "gradcamo.stand_in", "__init__": lambda self, *args, **kwargs: None,
-        "__setstate__": lambda self, state: None,
+        "__module__": STAND_IN_MODULE, "__qualname__": qualified_name,
+        "__init__": lambda self, *args, **kwargs: None, "__setstate__": lambda self, state: None,
     })
 
 
@@ -86,6 +87,13 @@ def load_pickle(path, *, trust_pickle, option, stand_ins=None):
                     raise pickle_refusal(path, option, name) from error
                 substitutes.append((_stand_in(name), name))
                 stand_ins.append(name)
+                continue
+            # a dict or list subclass (items are set on it): it stands in as a plain dict or list
+            container = re.search(rf"Can only (SETITEMS?|append to lists).* but got <class '{STAND_IN_MODULE}\.([\w.]+)'>",
+                                  str(error))
+            if container and stand_ins is not None:
+                base = list if container.group(1).startswith("append") else dict
+                substitutes = [(base if n == container.group(2) else s, n) for s, n in substitutes]
                 continue
             cause = f"UnpicklingError: {first_line(error)}" if trust_pickle else "UnpicklingError"
             raise InputError(f"{option}: {str(path)!r} is not a weights-only torch file ({cause})") from error
