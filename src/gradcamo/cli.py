@@ -90,7 +90,7 @@ def export_command(
                                           "checkpoint with one (Lightning .ckpt, {'model': ...}, DDP module. "
                                           "prefixes) or .safetensors; read with torch.load(weights_only=True)."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a full unpickle of MODEL or "
-                                      "--weights: it runs code from the file; only for files you trust."),
+                                      "--weights: it executes code from the file; only for files you trust."),
     input_layout: Optional[str] = typer.Option(None, "--input-layout", help="Layout of an ONNX MODEL's input: "
                                                "nchw (default) or nhwc (Keras/TF); crops are permuted to it."),
     references: Optional[str] = typer.Option(None, "--references", help="Reference vectors (K, D) of an "
@@ -119,8 +119,8 @@ def export_command(
     std_values = _parse_numbers(std, "--std")
     class_names = [name.strip() for name in classes.split(",")] if classes else None
     source = load_source(
-        model, target_layer, shape, weights=weights, factory_kwargs=_parse_json_object(factory_kwargs, "--factory-kwargs"),
-        trust_pickle=trust_pickle, input_layout=input_layout, references=references,
+        model, target_layer, shape, weights=weights, trust_pickle=trust_pickle, input_layout=input_layout,
+        factory_kwargs=_parse_json_object(factory_kwargs, "--factory-kwargs"), references=references,
     )
     result = export_model(
         source.model, source.layer_name, shape, output, class_names=class_names or source.class_names,

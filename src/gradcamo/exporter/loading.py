@@ -16,8 +16,6 @@ from torch import nn
 from gradcamo.errors import InputError, describe
 from gradcamo.exporter.checkpoints import fit_state_dict, load_pickle, read_state_dict, refuse_torchscript
 
-MODEL_FILE_SUFFIXES = (".pt2",)
-
 
 @contextlib.contextmanager
 def _folder_on_path(folder):
@@ -128,7 +126,7 @@ def load_model(spec, factory_kwargs=None, *, trust_pickle=False):
     path = pathlib.Path(spec)
     if path.suffix == ".onnx":
         raise InputError(f"MODEL: {spec!r}: an ONNX classifier is taken by `gradcamo export` (see docs/models.md)")
-    if path.suffix in MODEL_FILE_SUFFIXES or (path.suffix != ".py" and path.is_file()):
+    if path.suffix == ".pt2" or (path.suffix != ".py" and path.is_file()):
         if not path.is_file():
             raise InputError(f"MODEL: file {spec!r} not found")
         if factory_kwargs:
