@@ -20,6 +20,8 @@ from pytorch_grad_cam import GradCAM
 from gradcamo import contract
 from gradcamo.cam import crop_cam, gradcamo_score
 from gradcamo.cli import main
+from gradcamo.exporter.loading import hash_weights
+from gradcamo.exporter.references import CosineSimilarityHead
 from tests.refusals import assert_refused
 
 EMBEDDER_SOURCE = textwrap.dedent(
@@ -109,6 +111,10 @@ def test_reference_tables_name_the_logits(embedder, tmp_path, suffix):
                  "-o", str(output)]) == 0
     metadata = {p.key: p.value for p in onnx.load(str(output)).metadata_props}
     assert json.loads(metadata[contract.META_CLASS_NAMES]) == ["mitotic", "apoptotic", "normal"]
+    npy_metadata = {p.key: p.value for p in onnx.load(str(folder / "model.onnx")).metadata_props}
+    assert metadata[contract.META_WEIGHTS_SHA256] == npy_metadata[contract.META_WEIGHTS_SHA256]
+    model = embedder[2]
+    assert hash_weights(CosineSimilarityHead(model, REFERENCES)) != hash_weights(CosineSimilarityHead(model, REFERENCES[::-1]))
 
 
 def _npy(path, array):

@@ -88,8 +88,9 @@ class CosineSimilarityHead(nn.Module):
     def __init__(self, model, references):
         super().__init__()
         self.model = model
-        vectors = torch.as_tensor(references, dtype=torch.float32)
-        self.register_buffer("references", F.normalize(vectors, dim=1), persistent=False)
+        vectors = torch.as_tensor(np.ascontiguousarray(references), dtype=torch.float32)
+        # persistent: the references are part of the state dict, so gradcamo.weights_sha256 covers them
+        self.register_buffer("references", F.normalize(vectors, dim=1))
 
     def forward(self, image):
         embedding = self.model(image)
