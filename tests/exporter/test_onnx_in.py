@@ -49,9 +49,10 @@ def _tensor(proto, op_type, occurrence=0):
     return [n.output[0] for n in proto.graph.node if n.op_type == op_type][occurrence]
 
 
-def _export_twin(path, dynamic_axes):
+def _export_twin(path, dynamic_axes, softmax=False):
+    twin = Twin(channels_last=True).eval()
     torch.onnx.export(
-        Twin(channels_last=True).eval(), (torch.zeros(2, 16, 16, 3),), str(path), input_names=["input_1"],
+        nn.Sequential(twin, nn.Softmax(dim=1)) if softmax else twin, (torch.zeros(2, 16, 16, 3),), str(path), input_names=["input_1"],
         output_names=["dense"], dynamic_axes=dynamic_axes, opset_version=17, dynamo=False,
     )
     return path
@@ -152,6 +153,13 @@ def test_the_target_layout_is_read_from_the_graph(tensor, refusal, tmp_path):
         model.get_submodule(layer).register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
         model(torch.zeros(2, 3, 8, 8))
         assert seen == [(2, 3 if tensor == "nchw" else 4, 8, 8)]
+
+
+def test_a_graph_ending_in_softmax_is_said_to_explain_probabilities(tmp_path, caplog):
+    path = _export_twin(tmp_path / "softmax.onnx", {"input_1": {0: "batch"}}, softmax=True)
+    with caplog.at_level("WARNING", logger="gradcamo"):
+        load_onnx_classifier(path, "/0/conv2/Conv_output_0", SHAPE, input_layout="nhwc")
+    assert "comes from Softmax node" in caplog.text and "explain probabilities, not logits" in caplog.text
 
 
 def _unconvertible(path):

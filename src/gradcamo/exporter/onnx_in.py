@@ -252,7 +252,20 @@ def load_onnx_classifier(path, target_tensor, input_shape, *, input_layout="nchw
         node = proto.graph.node[index]
         raise ExportError(f"onnx2torch turned node {node.name!r} ({node.op_type}) into no module to hook")
     _validate_conversion(proto, model, layer_name, input_shape, channels_last, target_tensor)
+    _warn_about_probabilities(proto)
     return model, layer_name
+
+
+def _warn_about_probabilities(proto):
+    """Keras classifiers often end in a softmax: their gradients are those of probabilities, not logits."""
+    last = _producers(proto).get(proto.graph.output[0].name, (None, None))[1]
+    if last is not None and last.op_type in ("Softmax", "LogSoftmax"):
+        LOGGER.warning(
+            "the graph's output comes from %s node %r: the scores will explain %s, not logits; "
+            "export the graph without its final %s to explain logits",
+            last.op_type, last.name, "probabilities" if last.op_type == "Softmax" else "log-probabilities",
+            last.op_type,
+        )
 
 
 def _validate_conversion(proto, model, layer_name, input_shape, channels_last, target_tensor):
