@@ -77,14 +77,25 @@ def _parse_json_object(text, option):
 
 @app.command("export")
 def export_command(
-    model: str = typer.Argument(..., help="MODEL as package.module:factory or path/to/file.py:factory; "
-                                "the factory takes no required arguments and returns an nn.Module."),
+    model: str = typer.Argument(..., help="MODEL as package.module:factory, path/to/file.py:factory (the "
+                                "factory takes no required arguments and returns an nn.Module), timm:NAME, a "
+                                "torch.export .pt2 file, a forward-only ONNX classifier (.onnx) or a pickled "
+                                "nn.Module (with --trust-pickle). See docs/models.md."),
     target_layer: str = typer.Option(..., "--target-layer", "-l", help="Layer to explain, as in "
-                                     "model.named_modules(), e.g. layer4 (resnet) or features (densenet)."),
+                                     "model.named_modules(), e.g. layer4 (resnet) or features (densenet); for an "
+                                     "ONNX MODEL the name of an intermediate tensor of its graph."),
     input_shape: str = typer.Option(..., "--input-shape", "-s", help="Crop shape C,H,W (2D) or C,D,H,W (3D)."),
     output: str = typer.Option(..., "--output", "-o", help="ONNX file to write, e.g. model.onnx."),
-    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="state_dict file (.pt), loaded "
-                                          "with torch.load(weights_only=True)."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Weights as saved: a state dict, a "
+                                          "checkpoint with one (Lightning .ckpt, {'model': ...}, DDP module. "
+                                          "prefixes) or .safetensors; read with torch.load(weights_only=True)."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a full unpickle of MODEL or "
+                                      "--weights: it executes code from the file; only for files you trust."),
+    input_layout: Optional[str] = typer.Option(None, "--input-layout", help="Layout of an ONNX MODEL's input: "
+                                               "nchw (default) or nhwc (Keras/TF); crops are permuted to it."),
+    references: Optional[str] = typer.Option(None, "--references", help="Reference vectors (K, D) of an "
+                                             "embedding model: .npy, or .parquet/.csv with a name column; the K "
+                                             "logits are cosine similarities to them."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Class names, comma-separated, one per logit."),
     mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean subtracted from raw intensities."),
     std: Optional[str] = typer.Option(None, "--std", help="Per-channel std dividing raw intensities."),
@@ -110,7 +121,7 @@ def export_command(
     """
     from gradcamo.exporter import export_model
     from gradcamo.exporter.layout import parse_token_grid
-    from gradcamo.exporter.loading import load_model, load_weights
+    from gradcamo.exporter.sources import load_source
 
     if quiet:
         _configure_logging(quiet)
@@ -119,14 +130,15 @@ def export_command(
     mean_values = _parse_numbers(mean, "--mean")
     std_values = _parse_numbers(std, "--std")
     class_names = [name.strip() for name in classes.split(",")] if classes else None
-    network = load_model(model, _parse_json_object(factory_kwargs, "--factory-kwargs"))
-    if weights:
-        load_weights(network, weights)
+    source = load_source(
+        model, target_layer, shape, weights=weights, trust_pickle=trust_pickle, input_layout=input_layout,
+        factory_kwargs=_parse_json_object(factory_kwargs, "--factory-kwargs"), references=references,
+    )
     result = export_model(
-        network, target_layer, shape, output, class_names=class_names,
-        mean=mean_values, std=std_values, opset=opset,
-        channel_names=channel_names.split(",") if channel_names else None, target_layout=target_layout,
-        token_grid=grid, prefix_tokens=prefix_tokens,
+        source.model, source.layer_name, shape, output, class_names=class_names or source.class_names,
+        mean=mean_values, std=std_values, opset=opset, target_label=source.target_label,
+        channel_names=channel_names.split(",") if channel_names else None,
+        target_layout=target_layout or source.layout, token_grid=grid, prefix_tokens=prefix_tokens,
     )
     typer.echo(f"wrote {result.path} (CAM max relative error vs torch "
                f"{result.validation.cam_max_rel_error:.1e})")
@@ -350,12 +362,12 @@ def score_command(
 
 
 def _report_run(summary, max_failures, *, holds, wrote, note=""):
-    """The summary line of a run that streamed cells into a dataset (``note`` appended); the failed units, if
-    any (exit code 3)."""
+    """The summary line of a run that streamed cells into a dataset (``note`` appended when it computed any);
+    the failed units, if any (exit code 3)."""
     note = f"; {note}" if note else ""
     if summary.units_resumed == summary.units:
         typer.echo(f"nothing to do: {summary.output} already holds the {holds} of all {summary.units} work units "
-                   f"of {summary.images} images{note}")
+                   f"of {summary.images} images")
         return
     typer.echo(f"wrote {wrote} to {summary.output} ({summary.units_resumed} of {summary.units} work units resumed, "
                f"{summary.seconds:.1f} s){note}{_read_as_zeros(summary.missing_chunks)}")

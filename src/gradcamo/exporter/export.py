@@ -14,7 +14,7 @@ from torch import nn
 
 import gradcamo
 from gradcamo import contract
-from gradcamo.errors import ExportError, InputError, first_line
+from gradcamo.errors import ExportError, GradcamoError, InputError, first_line
 from gradcamo.files import atomic_path
 from gradcamo.exporter.loading import hash_weights
 from gradcamo.exporter.trace import choose_trace_batch, convert_to_onnx, trace_gradient_graph
@@ -131,7 +131,7 @@ def _probe(model, layer_name, input_shape, **layout_options):
     try:
         with torch.no_grad(), capture_layer_output(layer) as leaves:
             logits = model(example)
-    except ExportError:
+    except GradcamoError:
         raise
     except Exception as error:  # user models raise anything on a bad shape
         raise InputError(
@@ -212,6 +212,7 @@ def write_atomically(model_proto, path):
 def export_model(
     model, target_layer, input_shape, path, *, class_names=None, mean=None, std=None,
     opset=DEFAULT_OPSET, validate=True, channel_names=None, target_layout=None, token_grid=None, prefix_tokens=None,
+    target_label=None,
 ):
     """Export ``model`` as one ONNX graph returning logits, activations and gradients.
 
@@ -243,6 +244,9 @@ def export_model(
         Token grid ``(h, w)`` or ``(d, h, w)`` of a ``tokens`` layer, when the model declares none.
     prefix_tokens : int, optional
         Tokens before the grid (class, distillation, register), when the model declares none.
+    target_label : str, optional
+        The target layer's name as recorded in the metadata, when it is not ``target_layer``
+        (an ONNX model's tensor name).
 
     Returns
     -------
@@ -292,7 +296,7 @@ def export_model(
         )
         LOGGER.info("CAM max relative error %.2e (tolerance %.0e)", report.cam_max_rel_error, report.cam_rtol)
     metadata = _metadata(
-        target_layer=target_layer, layout=layout, input_shape=input_shape, class_names=class_names,
+        target_layer=target_label or target_layer, layout=layout, input_shape=input_shape, class_names=class_names,
         mean=mean, std=std, validation=report, weights_sha256=hash_weights(model), channel_names=channel_names,
     )
     onnx.helper.set_model_props(model_proto, metadata)

@@ -1,0 +1,215 @@
+"""A forward-only ONNX classifier as MODEL: a channels-last graph scores as its torch twin; bad input refused.
+
+The ONNX file is a small torch CNN exported forward-only with ``torch.onnx.export``, in the
+shape tf2onnx gives Keras models: channels-last input, a Transpose to channels-first around
+each Conv, a channels-last ReLU between them. The torch twin is the same network taking
+channels-first crops, exported by gradcamo as a torch model.
+"""
+
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+from torch import nn
+
+import gradcamo
+from gradcamo.cam import crop_cam, gradcamo_score
+from gradcamo.cli import main
+from gradcamo.errors import InputError
+from gradcamo.exporter.onnx_in import load_onnx_classifier
+from tests.refusals import assert_refused, written
+
+SHAPE = (3, 16, 16)
+
+
+class Twin(nn.Module):
+    """The torch twin: channels-first in; ``channels_last=True`` is the Keras-like graph."""
+
+    def __init__(self, channels_last):
+        super().__init__()
+        torch.manual_seed(5)
+        self.channels_last = channels_last
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 8, 3, stride=2, padding=1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        if self.channels_last:  # x is (N, H, W, C), as tf2onnx graphs take it
+            x = self.conv1(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).relu().permute(0, 3, 1, 2)
+        else:
+            x = self.conv1(x).relu()
+        x = self.conv2(x).relu()
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def _tensor(proto, op_type, occurrence=0):
+    return [n.output[0] for n in proto.graph.node if n.op_type == op_type][occurrence]
+
+
+def _export_twin(path, dynamic_axes, softmax=False):
+    twin = Twin(channels_last=True).eval()
+    torch.onnx.export(
+        nn.Sequential(twin, nn.Softmax(dim=1)) if softmax else twin, (torch.zeros(2, 16, 16, 3),), str(path), input_names=["input_1"],
+        output_names=["dense"], dynamic_axes=dynamic_axes, opset_version=17, dynamo=False,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def keras_like(tmp_path_factory):
+    return _export_twin(tmp_path_factory.mktemp("onnx_in") / "keras_like.onnx", {"input_1": {0: "batch"}})
+
+
+def _fixed_batch(path):
+    return _export_twin(path, None)
+
+
+def _run(path, image, target):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"image": image, "target": target})
+
+
+def test_a_channels_last_onnx_classifier_scores_as_its_torch_twin(keras_like, tmp_path):
+    proto = onnx.load(str(keras_like))
+    conv2 = _tensor(proto, "Conv", 1)
+    relu = _tensor(proto, "Relu", 1)  # conv2 -> relu: channels-first, as every ONNX Conv output
+    twin = Twin(channels_last=False).eval()
+    twin.load_state_dict(Twin(channels_last=True).state_dict())
+    shape = ",".join(map(str, SHAPE))
+    assert main(["export", str(keras_like), "-l", relu, "--input-layout", "nhwc", "-s", shape,
+                 "-o", str(tmp_path / "from_onnx.onnx")]) == 0
+    gradcamo.export_model(twin, "conv2", SHAPE, tmp_path / "torch_conv2.onnx")
+    metadata = {p.key: p.value for p in onnx.load(str(tmp_path / "from_onnx.onnx")).metadata_props}
+    assert metadata["gradcamo.target_layer"] == relu and conv2 != relu
+    generator = np.random.default_rng(2)
+    image = generator.standard_normal((4, *SHAPE)).astype(np.float32)
+    mask = generator.random((4, *SHAPE[1:])) < 0.3
+    target = np.array([-1, 0, 1, 3])
+    logits, activations, gradients = _run(tmp_path / "from_onnx.onnx", image, target)
+    t_logits, t_activations, t_gradients = _run(tmp_path / "torch_conv2.onnx", image, target)
+    np.testing.assert_allclose(logits, t_logits, atol=1e-5)
+    # the twin's layer is conv2 before its ReLU: the same gradients where the ReLU passes, the ReLU'd activations
+    np.testing.assert_allclose(activations, np.maximum(t_activations, 0), atol=1e-5)
+    passes = t_activations > 0
+    np.testing.assert_allclose(gradients[passes], t_gradients[passes], atol=1e-6)
+    with torch.no_grad():
+        reference = twin(torch.from_numpy(image))
+    np.testing.assert_allclose(logits, reference.numpy(), atol=1e-5)
+    assert main(["export", str(keras_like), "-l", conv2, "--input-layout", "nhwc", "-s", shape,
+                 "-o", str(tmp_path / "from_onnx_conv2.onnx")]) == 0
+    c_logits, c_activations, c_gradients = _run(tmp_path / "from_onnx_conv2.onnx", image, target)
+    np.testing.assert_allclose(c_activations, t_activations, atol=1e-5)
+    np.testing.assert_allclose(c_gradients, t_gradients, atol=1e-6)
+    expected = gradcamo_score(crop_cam(t_activations, t_gradients, SHAPE[1:]), mask)[2]
+    assert np.isfinite(expected).sum() >= 3
+    np.testing.assert_allclose(gradcamo_score(crop_cam(c_activations, c_gradients, SHAPE[1:]), mask)[2], expected, atol=1e-5)
+
+
+def _squeeze_excite(path):
+    """A hand-built channels-last classifier: Transpose, Conv, a squeeze-excite gate (Flatten, Reshape,
+    Sigmoid: layouts the graph does not decide), Mul, Transpose back to channels-last, ReLU, mean, MatMul."""
+    rng = np.random.default_rng(3)
+    weights = [
+        helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 3, 3], rng.standard_normal(108).astype(np.float32)),
+        helper.make_tensor("gate_shape", TensorProto.INT64, [4], [-1, 4, 1, 1]),
+        helper.make_tensor("fc", TensorProto.FLOAT, [4, 2], rng.standard_normal(8).astype(np.float32)),
+    ]
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "w"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["conv"], ["squeezed"]),
+        helper.make_node("Flatten", ["squeezed"], ["flat"]),
+        helper.make_node("Reshape", ["flat", "gate_shape"], ["gate_in"]),
+        helper.make_node("Sigmoid", ["gate_in"], ["gate"]),
+        helper.make_node("Mul", ["conv", "gate"], ["excited"]),
+        helper.make_node("Transpose", ["excited"], ["nhwc"], perm=[0, 2, 3, 1]),
+        helper.make_node("Relu", ["nhwc"], ["relu"]),
+        helper.make_node("ReduceMean", ["relu"], ["pooled"], axes=[1, 2], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "fc"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8, 8, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 2])], weights,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    return path
+
+
+@pytest.mark.parametrize(("tensor", "refusal"), [
+    ("nchw", None), ("conv", None), ("excited", None),
+    ("gate", "is not decided by the graph"), ("relu", r"is channels-last \(N,H,W,C\)"),
+])
+def test_the_target_layout_is_read_from_the_graph(tensor, refusal, tmp_path):
+    path = _squeeze_excite(tmp_path / "se.onnx")
+    if refusal:
+        with pytest.raises(InputError, match=refusal):
+            load_onnx_classifier(path, tensor, (3, 8, 8), input_layout="nhwc")
+    else:
+        model, layer = load_onnx_classifier(path, tensor, (3, 8, 8), input_layout="nhwc")
+        seen = []
+        model.get_submodule(layer).register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+        model(torch.zeros(2, 3, 8, 8))
+        assert seen == [(2, 3 if tensor == "nchw" else 4, 8, 8)]
+
+
+def test_a_graph_ending_in_softmax_is_said_to_explain_probabilities(tmp_path, caplog):
+    path = _export_twin(tmp_path / "softmax.onnx", {"input_1": {0: "batch"}}, softmax=True)
+    with caplog.at_level("WARNING", logger="gradcamo"):
+        load_onnx_classifier(path, "/0/conv2/Conv_output_0", SHAPE, input_layout="nhwc")
+    assert "comes from Softmax node" in caplog.text and "explain probabilities, not logits" in caplog.text
+
+
+def _unconvertible(path):
+    """A hand-built classifier whose activation, Mish, onnx2torch cannot convert."""
+    weights = [
+        helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 3, 3], np.full(108, 0.1, dtype=np.float32)),
+        helper.make_tensor("fc", TensorProto.FLOAT, [4, 2], np.ones(8, dtype=np.float32)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["conv"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Mish", ["conv"], ["mish"], name="stem_mish"),
+        helper.make_node("GlobalAveragePool", ["mish"], ["pool"], name="pool"),
+        helper.make_node("Flatten", ["pool"], ["flat"], name="flat"),
+        helper.make_node("MatMul", ["flat", "fc"], ["logits"], name="head"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 2])], weights,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
+BAD_INPUT = [
+    ("unknown tensor", lambda p, t: [str(p), "-l", "/conv2/Conv_output"],
+     r"--target-layer: .*keras_like.onnx' has no intermediate tensor '/conv2/Conv_output'; close names: /conv2/Conv_output_0"),
+    ("channels-last tensor", lambda p, t: [str(p), "-l", _tensor(onnx.load(str(p)), "Relu", 0)],
+     r"--target-layer: '/Relu_output_0' is channels-last \(N,H,W,C\); .* --target-layout nhwc"),
+    ("undecided layout", lambda p, t: [str(p), "-l", _tensor(onnx.load(str(p)), "ReduceMean")],
+     r"--target-layer: the layout of .* \(from ReduceMean node .*\) is not decided by the graph; .* --target-layout"),
+    ("channels-first crops for a channels-last graph", lambda p, t: [str(p), "-l", "/Relu_1_output_0", "--input-layout", "nchw"],
+     r"--input-shape: 3,16,16 read channels-first is \(N,3,16,16\) but the graph's input 'input_1' is \(\?,16,16,3\); for a channels-last graph add --input-layout nhwc"),
+    ("bad input layout", lambda p, t: [str(p), "-l", "/Relu_1_output_0", "--input-layout", "nwhc"],
+     r"--input-layout: expected one of nchw, nhwc, got 'nwhc'"),
+    ("weights for an ONNX model", lambda p, t: [str(p), "-l", "/Relu_1_output_0", "--input-layout", "nhwc", "-w", "w.pt"],
+     r"--weights: an ONNX MODEL holds its weights"),
+    ("unconvertible operator", lambda p, t: [str(_unconvertible(t / "mish.onnx")), "-l", "conv"],
+     r"the ONNX graph's node 'stem_mish' uses operator Mish at opset 18, which onnx2torch cannot convert"),
+    ("fixed batch", lambda p, t: [str(_fixed_batch(t / "fixed.onnx")), "-l", "/Relu_1_output_0"],
+     r"MODEL: the graph's input 'input_1' has a fixed batch of 2; .* dynamic_axes=\{'input_1': \{0: 'batch'\}\}"),
+    ("not an ONNX file", lambda p, t: [str(written(t / "x.onnx", b"\x00garbage")), "-l", "a"], r"MODEL: .*x.onnx' is not an ONNX model"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
+def test_bad_onnx_input(case, keras_like, tmp_path, capsys):
+    _, make_args, pattern = case
+    spec, *extra = make_args(keras_like, tmp_path)
+    argv = ["export", spec, "-s", ",".join(map(str, SHAPE)), "-o", str(tmp_path / "out" / "m.onnx"), *extra]
+    if "--input-layout" not in extra and "keras_like" in spec:
+        argv += ["--input-layout", "nhwc"]
+    (tmp_path / "out").mkdir()
+    assert_refused(argv, pattern, capsys, tmp_path / "out")
