@@ -54,7 +54,7 @@ class RunProgress:
         self._devices = {device: bar.add_task(f"  {device}", total=None) for device in devices} if len(devices) > 1 \
             else {}
 
-    def advance(self, cells, total, device=None):
+    def advance(self, cells, total, device=None) -> None:
         """``cells`` more done, of about ``total`` in the run (None: not yet known), on ``device``."""
         self._bar.update(self._run, advance=cells, total=total)
         if device in self._devices:

@@ -180,7 +180,7 @@ REPORT_WIDTH = 120
 """Columns of the printed table when stdout is not a terminal."""
 
 
-def print_exaggerate_report(result, console=None):
+def print_exaggerate_report(result, console=None) -> None:
     """AUROC, the monotonic shares and overall changes of the main quantities along both directions, the run time
     and where the reports are."""
     from rich.console import Console

@@ -20,7 +20,7 @@ def _print_methods(result, console):
     console.print(f"The shortcut model's verdict {verdict}.")
 
 
-def print_report(result, console=None):
+def print_report(result, console=None) -> None:
     """The per-model table on the evaluation wells, the verdict, the verdict per CAM method and the next commands."""
     console = console or Console()
     table = Table(title=f"Evaluation wells (row {EVALUATION_ROW}): debris next to random cells")

@@ -67,7 +67,7 @@ def _layout(out):
     }
 
 
-def prepare(out, settings, overwrite, names=("plate.zarr", PARTIAL_PLATE, "models", "scores", SETTINGS, REPORT)):
+def prepare(out, settings, overwrite, names=("plate.zarr", PARTIAL_PLATE, "models", "scores", SETTINGS, REPORT)) -> None:
     """Reuse a demo directory made with the same ``settings``; else refuse, or with ``overwrite`` start afresh.
 
     ``names`` are the entries the demo writes in ``out``; any other entry makes it refuse.
@@ -95,7 +95,7 @@ def prepare(out, settings, overwrite, names=("plate.zarr", PARTIAL_PLATE, "model
     (out / SETTINGS).write_text(json.dumps(settings))
 
 
-def write_plate_once(path, fields):
+def write_plate_once(path, fields) -> None:
     """Write the demo plate at ``path`` unless it is there (a partial sibling is renamed when complete)."""
     if path.exists():
         return

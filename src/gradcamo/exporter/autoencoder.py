@@ -80,7 +80,7 @@ class DecoderGraph(nn.Module):
         return self.normalise.undo(self.model.decode(code))
 
 
-def check_is_autoencoder(model, source):
+def check_is_autoencoder(model, source) -> None:
     """Raise ``InputError`` unless ``model`` has callable ``encode`` and ``decode`` methods."""
     missing = [name for name in ("encode", "decode") if not callable(getattr(model, name, None))]
     if missing:

@@ -176,7 +176,7 @@ def _metadata(*, target_layer, input_shape, class_names, mean, std, validation, 
     }
 
 
-def write_atomically(model_proto, path):
+def write_atomically(model_proto, path) -> None:
     """Save an ONNX model at ``path``, all of it or nothing (:func:`gradcamo.files.atomic_path`)."""
     with atomic_path(path) as temporary:
         onnx.save(model_proto, str(temporary))
