@@ -1,6 +1,7 @@
 """Progress on a terminal: cells done, cells/s and ETA of a run, and of each GPU (silent when quiet)."""
 
 import contextlib
+from collections.abc import Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -28,7 +29,7 @@ class _Silent:
 
 
 @contextlib.contextmanager
-def cell_progress(enabled, unit="cells"):
+def cell_progress(enabled, unit="cells") -> Iterator[Progress | _Silent]:
     """Yield a rich Progress writing to stderr (counting ``unit``), or a silent stand-in."""
     if not enabled:
         yield _Silent()

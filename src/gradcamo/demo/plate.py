@@ -52,7 +52,7 @@ class Field:
     image: np.ndarray
     labels: np.ndarray
     class_index: int
-    debris: np.ndarray
+    debris: np.ndarray | None
 
 
 def _blob(grid, centre, sigma):

@@ -53,7 +53,7 @@ class DemoResult:
     report: pathlib.Path
     method_medians: dict
 
-    def gap_holds(self, method):
+    def gap_holds(self, method) -> bool:
         honest, shortcut = self.method_medians[method]
         return honest - shortcut >= MIN_GAP
 
@@ -134,7 +134,8 @@ def _method_medians(scores_dir):
     return {row["method"]: float(row["median"]) for row in rows}
 
 
-def run_demo(out="gradcamo-demo", *, three_d=False, seed=0, overwrite=False, workers=None, progress=False):
+def run_demo(out="gradcamo-demo", *, three_d=False, seed=0, overwrite=False, workers=None,
+             progress=False) -> DemoResult:
     """Make the plate, train, export and score both models; reuse what ``out`` already holds.
 
     Returns

@@ -34,7 +34,7 @@ class ExportResult:
     validation: object  # ValidationReport, or None when validation was skipped
 
 
-def check_input_shape(input_shape):
+def check_input_shape(input_shape) -> tuple:
     shape = tuple(input_shape)
     if len(shape) not in (3, 4) or not all(isinstance(n, int) and n > 0 for n in shape):
         raise InputError(
@@ -43,7 +43,7 @@ def check_input_shape(input_shape):
     return shape
 
 
-def check_channel_values(values, n_channels, option, *, positive=False):
+def check_channel_values(values, n_channels, option, *, positive=False) -> list[float] | None:
     """``values`` as floats, one per channel (None stays None); ``positive``: each must be > 0.
 
     Raises
@@ -64,7 +64,8 @@ def check_channel_values(values, n_channels, option, *, positive=False):
     return values
 
 
-def check_normalisation(mean, std, n_channels, *, options=("--mean", "--std")):
+def check_normalisation(mean, std, n_channels, *,
+                        options=("--mean", "--std")) -> tuple[list[float] | None, list[float] | None]:
     """A per-channel normalisation ``(x - mean) / std`` checked: ``mean`` finite, ``std`` finite and > 0.
 
     ``options`` names the two options in messages. Every command that takes a mean and a std
@@ -79,7 +80,7 @@ def check_normalisation(mean, std, n_channels, *, options=("--mean", "--std")):
             check_channel_values(std, n_channels, options[1], positive=True))
 
 
-def check_output_path(path):
+def check_output_path(path) -> pathlib.Path:
     """``path`` as a Path to a file that may be written: not a directory, in an existing directory."""
     path = pathlib.Path(path)
     if path.is_dir():
@@ -99,7 +100,7 @@ def _first_convolution(model):
     return None, None
 
 
-def shape_or_type(value):
+def shape_or_type(value) -> tuple | str:
     """A returned value, described for an error message: its shape if it is a tensor, else its type's name."""
     return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
 
@@ -147,7 +148,7 @@ def _probe(model, layer_name, input_shape):
     return logits.shape[1]
 
 
-def check_channel_names(names, n_channels):
+def check_channel_names(names, n_channels) -> list[str] | None:
     """Channel names for ``--channel-names``: one per input channel, non-empty, unique case-insensitively."""
     if names is None:
         return None

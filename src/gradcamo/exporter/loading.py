@@ -34,7 +34,7 @@ def _import_source(source, spec):
         raise InputError(f"MODEL: cannot import module {source!r}: {error}") from error
 
 
-def load_model(spec, factory_kwargs=None):
+def load_model(spec, factory_kwargs=None) -> nn.Module:
     """Call the factory named by ``spec`` (``package.module:name`` or ``path/file.py:name``).
 
     Returns
@@ -100,7 +100,7 @@ def _describe_mismatch(model, state):
     return "; ".join(parts)
 
 
-def load_weights(model, path):
+def load_weights(model, path) -> nn.Module:
     """Load a weights-only state_dict file into ``model`` (strict).
 
     Raises
@@ -126,7 +126,7 @@ def load_weights(model, path):
     return model
 
 
-def hash_weights(model):
+def hash_weights(model) -> str:
     """sha256 over the model's state_dict (names, dtypes, shapes and bytes, in order)."""
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():

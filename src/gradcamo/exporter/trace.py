@@ -22,7 +22,7 @@ from gradcamo.exporter.decompositions import gradient_decompositions, simplify_a
 LOGGER = logging.getLogger(__name__)
 
 
-def choose_trace_batch(input_shape):
+def choose_trace_batch(input_shape) -> int:
     """Batch size of the example inputs: >= 2 and unequal to every crop dimension.
 
     make_fx gives equal input sizes one symbol ("duck sizing"); a batch equal to, say,
@@ -36,7 +36,7 @@ def choose_trace_batch(input_shape):
 MAX_BATCH = 1 << 20
 
 
-def trace_gradient_graph(wrapper, example_image, example_target):
+def trace_gradient_graph(wrapper, example_image, example_target) -> torch.fx.GraphModule:
     """Record ``wrapper``'s forward and partial backward as an aten ``GraphModule``."""
     traced = make_fx(
         wrapper,

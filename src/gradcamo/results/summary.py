@@ -25,7 +25,7 @@ METRIC_COLUMNS = {"method": "VARCHAR", "enrichment": "DOUBLE", "rank_accuracy": 
 """Columns added by issue #16 and their type; datasets written before it have gradcam rows and no metrics."""
 
 
-def summarize(paths, by=DEFAULT_BY, *, method=None):
+def summarize(paths, by=DEFAULT_BY, *, method=None) -> pa.Table:
     """One row per group: how many cells, how many NaN scores, and how the scores spread.
 
     Parameters

@@ -63,7 +63,7 @@ def _create_arrays(directory, n, info):
 def write_cams(
     scores, output, *, where=None, order_by=None, limit=64, method=None, models=(), input_map=None,
     overwrite=False, progress=False,
-):
+) -> CamsSummary:
     """Recompute and write the CAMs of the rows of ``scores`` that the SQL selects.
 
     Parameters
