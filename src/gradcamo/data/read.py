@@ -58,7 +58,7 @@ class ImageSource:
     """The image's ``omero.channels[].label`` (empty when the store names no channels)."""
     centres: zarr.Array | None = None
     """Level 0 of the label image whose objects centre the crops (``--center-labels``), or None."""
-    centre_name: object = None
+    centre_name: str | None = None
 
     @property
     def spatial_axes(self) -> tuple[str, ...]:

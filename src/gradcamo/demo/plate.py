@@ -11,6 +11,7 @@ bright piece of extracellular debris (outside the cell: the confounder):
 """
 
 import dataclasses
+import os
 
 import numpy as np
 
@@ -110,7 +111,7 @@ def make_demo_fields(spatial_dims, seed, *, fields_per_well=2) -> dict:
     return fields
 
 
-def write_demo_plate(path, fields):
+def write_demo_plate(path, fields) -> str | os.PathLike:
     """Write the fields as an HCS plate named ``demo`` (chunks of half a field)."""
     chunks = tuple(max(1, n // 2) for n in next(iter(fields.values()))[0].labels.shape)
     pairs = {key: [(f.image, f.labels) for f in value] for key, value in fields.items()}
