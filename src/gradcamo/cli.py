@@ -113,7 +113,7 @@ def export_command(
     prefix_tokens: Optional[int] = typer.Option(None, "--prefix-tokens", help="Tokens before the grid (class, "
                                                 "distillation, register tokens), when the model declares none."),
     quiet: bool = QUIET_OPTION,
-):
+) -> None:
     """Turn a PyTorch classifier into one ONNX graph returning logits, activations and gradients.
 
     The graph is checked against torch autograd before it is written; a file that
@@ -251,7 +251,7 @@ def inspect_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     check: bool = typer.Option(False, "--check", help="Store: list every image chunk that is missing (exit code 3 "
                                "if any), to verify a copy before scoring."),
-):
+) -> None:
     """Show what a model file holds (contract, crop shape, classes, validation) or what images a store holds."""
     from gradcamo.model_file import read_model_info
 
@@ -334,7 +334,7 @@ def score_command(
     quiet: bool = QUIET_OPTION,
     gpus: Optional[str] = typer.Option(None, "--gpus", help="all, or GPU numbers such as 0,1,3: one local worker "
                                        "process per GPU (default: all visible GPUs; CUDA_VISIBLE_DEVICES applies)."),
-):
+) -> None:
     """Score every segmented cell: the share of the model's Grad-CAM attention inside the cell.
 
     Writes one row per cell and target to a Parquet dataset (part files + _gradcamo.json).
@@ -416,7 +416,7 @@ def import_command(
                                            "relative to (default: the CSV's folder); rebases a moved screen."),
     threads: int = typer.Option(8, "--threads", help="Fields written at once."),
     quiet: bool = QUIET_OPTION,
-):
+) -> None:
     """Turn a screen of per-channel TIFFs listed in a LoadData CSV into OME-Zarr 0.5 plates to score.
 
     The whole CSV is checked before anything is written. Re-running the same command keeps the
@@ -441,7 +441,7 @@ def profiles_command(
     scores: str = typer.Argument(..., help="Score dataset directory (from `gradcamo score`)."),
     output: str = typer.Option(..., "--output", "-o", help="Parquet file to write."),
     method: Optional[str] = typer.Option(None, "--method", help="CAM method to take (needed if several)."),
-):
+) -> None:
     """One row per cell in CellProfiler naming, for pycytominer and copairs.
 
     Metadata_Plate/Well/Site/ObjectNumber/Image keys, Cells_GradCAMO_<metric> scores and
@@ -459,7 +459,7 @@ def query_command(
                                           "then one SQL statement over the view `scores`."),
     output_format: str = typer.Option("table", "--format", "-f", help="table, csv, json or parquet."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="File to write (required for parquet)."),
-):
+) -> None:
     """Run SQL (DuckDB) over score datasets.
 
     One dataset is the view `scores`; with several, `scores` holds them all with a `dataset`
@@ -481,7 +481,7 @@ def summary_command(
                            help="Comma-separated grouping columns."),
     output_format: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="File to write instead of the terminal."),
-):
+) -> None:
     """Per group: cells, NaN scores, mean/median Grad-CAMO, share > 0.5, share edge-padded, predicted classes;
     for datasets scored with --ablation / --deletion-steps also the causal checks and a verdict (its rule on stderr)."""
     from gradcamo.results.query import write_table
@@ -521,7 +521,7 @@ def cams_command(
     ablated: bool = typer.Option(False, "--ablated", help="Also write the cell-only and context-only crops "
                                  "(what score --ablation feeds the model) beside each overlay."),
     quiet: bool = QUIET_OPTION,
-):
+) -> None:
     """Recompute the crops, masks and CAMs of chosen cells exactly as scored, with an overlay PNG each.
 
     Example: gradcamo cams scores/ -o low/ --where "grad_camo < 0.2" --order-by grad_camo --limit 32
@@ -549,7 +549,7 @@ def report_command(
     models: Optional[list[str]] = MODEL_FILES_OPTION,
     inputs: Optional[list[str]] = INPUT_MAP_OPTION,
     quiet: bool = QUIET_OPTION,
-):
+) -> None:
     """One self-contained HTML file (opens offline): headline figures, distributions, plate maps,
     score vs confidence, CAM galleries and provenance, for one dataset or several side by side."""
     from gradcamo.visual.report import write_report
@@ -575,7 +575,7 @@ def export_autoencoder_command(
     mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean subtracted from raw intensities."),
     std: Optional[str] = typer.Option(None, "--std", help="Per-channel std dividing raw intensities."),
     quiet: bool = QUIET_OPTION,
-):
+) -> None:
     """Turn a PyTorch autoencoder into an encoder and a decoder ONNX graph on raw crops (AE_DIR).
 
     Both graphs are checked against torch before they are written; nothing is written when
@@ -610,7 +610,7 @@ def encode_command(
     overwrite: bool = DATASET_OVERWRITE_OPTION,
     max_failures: int = MAX_FAILURES_OPTION,
     quiet: bool = QUIET_OPTION,
-):
+) -> None:
     """Encode every segmented cell with an autoencoder: its latent code z_0.. and reconstruction error.
 
     Cells, crops, keys and work units are those of `score`; writes one row per cell to a Parquet
@@ -652,7 +652,7 @@ def exaggerate_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (onnxruntime)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier exaggeration in --output."),
     quiet: bool = QUIET_OPTION,
-):
+) -> None:
     """Decode cells moved along the direction that separates two groups, measure what changes, report it.
 
     The latent-space exaggeration of Zaritsky et al. (Cell Systems 2021), measured: see docs/exaggerate.md.
@@ -685,7 +685,7 @@ def export_latent_shift_command(
     std: Optional[str] = typer.Option(None, "--std", help="The classifier's per-channel std."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Class names, comma-separated, one per logit."),
     quiet: bool = QUIET_OPTION,
-):
+) -> None:
     """Export the Latent Shift graph (decoder, then classifier, and the gradient of a logit to the code)
     for `exaggerate --direction gradient:FILE`; checked against torch autograd before it is written."""
     from gradcamo.exporter.latent_shift import export_latent_shift
@@ -723,7 +723,7 @@ def demo_command(
     exaggerate: bool = typer.Option(False, "--exaggerate", help="The latent-space exaggeration demo instead: "
                                     "train an autoencoder and a classifier, encode, exaggerate (2D)."),
     quiet: bool = QUIET_OPTION,
-):
+) -> None:
     """The whole path on a synthetic plate: train an honest and a shortcut model, export, score, compare.
 
     With --exaggerate: cells whose "high" wells have arms and a bright rim; an autoencoder and a

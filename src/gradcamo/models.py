@@ -187,7 +187,7 @@ class EfficientNet3dSmall(nn.Module):
         return self.classifier(torch.flatten(self.pool(x), 1))
 
 
-def adapt_first_conv(model, in_channels):
+def adapt_first_conv(model, in_channels) -> nn.Module:
     """Replace the model's first ``Conv2d``/``Conv3d`` by one taking ``in_channels`` inputs.
 
     Kernel size, stride, padding, dilation, groups (when it is 1), bias and padding
@@ -226,7 +226,9 @@ def adapt_first_conv(model, in_channels):
         raise ValueError(
             f"model: first convolution {name!r} has groups={module.groups}; only groups=1 can be adapted"
         )
-    replacement = type(module)(
+    # torch's stubs type the constructor's kernel_size etc. as int or an n-tuple, the attributes as tuple[int, ...]
+    conv: type[nn.Module] = type(module)
+    replacement = conv(
         in_channels,
         module.out_channels,
         module.kernel_size,

@@ -1,6 +1,7 @@
 """Progress on a terminal: cells done, cells/s and ETA of a run, and of each GPU (silent when quiet)."""
 
 import contextlib
+from collections.abc import Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -28,7 +29,7 @@ class _Silent:
 
 
 @contextlib.contextmanager
-def cell_progress(enabled, unit="cells"):
+def cell_progress(enabled, unit="cells") -> Iterator[Progress | _Silent]:
     """Yield a rich Progress writing to stderr (counting ``unit``), or a silent stand-in."""
     if not enabled:
         yield _Silent()
@@ -54,7 +55,7 @@ class RunProgress:
         self._devices = {device: bar.add_task(f"  {device}", total=None) for device in devices} if len(devices) > 1 \
             else {}
 
-    def advance(self, cells, total, device=None):
+    def advance(self, cells, total, device=None) -> None:
         """``cells`` more done, of about ``total`` in the run (None: not yet known), on ``device``."""
         self._bar.update(self._run, advance=cells, total=total)
         if device in self._devices:

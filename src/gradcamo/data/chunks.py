@@ -22,6 +22,7 @@ import threading
 
 import zarr
 from zarr.core.array import AsyncArray
+from zarr.core.buffer import Buffer
 from zarr.core.common import concurrent_map
 from zarr.core.sync import sync
 from zarr.storage import StorePath, WrapperStore
@@ -102,30 +103,30 @@ class ChunkCheckingStore(WrapperStore):
                 _read_as_fill.discard((str(self._store), key))
         return value
 
-    async def get(self, key, prototype, byte_range=None):
+    async def get(self, key, prototype, byte_range=None) -> Buffer | None:
         return self._checked(key, await self._store.get(key, prototype, byte_range))
 
-    async def get_partial_values(self, prototype, key_ranges):
+    async def get_partial_values(self, prototype, key_ranges) -> list[Buffer | None]:
         key_ranges = list(key_ranges)
         values = await self._store.get_partial_values(prototype, key_ranges)
         return [self._checked(key, value) for (key, _), value in zip(key_ranges, values)]
 
 
-def check_mode(mode):
+def check_mode(mode) -> str:
     """``mode`` if it is one of :data:`MODES`; else an ``InputError`` naming the choices."""
     if mode not in MODES:
         raise InputError(f"missing_chunks: expected one of {', '.join(MODES)}, got {mode!r}", argument="missing_chunks")
     return mode
 
 
-def strict_array(array, array_name, mode="error"):
+def strict_array(array, array_name, mode="error") -> zarr.Array:
     """``array`` (opened, metadata read) over a :class:`ChunkCheckingStore`; nothing is read again."""
     store = ChunkCheckingStore(array.store_path.store, array_path=array.path, array_name=array_name, mode=mode)
     async_array = array.async_array
     return zarr.Array(AsyncArray(async_array.metadata, StorePath(store, array.path), async_array.config))
 
 
-def storage_grid(array):
+def storage_grid(array) -> tuple[int, ...]:
     """The number of stored objects (chunks, or shards when sharded) along each axis."""
     return tuple(-(-n // c) for n, c in zip(array.shape, array.shards or array.chunks))
 
@@ -142,7 +143,7 @@ def _stored_positions(array, index):
     return itertools.product(*ranges)
 
 
-def chunks_read_as_fill(array, index):
+def chunks_read_as_fill(array, index) -> list[str]:
     """Chunks of ``array[index]`` that this process read as the fill value (``zeros`` mode).
 
     Returns
@@ -173,7 +174,7 @@ async def _absent(store, keys):
     return [key for key, here in zip(keys, present) if not here]
 
 
-def find_missing_chunks(array, *, listable=True):
+def find_missing_chunks(array, *, listable=True) -> list[str]:
     """Every chunk (or shard) of ``array`` that its store does not hold.
 
     Parameters

@@ -131,7 +131,7 @@ def _write_metadata(store, wells, screen):
 
 
 def import_loaddata(csv_path, output, *, channels=None, objects=None, base_dir=None, threads=IMPORT_THREADS,
-                    progress=False):
+                    progress=False) -> ImportSummary:
     """Import the screen a LoadData CSV lists as OME-Zarr 0.5 plates under ``output``.
 
     Parameters

@@ -51,15 +51,15 @@ class SourceField:
     objects: tuple
 
     @property
-    def well(self):
+    def well(self) -> str:
         """``Metadata_Well`` as the scorer writes it: row letter(s) and a two-digit column."""
         return f"{self.row}{self.column:02d}"
 
     @property
-    def shape(self):
+    def shape(self) -> tuple:
         return self.channels[0].shape
 
-    def record(self, channel_names, object_names):
+    def record(self, channel_names, object_names) -> dict:
         """What the imported field records about its source (``gradcamo`` attributes)."""
         return {
             "site": self.site,
@@ -81,9 +81,9 @@ class Screen:
     object_columns: tuple
     fields: tuple
 
-    def plates(self):
+    def plates(self) -> dict[str, list["SourceField"]]:
         """``{plate: [field, ...]}``, each plate's fields ordered by well (row, column) and site."""
-        plates = {}
+        plates: dict[str, list[SourceField]] = {}
         for field in self.fields:
             plates.setdefault(field.plate, []).append(field)
         return {plate: sorted(fields, key=lambda f: (len(f.row), f.row, f.column, f.site))
@@ -221,7 +221,7 @@ def _read_rows(csv_path, channels, objects, base_dir):
     return channel_names, object_names, channel_columns, object_columns, fields
 
 
-def read_loaddata(csv_path, *, channels=None, objects=None, base_dir=None):
+def read_loaddata(csv_path, *, channels=None, objects=None, base_dir=None) -> Screen:
     """Read and check a LoadData CSV.
 
     Parameters
@@ -265,7 +265,7 @@ def read_loaddata(csv_path, *, channels=None, objects=None, base_dir=None):
     return Screen(csv_path, channel_names, object_names, channel_columns, object_columns, tuple(fields))
 
 
-def read_tiff(info):
+def read_tiff(info) -> np.ndarray:
     """The pixels of a checked TIFF, ``([Z,] Y, X)``.
 
     Raises

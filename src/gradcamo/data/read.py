@@ -38,7 +38,7 @@ class ImageRef:
     site: int = 0
 
     @property
-    def name(self):
+    def name(self) -> str:
         """``Metadata_Image``: the store's name plus the group path inside it."""
         store_name = pathlib.PurePosixPath(self.store.rstrip("/")).name
         return f"{store_name}/{self.path}" if self.path else store_name
@@ -56,22 +56,22 @@ class ImageSource:
     label_name: str
     channel_labels: tuple = ()
     """The image's ``omero.channels[].label`` (empty when the store names no channels)."""
-    centres: object = None
+    centres: zarr.Array | None = None
     """Level 0 of the label image whose objects centre the crops (``--center-labels``), or None."""
-    centre_name: object = None
+    centre_name: str | None = None
 
     @property
-    def spatial_axes(self):
+    def spatial_axes(self) -> tuple[str, ...]:
         return tuple(a for a in self.axes if a in ("z", "y", "x"))
 
 
-def ome_metadata(group):
+def ome_metadata(group) -> dict:
     """The OME metadata of a group, whichever NGFF version wrote it."""
     attributes = dict(group.attrs)
     return dict(attributes.get("ome", attributes))
 
 
-def check_ngff_version(group, section, where):
+def check_ngff_version(group, section, where) -> str | None:
     """The NGFF version a group's metadata declares for ``section`` (``multiscales``, ``plate``,
     ``well``), or None where it declares none (0.4 makes the version optional).
 
@@ -142,14 +142,14 @@ RECORD = "gradcamo"
 """Attribute in which ``gradcamo import`` records a field's source (``site``, files)."""
 
 
-def recorded_site(group):
+def recorded_site(group) -> int | None:
     """The source's site number that ``gradcamo import`` recorded on a field group, else None."""
     record = dict(group.attrs).get(RECORD)
     site = record.get("site") if isinstance(record, dict) else None
     return site if isinstance(site, int) and not isinstance(site, bool) else None
 
 
-def channel_labels(group):
+def channel_labels(group) -> tuple:
     """The ``omero.channels[].label`` of an image group; empty unless every channel has a label."""
     channels = (ome_metadata(group).get("omero") or {}).get("channels") or []
     labels = tuple(c.get("label") if isinstance(c, dict) else None for c in channels)
@@ -170,7 +170,7 @@ def _plate_images(store, root, plate, site_base=0):
     return refs
 
 
-def discover_images(store, site_base=0):
+def discover_images(store, site_base=0) -> list[ImageRef]:
     """List the images of one input: itself, or every field of every well of a plate.
 
     A field's ``site`` is its index in the well plus ``site_base``; :func:`open_image`
@@ -224,7 +224,7 @@ def _label_names(group):
     return list(ome_metadata(group["labels"]).get("labels", [])) if "labels" in group else []
 
 
-def label_names(ref):
+def label_names(ref) -> list[str]:
     """The names of an image's label images (``labels/``), as its metadata lists them."""
     with _readable(ref.name):
         return _label_names(_open_group(ref.store, ref.path, "image group"))
@@ -256,7 +256,7 @@ def _check_labels(where, name, axes, image, label_axes, labels):
         )
 
 
-def open_image(ref, label_name=None, centre_name=None, *, missing_chunks="error"):
+def open_image(ref, label_name=None, centre_name=None, *, missing_chunks="error") -> ImageSource:
     """Open one image's level-0 array and its label image, checking they fit together.
 
     The source's ``ref`` carries the site recorded by ``gradcamo import``, where there is one.

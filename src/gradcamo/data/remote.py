@@ -16,6 +16,7 @@ import asyncio
 import functools
 import logging
 
+from zarr.core.buffer import Buffer
 from zarr.storage import FsspecStore, WrapperStore
 
 LOGGER = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ RETRY_PAUSE_SECONDS = 0.5
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
-def is_remote(location):
+def is_remote(location) -> bool:
     """True for URLs that fsspec opens over the network (not plain paths nor ``file://``)."""
     location = str(location)
     return "://" in location and not location.startswith("file://")
@@ -44,7 +45,7 @@ def _transient_errors():
 
 
 @functools.cache
-def read_errors():
+def read_errors() -> tuple[type[Exception], ...]:
     """Exception types of a read that failed in the store or on the way to it (not of bad content)."""
     try:
         import aiohttp
@@ -53,7 +54,7 @@ def read_errors():
     return (OSError, aiohttp.ClientError)
 
 
-def is_transient(error):
+def is_transient(error) -> bool:
     """Whether a failed read is worth trying again (connection dropped, timeout, 5xx, 429)."""
     if isinstance(error, _transient_errors()):
         return True
@@ -79,19 +80,19 @@ async def _retrying(read, key):
 class RetryingStore(WrapperStore):
     """A read-only zarr store that retries transient read errors of the store it wraps."""
 
-    async def get(self, key, prototype, byte_range=None):
+    async def get(self, key, prototype, byte_range=None) -> Buffer | None:
         return await _retrying(lambda: self._store.get(key, prototype, byte_range), key)
 
-    async def get_partial_values(self, prototype, key_ranges):
+    async def get_partial_values(self, prototype, key_ranges) -> list[Buffer | None]:
         key_ranges = list(key_ranges)
         return await _retrying(lambda: self._store.get_partial_values(prototype, key_ranges),
                                ", ".join(key for key, _ in key_ranges[:3]))
 
-    async def exists(self, key):
+    async def exists(self, key) -> bool:
         return await _retrying(lambda: self._store.exists(key), key)
 
 
-def open_store(location):
+def open_store(location) -> "str | RetryingStore":
     """What to hand ``zarr.open_group`` for ``location``: a :class:`RetryingStore` for a
     remote URL, the location itself otherwise (fsspec caches the filesystems underneath)."""
     location = str(location)

@@ -1,5 +1,7 @@
 """Write images with labels, and HCS plates, as OME-Zarr with ome-zarr-py (the standard writer)."""
 
+import os
+
 import numpy as np
 import zarr
 from ome_zarr.format import format_from_version
@@ -43,7 +45,7 @@ def _omero(image, channel_names):
     return {"channels": channels}
 
 
-def write_field(group, image, labels, *, chunks=None, channel_names=None, ngff_version="0.5"):
+def write_field(group, image, labels, *, chunks=None, channel_names=None, ngff_version="0.5") -> None:
     """Write one ``(C, [Z,] Y, X)`` image and its named label images into an open zarr group.
 
     Parameters
@@ -80,14 +82,14 @@ def _open_root(path, ngff_version):
     return zarr.open_group(str(path), mode="w", zarr_format=2 if ngff_version == "0.4" else 3)
 
 
-def write_image_store(path, image, labels, **options):
+def write_image_store(path, image, labels, **options) -> str | os.PathLike:
     """Write a single-image OME-Zarr store at ``path``; options as :func:`write_image_group`."""
     root = _open_root(path, options.get("ngff_version", "0.5"))
     write_image_group(root, image, labels, **options)
     return path
 
 
-def write_plate(path, fields, *, name="plate", **options):
+def write_plate(path, fields, *, name="plate", **options) -> str | os.PathLike:
     """Write an HCS plate.
 
     Parameters

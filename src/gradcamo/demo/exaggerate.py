@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import pathlib
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,10 +31,13 @@ from gradcamo.demo.run import PARTIAL_PLATE, prepare, write_plate_once
 from gradcamo.demo.train import TARGET_LAYER, augment, cell_crops, channel_statistics, train_classifier
 from gradcamo.exaggerate.autoencoder import export_autoencoder, open_decoder, open_encoder, read_autoencoder
 from gradcamo.exaggerate.encode import encode
-from gradcamo.exaggerate.run import TRAJECTORIES_FILE, exaggerate
+from gradcamo.exaggerate.run import TRAJECTORIES_FILE, ExaggerateSummary, exaggerate
 from gradcamo.exaggerate.trajectories import decode
 from gradcamo.exporter import export_model
 from gradcamo.exporter.latent_shift import export_latent_shift
+
+if TYPE_CHECKING:
+    from gradcamo.models import ConvAutoencoder2d
 
 LOGGER = logging.getLogger(__name__)
 CLASSES = ("low", "high")
@@ -58,12 +62,12 @@ class ExaggerateDemoResult:
     :class:`~gradcamo.exaggerate.run.ExaggerateSummary`."""
 
     out: pathlib.Path
-    summary: object
-    latent_shift: object
+    summary: ExaggerateSummary
+    latent_shift: ExaggerateSummary
     seconds: float
 
     @property
-    def report(self):
+    def report(self) -> pathlib.Path:
         return self.summary.output / "report.html"
 
 
@@ -74,7 +78,7 @@ def _condition(group):
 HIGH, LOW = _condition("high"), _condition("low")
 
 
-def make_fields(seed):
+def make_fields(seed) -> dict:
     """``{(row, column): [Field, ...]}`` of both groups' wells; class index 1 for high."""
     generator = np.random.default_rng(seed)
     fields = {}
@@ -89,7 +93,8 @@ def make_fields(seed):
     return fields
 
 
-def train_autoencoder(crops, *, mean, std, epochs, seed, latent_size=LATENT_SIZE, batch_size=64):
+def train_autoencoder(crops, *, mean, std, epochs, seed, latent_size=LATENT_SIZE,
+                      batch_size=64) -> "ConvAutoencoder2d":
     """A :class:`~gradcamo.models.ConvAutoencoder2d` trained (Adam, mean squared error) on normalised, augmented crops."""
     import torch
 
@@ -112,7 +117,7 @@ def train_autoencoder(crops, *, mean, std, epochs, seed, latent_size=LATENT_SIZE
     return model.eval()
 
 
-def reconstruct(info, crops):
+def reconstruct(info, crops) -> np.ndarray:
     """Crops encoded and decoded by an AE_DIR's graphs (raw intensities in and out)."""
     (codes,) = open_encoder(info, device="cpu").run([LATENT_CODE], {IMAGE: crops})
     return decode(open_decoder(info, device="cpu"), codes)
@@ -162,7 +167,7 @@ SHOWN = ("prob_high", "grad_camo", "protrusion", "solidity", "area", "perimeter"
 """Quantities the demo prints (the report has them all)."""
 
 
-def overall_changes(summary, names):
+def overall_changes(summary, names) -> dict:
     """{name: (median of last - first step over the drawn cells, share of cells with last > first)}."""
     import pyarrow.parquet as pq
 
@@ -180,7 +185,7 @@ REPORT_WIDTH = 120
 """Columns of the printed table when stdout is not a terminal."""
 
 
-def print_exaggerate_report(result, console=None):
+def print_exaggerate_report(result, console=None) -> None:
     """AUROC, the monotonic shares and overall changes of the main quantities along both directions, the run time
     and where the reports are."""
     from rich.console import Console

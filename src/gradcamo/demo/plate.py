@@ -12,6 +12,7 @@ bright piece of extracellular debris (outside the cell: the confounder):
 """
 
 import dataclasses
+import os
 
 import numpy as np
 
@@ -55,7 +56,7 @@ class Field:
     image: np.ndarray
     labels: np.ndarray
     class_index: int
-    debris: np.ndarray
+    debris: np.ndarray | None
 
 
 def _blob(grid, centre, sigma):
@@ -113,7 +114,7 @@ def make_demo_fields(spatial_dims, seed, *, fields_per_well=2) -> dict:
     return fields
 
 
-def write_demo_plate(path, fields):
+def write_demo_plate(path, fields) -> str | os.PathLike:
     """Write the fields as an HCS plate named ``demo`` (chunks of half a field)."""
     chunks = tuple(max(1, n // 2) for n in next(iter(fields.values()))[0].labels.shape)
     pairs = {key: [(f.image, f.labels) for f in value] for key, value in fields.items()}

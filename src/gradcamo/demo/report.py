@@ -44,7 +44,7 @@ def _print_causal(result, console):
                       "try another --seed.[/]")
 
 
-def print_report(result, console=None):
+def print_report(result, console=None) -> None:
     """The per-model table on the evaluation wells, the verdict, the verdict per CAM method and the next commands."""
     console = console or Console()
     table = Table(title=f"Evaluation wells (row {EVALUATION_ROW}): debris next to random cells")

@@ -65,7 +65,7 @@ class DemoResult:
         honest, shortcut = self.reports
         return honest.causal.get("verdict") == CELL and shortcut.causal.get("verdict") == CONTEXT
 
-    def gap_holds(self, method):
+    def gap_holds(self, method) -> bool:
         honest, shortcut = self.method_medians[method]
         return honest - shortcut >= MIN_GAP
 
@@ -79,7 +79,7 @@ def _layout(out):
     }
 
 
-def prepare(out, settings, overwrite, names=("plate.zarr", PARTIAL_PLATE, "models", "scores", SETTINGS, REPORT)):
+def prepare(out, settings, overwrite, names=("plate.zarr", PARTIAL_PLATE, "models", "scores", SETTINGS, REPORT)) -> None:
     """Reuse a demo directory made with the same ``settings``; else refuse, or with ``overwrite`` start afresh.
 
     ``names`` are the entries the demo writes in ``out``; any other entry makes it refuse.
@@ -107,7 +107,7 @@ def prepare(out, settings, overwrite, names=("plate.zarr", PARTIAL_PLATE, "model
     (out / SETTINGS).write_text(json.dumps(settings))
 
 
-def write_plate_once(path, fields):
+def write_plate_once(path, fields) -> None:
     """Write the demo plate at ``path`` unless it is there (a partial sibling is renamed when complete)."""
     if path.exists():
         return
@@ -154,7 +154,8 @@ def _method_medians(scores_dir):
     return {row["method"]: float(row["median"]) for row in rows}
 
 
-def run_demo(out="gradcamo-demo", *, three_d=False, seed=0, overwrite=False, workers=None, progress=False):
+def run_demo(out="gradcamo-demo", *, three_d=False, seed=0, overwrite=False, workers=None,
+             progress=False) -> DemoResult:
     """Make the plate, train, export and score both models; reuse what ``out`` already holds.
 
     Returns

@@ -50,7 +50,7 @@ class AutoencoderGraphs:
     n_samples: int
     rtol: float = RTOL
 
-    def validation(self):
+    def validation(self) -> dict:
         """The validation figures as a JSON-ready dict."""
         return {"n_samples": self.n_samples, "encoder_max_rel_error": self.encoder_max_rel_error,
                 "decoder_max_rel_error": self.decoder_max_rel_error, "rtol": self.rtol}
@@ -64,7 +64,7 @@ class EncoderGraph(nn.Module):
         self.model = model
         self.normalise = ChannelNormalisation(input_shape, mean, std)
 
-    def forward(self, image):
+    def forward(self, image) -> torch.Tensor:
         return self.model.encode(self.normalise(image))
 
 
@@ -76,11 +76,11 @@ class DecoderGraph(nn.Module):
         self.model = model
         self.normalise = ChannelNormalisation(input_shape, mean, std)
 
-    def forward(self, code):
+    def forward(self, code) -> torch.Tensor:
         return self.normalise.undo(self.model.decode(code))
 
 
-def check_is_autoencoder(model, source):
+def check_is_autoencoder(model, source) -> None:
     """Raise ``InputError`` unless ``model`` has callable ``encode`` and ``decode`` methods."""
     missing = [name for name in ("encode", "decode") if not callable(getattr(model, name, None))]
     if missing:
@@ -90,7 +90,7 @@ def check_is_autoencoder(model, source):
         )
 
 
-def probe_autoencoder(model, input_shape):
+def probe_autoencoder(model, input_shape) -> int:
     """Encode and decode a zero batch once; check the shapes. Returns the latent size."""
     batch = choose_trace_batch(input_shape)
     try:
@@ -123,14 +123,14 @@ def _normalised(image, decoder):
     return decoder.normalise(torch.from_numpy(image)).numpy()
 
 
-def make_validation_codes(codes):
+def make_validation_codes(codes) -> np.ndarray:
     """The encoded codes, then the same codes moved far away (:data:`FAR_CODE_SPREAD`) at random."""
     spread = codes.std(axis=0, keepdims=True) + np.float32(1e-3)
     noise = np.random.default_rng(SEED + 1).standard_normal(codes.shape).astype(np.float32)
     return np.concatenate([codes, codes + FAR_CODE_SPREAD * spread * noise])
 
 
-def export_graphs(model, input_shape, *, mean=None, std=None, opset):
+def export_graphs(model, input_shape, *, mean=None, std=None, opset) -> AutoencoderGraphs:
     """Export and validate the encoder and decoder graphs of ``model`` (copied, never modified).
 
     Returns

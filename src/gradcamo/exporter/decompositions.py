@@ -30,7 +30,7 @@ def _transposed_output_padding(input_size, output_size, kernel, stride, padding,
 def convolution_backward(
     grad_output, input, weight, bias_sizes, stride, padding, dilation,
     transposed, output_padding, groups, output_mask,
-):
+) -> object:
     """Input gradient of a convolution as a transposed convolution, and of a transposed
     convolution (a decoder's upsampling, for Latent Shift graphs) as a convolution with the
     same weight; weights get none."""
@@ -51,7 +51,7 @@ def convolution_backward(
     return grad_input, None, None
 
 
-def max_pool_backward(grad_output, input, kernel_size, stride, padding, dilation, ceil_mode, indices):
+def max_pool_backward(grad_output, input, kernel_size, stride, padding, dilation, ceil_mode, indices) -> torch.Tensor:
     """Max-pool input gradient: scatter-add each output gradient to its argmax position."""
     n_batch, n_channels = input.shape[:2]
     plane = input.shape[2:].numel()
@@ -69,7 +69,7 @@ def _adaptive_pool_matrix(n_in, n_out):
     return weights
 
 
-def adaptive_avg_pool_backward(grad_output, input):
+def adaptive_avg_pool_backward(grad_output, input) -> torch.Tensor:
     """Adaptive average-pool input gradient: transposed pooling matrix per spatial axis."""
     grad = grad_output
     for axis in range(2, input.dim()):
@@ -81,7 +81,7 @@ def adaptive_avg_pool_backward(grad_output, input):
 def avg_pool_backward(
     grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
     divisor_override=None,
-):
+) -> object:
     """Average-pool input gradient as a depthwise transposed convolution with a flat kernel."""
     spatial_dims = input.dim() - 2
     kernel = list(kernel_size) * (spatial_dims if len(kernel_size) == 1 else 1)
@@ -100,7 +100,7 @@ def avg_pool_backward(
     )
 
 
-def gradient_decompositions():
+def gradient_decompositions() -> dict:
     """The decomposition table used to trace gradient graphs."""
     table = dict(core_aten_decompositions())
     table[aten.convolution_backward.default] = convolution_backward
@@ -113,7 +113,7 @@ def gradient_decompositions():
     return table
 
 
-def simplify_as_strided(graph_module):
+def simplify_as_strided(graph_module) -> int:
     """Replace ``as_strided`` views that are plain reshapes of contiguous tensors.
 
     Returns the number of nodes replaced.

@@ -36,7 +36,7 @@ class ExportResult:
     layout: object = None  # the TargetLayout the layer's output was read with
 
 
-def check_input_shape(input_shape):
+def check_input_shape(input_shape) -> tuple:
     shape = tuple(input_shape)
     if len(shape) not in (3, 4) or not all(isinstance(n, int) and n > 0 for n in shape):
         raise InputError(
@@ -45,7 +45,7 @@ def check_input_shape(input_shape):
     return shape
 
 
-def check_channel_values(values, n_channels, option, *, positive=False):
+def check_channel_values(values, n_channels, option, *, positive=False) -> list[float] | None:
     """``values`` as floats, one per channel (None stays None); ``positive``: each must be > 0.
 
     Raises
@@ -66,7 +66,8 @@ def check_channel_values(values, n_channels, option, *, positive=False):
     return values
 
 
-def check_normalisation(mean, std, n_channels, *, options=("--mean", "--std")):
+def check_normalisation(mean, std, n_channels, *,
+                        options=("--mean", "--std")) -> tuple[list[float] | None, list[float] | None]:
     """A per-channel normalisation ``(x - mean) / std`` checked: ``mean`` finite, ``std`` finite and > 0.
 
     ``options`` names the two options in messages. Every command that takes a mean and a std
@@ -81,7 +82,7 @@ def check_normalisation(mean, std, n_channels, *, options=("--mean", "--std")):
             check_channel_values(std, n_channels, options[1], positive=True))
 
 
-def check_output_path(path):
+def check_output_path(path) -> pathlib.Path:
     """``path`` as a Path to a file that may be written: not a directory, in an existing directory."""
     path = pathlib.Path(path)
     if path.is_dir():
@@ -101,7 +102,7 @@ def _first_convolution(model):
     return None, None
 
 
-def shape_or_type(value):
+def shape_or_type(value) -> tuple | str:
     """A returned value, described for an error message: its shape if it is a tensor, else its type's name."""
     return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
 
@@ -151,7 +152,7 @@ def _probe(model, layer_name, input_shape, **layout_options):
     return logits.shape[1], layout
 
 
-def check_channel_names(names, n_channels):
+def check_channel_names(names, n_channels) -> list[str] | None:
     """Channel names for ``--channel-names``: one per input channel, non-empty, unique case-insensitively."""
     if names is None:
         return None
@@ -203,7 +204,7 @@ def _metadata(*, target_layer, layout, input_shape, class_names, mean, std, vali
     }
 
 
-def write_atomically(model_proto, path):
+def write_atomically(model_proto, path) -> None:
     """Save an ONNX model at ``path``, all of it or nothing (:func:`gradcamo.files.atomic_path`)."""
     with atomic_path(path) as temporary:
         onnx.save(model_proto, str(temporary))

@@ -45,7 +45,7 @@ class LatentShiftGraph(nn.Module):
         self.normalise = ChannelNormalisation(input_shape, mean, std)
         self.classifier = classifier
 
-    def forward(self, code, target):
+    def forward(self, code, target) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.enable_grad():
             leaf = code.detach().requires_grad_(True)
             logits = self.classifier(self.normalise(self.decoder(leaf)))
@@ -69,7 +69,7 @@ def _validate(model_bytes, graph, codes, n_classes):
 
 
 def export_latent_shift(autoencoder, classifier, input_shape, path, *, autoencoder_mean=None, autoencoder_std=None,
-                        mean=None, std=None, class_names=None, opset=18):
+                        mean=None, std=None, class_names=None, opset=18) -> dict:
     """Export the Latent Shift graph of an autoencoder and a classifier; checked against torch autograd first.
 
     Parameters

@@ -106,7 +106,7 @@ def _load_model_file(path, *, trust_pickle):
     return model
 
 
-def load_model(spec, factory_kwargs=None, *, trust_pickle=False):
+def load_model(spec, factory_kwargs=None, *, trust_pickle=False) -> nn.Module:
     """The model named by ``spec``, with random or saved-in-file weights.
 
     ``spec`` is ``package.module:factory``, ``path/to/file.py:factory`` (the file's folder is
@@ -162,7 +162,7 @@ def _call_factory(module, source, name, spec, factory_kwargs):
         raise InputError(f"MODEL: factory {spec!r} raised {type(error).__name__}: {error}") from error
 
 
-def load_weights(model, path, *, trust_pickle=False):
+def load_weights(model, path, *, trust_pickle=False) -> nn.Module:
     """Load a weights file into ``model`` (strict), as saved: see :mod:`gradcamo.exporter.checkpoints`.
 
     Raises
@@ -176,7 +176,7 @@ def load_weights(model, path, *, trust_pickle=False):
     return model
 
 
-def hash_weights(model):
+def hash_weights(model) -> str:
     """sha256 over the model's state_dict (names, dtypes, shapes and bytes, in order)."""
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():

@@ -23,7 +23,7 @@ from gradcamo.exporter.decompositions import gradient_decompositions, simplify_a
 LOGGER = logging.getLogger(__name__)
 
 
-def choose_trace_batch(input_shape):
+def choose_trace_batch(input_shape) -> int:
     """Batch size of the example inputs: >= 2 and unequal to every crop dimension.
 
     make_fx gives equal input sizes one symbol ("duck sizing"); a batch equal to, say,
@@ -37,7 +37,7 @@ def choose_trace_batch(input_shape):
 MAX_BATCH = 1 << 20
 
 
-def trace_gradient_graph(wrapper, example_image, example_target):
+def trace_gradient_graph(wrapper, example_image, example_target) -> torch.fx.GraphModule:
     """Record ``wrapper``'s forward and partial backward as an aten ``GraphModule``.
 
     Traced under the MATH attention backend: ``scaled_dot_product_attention`` (ViTs' fused

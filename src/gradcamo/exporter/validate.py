@@ -37,7 +37,7 @@ class ValidationReport:
     logits_rtol: float = LOGITS_RTOL
 
     @property
-    def failures(self):
+    def failures(self) -> list[str]:
         found = []
         if not self.cam_max_rel_error <= self.cam_rtol:
             found.append(f"CAM relative error {self.cam_max_rel_error:.3g} > {self.cam_rtol:g}")
@@ -45,11 +45,11 @@ class ValidationReport:
             found.append(f"logits relative error {self.logits_max_rel_error:.3g} > {self.logits_rtol:g}")
         return found
 
-    def to_json(self):
+    def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
 
 
-def make_validation_images(input_shape, *, mean=None, std=None):
+def make_validation_images(input_shape, *, mean=None, std=None) -> np.ndarray:
     """:data:`N_SAMPLES` seeded raw-intensity images whose normalised values are ~ N(0, 1)."""
     generator = np.random.default_rng(SEED)
     image = generator.standard_normal((N_SAMPLES, *input_shape)).astype(np.float32)
@@ -61,7 +61,7 @@ def make_validation_images(input_shape, *, mean=None, std=None):
     return image
 
 
-def make_validation_inputs(input_shape, n_classes, *, mean=None, std=None):
+def make_validation_inputs(input_shape, n_classes, *, mean=None, std=None) -> tuple:
     """Seeded raw-intensity images (:func:`make_validation_images`) and two target passes."""
     image = make_validation_images(input_shape, mean=mean, std=std)
     predicted = np.full(N_SAMPLES, contract.PREDICTED_CLASS, dtype=np.int64)
@@ -89,13 +89,13 @@ def _relative(error, scale):
     return float(np.max(error / np.maximum(scale, np.finfo(np.float32).tiny)))
 
 
-def max_relative_error(ours, reference):
+def max_relative_error(ours, reference) -> float:
     """The worst, over samples (axis 0), of max |ours - reference| / max |reference| within the sample."""
     error = np.abs(ours.astype(np.float64) - reference).reshape(len(reference), -1).max(axis=1)
     return _relative(error, np.abs(reference).reshape(len(reference), -1).max(axis=1))
 
 
-def run_onnx(model_bytes, output_names, feeds):
+def run_onnx(model_bytes, output_names, feeds) -> list:
     """Run a serialised graph on CPU once per feed; the outputs of each run.
 
     Raises
@@ -110,7 +110,7 @@ def run_onnx(model_bytes, output_names, feeds):
         raise ExportError(f"onnxruntime cannot run the exported graph: {first_line(error)}") from error
 
 
-def validate_onnx(model_bytes, wrapper, input_shape, n_classes, *, mean=None, std=None):
+def validate_onnx(model_bytes, wrapper, input_shape, n_classes, *, mean=None, std=None) -> ValidationReport:
     """Compare ORT's batched CAMs and logits with eager torch autograd, sample by sample.
 
     Raises

@@ -10,7 +10,7 @@ from gradcamo.errors import ExportError, InputError
 from gradcamo.exporter.layout import TargetLayout
 
 
-def resolve_layer(model, name):
+def resolve_layer(model, name) -> nn.Module:
     """Return the sub-module called ``name``, or raise ``InputError`` pointing to ``gradcamo layers``."""
     modules = dict(model.named_modules())
     if name in modules and name != "":
@@ -83,10 +83,10 @@ class ChannelNormalisation(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(view), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(view), persistent=False)
 
-    def forward(self, image):
+    def forward(self, image) -> torch.Tensor:
         return (image - self.mean) / self.std if self.active else image
 
-    def undo(self, image):
+    def undo(self, image) -> torch.Tensor:
         return image * self.std + self.mean if self.active else image
 
 
@@ -109,7 +109,7 @@ class GradCamWrapper(nn.Module):
         self.layout = layout or TargetLayout("nchw", "default")
         self.normalise = ChannelNormalisation(input_shape, mean, std)
 
-    def forward(self, image, target):
+    def forward(self, image, target) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.normalise(image)
         with torch.enable_grad():
             with capture_layer_output(self.layer) as leaves:

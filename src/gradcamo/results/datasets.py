@@ -30,7 +30,7 @@ DATASET_COLUMN = "dataset"
 DEFAULT_METHODS = ("gradcam",)
 
 
-def resolve_datasets(paths):
+def resolve_datasets(paths) -> dict[str, pathlib.Path]:
     """Check that each path is a score dataset and give each a short, unique name.
 
     Parameters
@@ -56,7 +56,7 @@ def resolve_datasets(paths):
     paths = [pathlib.Path(p) for p in paths]
     if not paths:
         raise InputError("SCORES: no score dataset given; pass the directory written by `gradcamo score`")
-    seen = {}
+    seen: dict = {}
     for path in paths:
         _check_dataset(path)
         resolved = path.resolve()
@@ -93,7 +93,7 @@ def _check_dataset(path):
         LOGGER.warning("%s: %s", path, zeros)
 
 
-def incompleteness(manifest):
+def incompleteness(manifest) -> str | None:
     """Why a dataset lacks rows, in one sentence; None when its scoring run finished without failures.
 
     Parameters
@@ -119,7 +119,7 @@ def incompleteness(manifest):
             "`gradcamo score` command again to retry them")
 
 
-def describe_missing_chunks(missing):
+def describe_missing_chunks(missing) -> str | None:
     """One sentence on the image chunks a dataset's rows were read with as the fill value.
 
     Parameters
@@ -168,7 +168,7 @@ def _unique_names(resolved):
             return [str(path) for path in resolved]
 
 
-def view_names(datasets):
+def view_names(datasets) -> dict[str, str]:
     """SQL view name for each dataset name (only created when there are several datasets).
 
     Every run of characters outside ``[A-Za-z0-9_]`` becomes one ``_``, a leading digit gets a ``d_``
@@ -200,7 +200,7 @@ def view_names(datasets):
     return views
 
 
-def recorded_methods(path):
+def recorded_methods(path) -> tuple[str, ...] | None:
     """The CAM methods a score dataset's manifest says were scored (``parameters.methods``), in
     that order; None when it records none (datasets written before methods existed)."""
     methods = (json.loads((pathlib.Path(path) / MANIFEST).read_text()).get("parameters") or {}).get("methods")
@@ -223,7 +223,7 @@ def _method_condition(con, name, path, source, method):
     return f"coalesce(method::VARCHAR, 'gradcam') = {_literal(method)}" if has_column else "TRUE"
 
 
-def connect(datasets, *, method=None):
+def connect(datasets, *, method=None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the views ``scores`` (and one per dataset).
 
     Parameters
@@ -301,7 +301,7 @@ def _literal(text):
     return "'" + str(text).replace("'", "''") + "'"
 
 
-def quote_identifier(text):
+def quote_identifier(text) -> str:
     """A quoted SQL identifier."""
     return '"' + str(text).replace('"', '""') + '"'
 

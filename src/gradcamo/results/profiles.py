@@ -64,7 +64,7 @@ def _slug(name):
     return re.sub(r"[^A-Za-z0-9]+", "_", str(name)).strip("_") or "class"
 
 
-def profile_table(directory, *, method=None):
+def profile_table(directory, *, method=None) -> pa.Table:
     """The profile rows of one score dataset (module docstring), sorted by image and object number.
 
     Raises
@@ -107,7 +107,7 @@ def profile_table(directory, *, method=None):
     return pa.table(columns)
 
 
-def write_profiles(directory, output, *, method=None):
+def write_profiles(directory, output, *, method=None) -> int:
     """Write :func:`profile_table` of ``directory`` to the Parquet file ``output``; the row count."""
     table = profile_table(directory, method=method)
     with atomic_path(output) as temporary:  # no float statistics: DuckDB reads them as "no NaN"

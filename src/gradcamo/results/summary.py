@@ -1,6 +1,7 @@
 """Per-group summary of score datasets: counts, NaNs, the distribution of grad_camo and the localisation metrics."""
 
 import duckdb
+import pyarrow as pa
 
 from gradcamo.errors import InputError, first_line
 from gradcamo.results.causal import causal_aggregates, with_verdicts
@@ -25,7 +26,7 @@ METRIC_COLUMNS = {"method": "VARCHAR", "enrichment": "DOUBLE", "rank_accuracy": 
 """Columns added by issue #16 and their type; datasets written before it have gradcam rows and no metrics."""
 
 
-def summarize(paths, by=DEFAULT_BY, *, method=None):
+def summarize(paths, by=DEFAULT_BY, *, method=None) -> pa.Table:
     """One row per group: how many cells, how many NaN scores, and how the scores spread.
 
     Parameters

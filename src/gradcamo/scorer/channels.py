@@ -11,6 +11,8 @@ Three ways, in this order:
 """
 
 import dataclasses
+from collections.abc import Sequence
+from typing import overload
 
 from gradcamo.errors import InputError
 
@@ -44,7 +46,11 @@ def _by_name(name, labels, lookup, where, *, model):
     return index
 
 
-def parse_channels(requested):
+@overload
+def parse_channels(requested: None) -> None: ...
+@overload
+def parse_channels(requested: Sequence[int | str]) -> tuple[int | str, ...]: ...
+def parse_channels(requested) -> tuple[int | str, ...] | None:
     """``--channels`` as a tuple of indices (ints; strings of digits too) and names (other strings); None stays None.
 
     Raises
@@ -61,7 +67,7 @@ def parse_channels(requested):
                  for item in requested)
 
 
-def choose_channels(source, requested=None, model_names=()):
+def choose_channels(source, requested=None, model_names=()) -> ChannelChoice:
     """Decide the channels of one opened image (:class:`gradcamo.data.read.ImageSource`).
 
     Parameters
@@ -101,7 +107,7 @@ def choose_channels(source, requested=None, model_names=()):
     return ChannelChoice(None, "position")
 
 
-def describe_choices(layouts, model_names):
+def describe_choices(layouts, model_names) -> list[dict]:
     """What a run records about its channels: ``channel_mapping`` in ``_gradcamo.json``.
 
     Parameters
@@ -129,7 +135,7 @@ def describe_choices(layouts, model_names):
     return mapping
 
 
-def channel_note(mapping, model_names):
+def channel_note(mapping, model_names) -> str:
     """How a run matched channels (from :func:`describe_choices`), in a phrase for its last line."""
     matches = {entry["match"] for entry in mapping}
     if matches == {"name"}:

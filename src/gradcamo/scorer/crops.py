@@ -22,12 +22,12 @@ class Measurements:
     coordinate_sums: np.ndarray
 
     @property
-    def centroids(self):
+    def centroids(self) -> np.ndarray:
         """(n, ndim) float64 mean voxel coordinate of each object."""
         return self.coordinate_sums / self.voxels[:, None]
 
 
-def measure_objects(labels, offset=None):
+def measure_objects(labels, offset=None) -> Measurements:
     """Voxel counts and coordinate sums of every non-zero id in a label block.
 
     Parameters
@@ -57,6 +57,7 @@ def measure_objects(labels, offset=None):
     starts, values, lengths = _runs(flat, labels.shape[-1] if ndim else 1)
     if not len(values):
         return Measurements(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, ndim)))
+    rows: np.ndarray | slice
     if values.min() > 0 and values.max() < DENSE_IDS_PER_VOXEL * flat.size:
         # Ids few enough to count in place: O(n) instead of sorting (same sums, same order).
         bins = values.astype(np.intp, copy=False)
@@ -92,7 +93,7 @@ def _runs(flat, width):
     return starts[foreground], values[foreground], lengths[foreground]
 
 
-def merge_measurements(parts, ndim):
+def merge_measurements(parts, ndim) -> Measurements:
     """Add up the partial measurements of several blocks of one ``ndim``-D image."""
     parts = [p for p in parts if len(p.ids)]
     if not parts:
@@ -111,7 +112,7 @@ def merge_measurements(parts, ndim):
     return Measurements(unique, voxels.astype(np.int64), sums)
 
 
-def crop_starts(centroids, crop_shape):
+def crop_starts(centroids, crop_shape) -> np.ndarray:
     """First voxel of each object's crop: ``floor(centroid + 0.5) - size // 2`` per axis.
 
     Returns
@@ -122,7 +123,7 @@ def crop_starts(centroids, crop_shape):
     return centres - np.asarray(crop_shape, dtype=np.int64) // 2
 
 
-def cut_window(array, start, shape):
+def cut_window(array, start, shape) -> tuple[np.ndarray, float]:
     """Copy ``array[..., start:start + shape]`` over the last ``len(shape)`` axes, zero outside.
 
     Parameters
@@ -198,7 +199,7 @@ class CropCutter:
         self.pad_fractions = 1.0 - inside / float(np.prod(crop))
         """(n,) float64: share of each crop's voxels outside the region."""
 
-    def cut(self, objects, ids, mask_dtype=bool):
+    def cut(self, objects, ids, mask_dtype=bool) -> tuple[np.ndarray, np.ndarray]:
         """Crops and masks of the objects at positions ``objects`` (into ``starts``).
 
         Parameters
@@ -253,7 +254,7 @@ def window_inside(starts, shape, extent):
     return inside
 
 
-def cut_cells(image, labels, ids, centroids, crop_shape):
+def cut_cells(image, labels, ids, centroids, crop_shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The crops, masks and pad fractions of the given objects, cut as the scorer cuts them.
 
     Parameters
@@ -279,7 +280,7 @@ def cut_cells(image, labels, ids, centroids, crop_shape):
     return crops, masks, cutter.pad_fractions
 
 
-def cut_object_crops(image, labels, crop_shape):
+def cut_object_crops(image, labels, crop_shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every object's crop and mask from a whole in-memory image, cut as the scorer cuts them.
 
     Parameters

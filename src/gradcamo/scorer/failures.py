@@ -24,7 +24,7 @@ SHOWN_CHUNKS = 3
 """Damaged chunks named in a failure's cause (the rest are counted)."""
 
 
-def describe_block(block):
+def describe_block(block) -> str:
     """``whole image``, or the block's spatial ranges: ``y 0:256, x 256:512``."""
     if block.whole:
         return "whole image"
@@ -46,7 +46,7 @@ def _chunk_positions(array, axes, block):
     return itertools.product(*ranges)
 
 
-def damaged_chunks(block):
+def damaged_chunks(block) -> list[str]:
     """Where the image and label chunks of ``block`` that are missing (image chunks only) or cannot be
     read or decoded are stored.
 
@@ -81,12 +81,12 @@ class UnitFailure:
     cause: str
 
     @classmethod
-    def unopened(cls, image):
+    def unopened(cls, image) -> "UnitFailure":
         """The failure of a plate field that could not be opened (an ``UnreadableImage``)."""
         return cls(None, image.ref.name, "opening", first_line(image.error))
 
     @classmethod
-    def of(cls, block, error, *, stage=None):
+    def of(cls, block, error, *, stage=None) -> "UnitFailure":
         """The failure of ``block``'s unit with ``error``; the cause names the damaged chunks, if any."""
         where = describe_block(block)
         # a store that cannot be reached would mark every chunk: look for damaged ones only otherwise
@@ -113,15 +113,15 @@ class FailureLog:
         self.max_failures = max_failures
         self.failures = []
 
-    def record(self, failure):
+    def record(self, failure) -> None:
         LOGGER.info("work unit failed: %s", failure)
         self.failures.append(failure)
 
     @property
-    def exceeded(self):
+    def exceeded(self) -> bool:
         return len(self.failures) > self.max_failures
 
-    def to_json(self):
+    def to_json(self) -> list[dict]:
         return [dataclasses.asdict(failure) for failure in self.failures]
 
 

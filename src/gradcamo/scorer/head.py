@@ -247,7 +247,7 @@ def _layer_channels(graph):
     return dim.dim_value if dim.HasField("dim_value") else "channels"
 
 
-def append_score_head(model, *, crop_spatial, convention="raw", methods=("gradcam",)):
+def append_score_head(model, *, crop_spatial, convention="raw", methods=("gradcam",)) -> onnx.ModelProto:
     """Return a copy of a gradcamo graph whose outputs are logits and per-row sums and counts.
 
     Parameters

@@ -80,7 +80,7 @@ def _check_whole(value, argument, *, minimum=1, allow_none=True):
     return value
 
 
-def check_run_options(*, inputs, batch_size, workers, threads, unit_max_bytes, timepoint, max_failures, device):
+def check_run_options(*, inputs, batch_size, workers, threads, unit_max_bytes, timepoint, max_failures, device) -> None:
     """Refuse bad run options of :func:`score` or ``encode`` before any work (``InputError`` naming the option)."""
     if not inputs:
         raise InputError("inputs: give at least one OME-Zarr image or plate", argument="inputs")
@@ -94,7 +94,7 @@ def check_run_options(*, inputs, batch_size, workers, threads, unit_max_bytes, t
 
 
 def plan_run(inputs, crop_shape, *, labels, channels, timepoint, block_shape, unit_max_bytes, site_base=0,
-             channel_names=(), centre_labels=None, missing_chunks="error"):
+             channel_names=(), centre_labels=None, missing_chunks="error") -> tuple[list, dict]:
     """Plan every image of ``inputs`` for crops of ``crop_shape`` (C, [D,] H, W); ``channel_names``
     are the model's (matched to the stores' channel labels), ``site_base`` that of plate fields'
     indices where no site was recorded by ``gradcamo import``; ``centre_labels`` names the label
@@ -239,7 +239,7 @@ def score(
     overwrite=False, timepoint=0, block_shape=None, progress=False, unit_max_bytes=UNIT_MAX_BYTES,
     max_failures=DEFAULT_MAX_FAILURES, site_base=0, centre_labels=None, features=False, missing_chunks="error",
     gpus=None, ablation=False, deletion_steps=None, deletion_curves=False,
-):
+) -> RunSummary:
     """Score every cell of the given OME-Zarr images; write Grad-CAMO rows to ``output``.
 
     Parameters

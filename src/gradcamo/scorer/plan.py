@@ -24,7 +24,7 @@ class PlannedImage:
     blocks: tuple
 
     @property
-    def whole(self):
+    def whole(self) -> bool:
         """Scored in one task (measure and score from one read), not in two passes."""
         return len(self.blocks) == 1 and self.blocks[0].whole
 
@@ -40,7 +40,7 @@ class UnreadableImage:
     whole: bool = False
 
 
-def parse_targets(spec, class_names):
+def parse_targets(spec, class_names) -> tuple[int, ...]:
     """``predicted`` -> (-1,); ``all`` -> every class; an index or a class name -> that class."""
     text = str(spec).strip()
     if text == "predicted":
@@ -65,7 +65,7 @@ def _unit_prefix(ref):
 
 
 def plan_image(ref, crop_shape, *, label_name=None, channels=None, timepoint=0, block_shape=None,
-               unit_max_bytes=UNIT_MAX_BYTES, model_channel_names=(), centre_labels=None, missing_chunks="error"):
+               unit_max_bytes=UNIT_MAX_BYTES, model_channel_names=(), centre_labels=None, missing_chunks="error") -> PlannedImage:
     """Open, check and split one image into work units.
 
     ``crop_shape`` is the model's crop ``(C, [D,] H, W)``: the image must offer C channels
@@ -103,7 +103,7 @@ def plan_image(ref, crop_shape, *, label_name=None, channels=None, timepoint=0, 
     ))
 
 
-def plan_inputs(inputs, crop_shape, site_base=0, **options):
+def plan_inputs(inputs, crop_shape, site_base=0, **options) -> list[PlannedImage | UnreadableImage]:
     """Every image of every input, planned; duplicates (the same image twice) refused.
 
     Plate fields without a site recorded by ``gradcamo import`` get their index plus ``site_base``.

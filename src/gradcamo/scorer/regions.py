@@ -28,7 +28,7 @@ class Layout:
     """How ``channels`` were chosen: ``option``, ``name`` or ``position`` (:mod:`gradcamo.scorer.channels`)."""
 
 
-def region_index(axes, spatial_axes, region, *, channels=None, timepoint=0):
+def region_index(axes, spatial_axes, region, *, channels=None, timepoint=0) -> tuple[tuple, list[str]]:
     """numpy index in the array's own axis order, and the order of the result's axes."""
     index, kept = [], []
     for axis in axes:
@@ -60,7 +60,7 @@ class ChunkCache:
         self.reads = 0
         """Chunks read from the store (misses)."""
 
-    def chunk(self, array, position):
+    def chunk(self, array, position) -> np.ndarray:
         """The whole chunk at grid ``position`` (clipped at the array's end), as numpy."""
         key = (str(array.store), array.path, position)
         with self._lock:
@@ -79,7 +79,7 @@ class ChunkCache:
                 self._bytes -= dropped.nbytes
         return data
 
-    def read(self, array, index):
+    def read(self, array, index) -> np.ndarray:
         """``array[index]`` (slices with step 1 and integers), assembled from cached chunks."""
         bounds = [(i, i + 1) if isinstance(i, (int, np.integer)) else (i.start or 0, n if i.stop is None else i.stop)
                   for i, n in zip(index, array.shape)]
@@ -96,7 +96,7 @@ class ChunkCache:
         return out[tuple(0 if isinstance(i, (int, np.integer)) else slice(None) for i in index)]
 
 
-def read_region(array, axes, spatial_axes, region, *, channels=None, timepoint=0, cache=None):
+def read_region(array, axes, spatial_axes, region, *, channels=None, timepoint=0, cache=None) -> np.ndarray:
     """Read ``region`` (one slice per spatial axis) as ``([C,] *spatial)`` in canonical order.
 
     The array's axes may come in any order; an image without a ``c`` axis is one channel.
@@ -112,7 +112,7 @@ def read_region(array, axes, spatial_axes, region, *, channels=None, timepoint=0
     return data[list(channels)] if "c" in kept else data[None]  # no c axis: one channel
 
 
-def plan_layout(source, *, spatial_dims, n_channels, channels=None, timepoint=0, model_channel_names=()):
+def plan_layout(source, *, spatial_dims, n_channels, channels=None, timepoint=0, model_channel_names=()) -> Layout:
     """Check an opened image against the model and choose its axes and channels
     (:func:`gradcamo.scorer.channels.choose_channels`: ``channels`` are indices or names).
 
@@ -151,7 +151,7 @@ def plan_layout(source, *, spatial_dims, n_channels, channels=None, timepoint=0,
     )
 
 
-def block_grid(spatial_shape, chunk_shape, crop_spatial, *, block_shape=None):
+def block_grid(spatial_shape, chunk_shape, crop_spatial, *, block_shape=None) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """Spatial blocks (start, stop) covering the image, aligned to the label chunks.
 
     By default a block spans whole chunks and at least 8 crops per axis, so the halo of
@@ -170,6 +170,6 @@ def block_grid(spatial_shape, chunk_shape, crop_spatial, *, block_shape=None):
     ]
 
 
-def label_chunks(labels, label_axes, spatial_axes):
+def label_chunks(labels, label_axes, spatial_axes) -> tuple[int, ...]:
     """The label array's chunk size along each spatial axis."""
     return tuple(labels.chunks[label_axes.index(a)] for a in spatial_axes)

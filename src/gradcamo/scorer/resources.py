@@ -38,7 +38,7 @@ class CpuAllocation:
     cpus: int
     limits: dict
 
-    def to_json(self):
+    def to_json(self) -> dict:
         return {"usable_cpus": self.cpus, "cpu_limits": dict(self.limits)}
 
 
@@ -74,7 +74,7 @@ def _up_to(base, relative):
     return [base.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
 
 
-def cgroup_cpu_limit(root=CGROUP_ROOT, self_cgroup=SELF_CGROUP):
+def cgroup_cpu_limit(root=CGROUP_ROOT, self_cgroup=SELF_CGROUP) -> int | None:
     """The CPU quota of this process's cgroup and its parents, in whole CPUs; None without one.
 
     Reads ``/proc/self/cgroup`` for the process's cgroup path, then ``cpu.max`` (cgroup v2)
@@ -109,7 +109,7 @@ def cgroup_cpu_limit(root=CGROUP_ROOT, self_cgroup=SELF_CGROUP):
     return min(limits) if limits else None
 
 
-def usable_cpus(*, environ=None, cgroup_root=CGROUP_ROOT, self_cgroup=SELF_CGROUP):
+def usable_cpus(*, environ=None, cgroup_root=CGROUP_ROOT, self_cgroup=SELF_CGROUP) -> CpuAllocation:
     """The CPUs this process may use, and where each limit came from.
 
     The smallest of: the machine's CPUs, the process's affinity (``os.sched_getaffinity``
@@ -134,12 +134,12 @@ def usable_cpus(*, environ=None, cgroup_root=CGROUP_ROOT, self_cgroup=SELF_CGROU
 
 
 @functools.lru_cache(maxsize=1)
-def process_cpus():
+def process_cpus() -> int:
     """``usable_cpus().cpus`` of this process, found once (workers ask for every unit)."""
     return usable_cpus().cpus
 
 
-def task_threads(cpus):
+def task_threads(cpus) -> int:
     """Tasks a local CPU worker runs at once, from the CPUs it may use.
 
     1 on one CPU (nothing to overlap with); else 2 to 4, so that reading, decompressing and
@@ -158,7 +158,7 @@ class Gpu:
     uuid: str
 
     @property
-    def label(self):
+    def label(self) -> str:
         return f"cuda:{self.ordinal}"
 
 
@@ -166,7 +166,7 @@ _SMI_LINE = re.compile(r"^GPU (\d+): (.*?) \(UUID: ([^)]+)\)\s*$")
 _MIG_LINE = re.compile(r"^\s+MIG .*\(UUID: ([^)]+)\)\s*$")
 
 
-def parse_gpu_list(text):
+def parse_gpu_list(text) -> list[tuple[int, str, str]]:
     """``nvidia-smi -L`` output -> [(index, name, uuid)] in the driver's order.
 
     The MIG instances of a GPU split into them follow it, with its index and name and their
@@ -184,7 +184,7 @@ def parse_gpu_list(text):
     return gpus
 
 
-def visible_gpus(physical, cuda_visible_devices):
+def visible_gpus(physical, cuda_visible_devices) -> list[Gpu]:
     """The GPUs CUDA shows this process, in its order, numbered 0.. as ``device_id``.
 
     Parameters
@@ -217,7 +217,7 @@ def visible_gpus(physical, cuda_visible_devices):
     return [Gpu(ordinal, name, uuid) for ordinal, (_, name, uuid) in enumerate(chosen)]
 
 
-def list_gpus(environ=None):
+def list_gpus(environ=None) -> list[Gpu]:
     """The GPUs this process may use (:func:`visible_gpus` of ``nvidia-smi -L``); [] without the tool."""
     environ = os.environ if environ is None else environ
     tool = shutil.which("nvidia-smi")
@@ -232,7 +232,7 @@ def list_gpus(environ=None):
     return visible_gpus(parse_gpu_list(listed.stdout), environ.get("CUDA_VISIBLE_DEVICES"))
 
 
-def select_gpus(request, visible):
+def select_gpus(request, visible) -> list[Gpu]:
     """The GPUs ``--gpus`` asks for: ``all`` (or None) -> every visible GPU, ``0,1,3`` -> those.
 
     Raises
@@ -273,7 +273,7 @@ class GpuWorker:
     cpu_threads: int
 
 
-def gpu_workers(gpus, cpus):
+def gpu_workers(gpus, cpus) -> list[GpuWorker]:
     """One worker per GPU, the ``cpus`` shared among them.
 
     Each gets ``cpus // len(gpus)`` CPU threads (at least 1) and that many task threads,
@@ -290,13 +290,13 @@ DEVICE_ID_ENV = "GRADCAMO_CUDA_DEVICE_ID"
 """Set by the scorer for each local GPU worker process: the CUDA ``device_id`` its sessions use."""
 
 
-def worker_device_id():
+def worker_device_id() -> int | None:
     """The CUDA ``device_id`` this worker process was bound to (:data:`DEVICE_ID_ENV`); None: CUDA's default, 0."""
     value = os.environ.get(DEVICE_ID_ENV, "").strip()
     return int(value) if value.isdigit() else None
 
 
-def describe_worker(provider, onnxruntime_threads):
+def describe_worker(provider, onnxruntime_threads) -> dict:
     """What the manifest records of the worker running the calling task: its Dask name, the
     device its session runs on (``cuda:N`` or ``cpu``), the CUDA ``device_id`` it was bound to
     (None: not bound), its task threads and onnxruntime threads."""
@@ -315,7 +315,7 @@ def describe_worker(provider, onnxruntime_threads):
             "onnxruntime_threads": onnxruntime_threads}
 
 
-def choose_gpu_workers(request, *, device, scheduler, workers, cpus):
+def choose_gpu_workers(request, *, device, scheduler, workers, cpus) -> list[GpuWorker] | None:
     """The local GPU workers of a run: one per GPU, or None for the usual local cluster.
 
     ``request`` is ``--gpus`` (``all`` or ``0,1,3``). Without it: every visible GPU when there

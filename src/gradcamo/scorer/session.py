@@ -19,12 +19,12 @@ the tiny model's first batches ran 10x slower with it (benchmarks/README.md, GPU
 CPU = "CPUExecutionProvider"
 
 
-def gpu_present():
+def gpu_present() -> bool:
     """Whether an NVIDIA driver is loaded (asking ORT for CUDA without one only logs errors)."""
     return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
 
 
-def check_device(device):
+def check_device(device) -> str:
     """``device`` itself when it is one of :data:`DEVICES` and usable here.
 
     Raises
@@ -41,7 +41,7 @@ def check_device(device):
     return device
 
 
-def create_session(model_bytes, *, device="auto", threads=None, device_id=None):
+def create_session(model_bytes, *, device="auto", threads=None, device_id=None) -> ort.InferenceSession:
     """An InferenceSession on CUDA when asked for (or, with ``auto``, when a GPU is present),
     on CUDA device ``device_id`` (default: CUDA's, 0).
 
@@ -62,7 +62,7 @@ def create_session(model_bytes, *, device="auto", threads=None, device_id=None):
     return require_device(session, device)
 
 
-def providers_for(device, device_id=None):
+def providers_for(device, device_id=None) -> list:
     """The execution providers to ask for: CUDA first for ``cuda`` (and ``auto`` with a GPU present),
     on device ``device_id`` when given."""
     if device == "cuda" or (device == "auto" and gpu_present()):
@@ -73,7 +73,7 @@ def providers_for(device, device_id=None):
     return [CPU]
 
 
-def require_device(session, device):
+def require_device(session, device) -> ort.InferenceSession:
     """``session`` itself, unless ``device`` is ``cuda`` and the session did not get CUDA.
 
     Raises
@@ -93,7 +93,7 @@ def require_device(session, device):
 
 
 def build_scoring_session(model_path, crop_spatial, convention, device, threads, methods=("gradcam",), crop_cam=False,
-                          device_id=None):
+                          device_id=None) -> ort.InferenceSession:
     """A new session of a model file with the Grad-CAMO head appended (:mod:`gradcamo.scorer.head`);
     with ``crop_cam``, also each row's crop-resolution CAM (:func:`~gradcamo.scorer.head.expose_crop_cam`)."""
     model = onnx.load(model_path)
@@ -109,7 +109,7 @@ ONNX_TENSOR_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
 """numpy types of the graph inputs gradcamo's graphs take."""
 
 
-def run_in_batches(session, output_names, feed, batch_size, advance=None):
+def run_in_batches(session, output_names, feed, batch_size, advance=None) -> list[np.ndarray]:
     """Run ``session`` on arrays held in memory, ``batch_size`` rows at a time.
 
     Parameters
@@ -141,7 +141,7 @@ def run_in_batches(session, output_names, feed, batch_size, advance=None):
 
 
 def scoring_session(model_path, model_sha256, crop_spatial, convention, device, threads, methods=("gradcam",),
-                    crop_cam=False, device_id=None):
+                    crop_cam=False, device_id=None) -> ort.InferenceSession:
     """A new headed session of a model file, built once per run and worker by
     :meth:`gradcamo.scorer.worker.ScorerPlugin.session`, which keeps it until the run ends.
 

@@ -74,7 +74,7 @@ SCORE_SCHEMA = pa.schema(
         ("convention", _DICTIONARY),
     ]
 )
-def make_table(columns, *, provenance, schema=SCORE_SCHEMA):
+def make_table(columns, *, provenance, schema=SCORE_SCHEMA) -> pa.Table:
     """An Arrow table with ``schema`` from per-column sequences.
 
     Parameters
@@ -105,7 +105,7 @@ def _part_name(unit_id):
     return f"{PART_PREFIX}{unit_id}{PART_SUFFIX}"
 
 
-def statistics_columns(schema):
+def statistics_columns(schema) -> list[str]:
     """Columns given min/max statistics: all but floating point ones.
 
     Parquet min/max statistics leave NaN out, and DuckDB 2.0 trusts them to mean "no NaN":
@@ -265,7 +265,7 @@ class ScoreDataset:
         _write_json_atomically(manifest_path, manifest)
         return manifest
 
-    def completed_units(self):
+    def completed_units(self) -> set[str]:
         """Unit ids whose part file is present and readable; damaged parts and parts with other columns are deleted."""
         done = set()
         for name in sorted(os.listdir(self.directory)):
@@ -280,22 +280,22 @@ class ScoreDataset:
                 os.remove(path)
         return done
 
-    def write_part(self, unit_id, table):
+    def write_part(self, unit_id, table) -> None:
         """Write one unit's rows as ``part-<unit_id>.parquet`` (temporary name, fsync, rename)."""
         final = self.directory / _part_name(unit_id)
         with atomic_path(final, temporary=self.directory / f"{TEMP_PREFIX}{final.name}") as temporary:
             pq.write_table(table, temporary, write_statistics=statistics_columns(table.schema))
 
-    def missing_chunks(self):
+    def missing_chunks(self) -> dict:
         """Image name -> image chunks its rows were read with as the fill value (``--missing-chunks zeros``)."""
         return dict(self._manifest.get("missing_chunks") or {})
 
-    def record(self, **entries):
+    def record(self, **entries) -> None:
         """Write top-level manifest entries that are not parameters (they may change on resume)."""
         self._manifest.update(entries)
         _write_json_atomically(self.directory / MANIFEST, self._manifest)
 
-    def finish(self, counts, *, failures=(), stopped_early=False):
+    def finish(self, counts, *, failures=(), stopped_early=False) -> None:
         """Record the counts, failed units and end time: the run is over (complete when
         ``failures`` is empty)."""
         self._manifest.update(counts=counts, failures=list(failures), stopped_early=stopped_early, finished=_now())
@@ -335,12 +335,12 @@ def _lock(directory):
             os.remove(path)
 
 
-def part_files(directory):
+def part_files(directory) -> list[pathlib.Path]:
     """The part files of a dataset directory, sorted."""
     return sorted(pathlib.Path(directory).glob(f"{PART_PREFIX}*{PART_SUFFIX}"))
 
 
-def read_scores(directory):
+def read_scores(directory) -> pa.Table:
     """All rows of a score dataset as one Arrow table (``.to_pandas()``, ``polars.from_arrow``).
 
     Raises

@@ -60,10 +60,10 @@ class ScoreSpec:
     """:class:`gradcamo.scorer.causal.CausalSpec` (``--ablation``, ``--deletion-steps``), or None."""
 
     @property
-    def crop_spatial(self):
+    def crop_spatial(self) -> tuple[int, ...]:
         return tuple(self.crop_shape[1:])
 
-    def session_arguments(self, threads, device_id=None):
+    def session_arguments(self, threads, device_id=None) -> tuple:
         """Arguments of :func:`gradcamo.scorer.session.scoring_session` (and the worker's cache key),
         with ``threads`` onnxruntime threads (:func:`gradcamo.scorer.worker.session_threads`) on CUDA
         device ``device_id`` (:func:`gradcamo.scorer.resources.worker_device_id`)."""
@@ -90,7 +90,7 @@ class Block:
         return self.source.ref
 
     @property
-    def whole(self):
+    def whole(self) -> bool:
         return tuple(self.start) == (0,) * len(self.start) and tuple(self.stop) == tuple(self.layout.spatial_shape)
 
 
@@ -110,7 +110,7 @@ class Objects:
     without_centre: int = 0
 
     @classmethod
-    def of(cls, measurements, chosen=slice(None), centres=None):
+    def of(cls, measurements, chosen=slice(None), centres=None) -> "Objects":
         """The ``chosen`` objects of ``measurements``; with ``centres`` (Measurements of the centre label
         image), each centred on the centre object of its id."""
         objects = cls(measurements.ids, measurements.voxels, measurements.centroids)
@@ -130,7 +130,7 @@ class Objects:
         """(n, ndim) float64: where the crops are centred (NaN rows: no centre object)."""
         return self.centroids if self.centres is None else self.centres
 
-    def centred(self):
+    def centred(self) -> "Objects":
         """The objects with a crop centre; those without are counted in ``without_centre``."""
         has = np.isfinite(self.crop_centres).all(axis=1)
         if has.all():
@@ -172,7 +172,7 @@ def _read_labels(source, layout, start, stop, cache=None, centres=False):
     return labels
 
 
-def measure_block(block):
+def measure_block(block) -> Measurements | tuple[Measurements, Measurements]:
     """Pass 1 of a blocked image: voxel counts and coordinate sums of the objects in ``block``; with
     centre labels, a pair: those of the scored objects and those of the centre objects."""
     cache = worker_state().chunks
@@ -184,7 +184,7 @@ def measure_block(block):
     return cells, measure_objects(centres, offset=block.start)
 
 
-def merge_blocks(parts, ndim):
+def merge_blocks(parts, ndim) -> Objects:
     """One image's :class:`Objects` from the :func:`measure_block` results of all its blocks."""
     if parts and isinstance(parts[0], tuple):
         cells, centres = zip(*parts)
@@ -192,7 +192,7 @@ def merge_blocks(parts, ndim):
     return Objects.of(merge_measurements(parts, ndim))
 
 
-def assign_objects(blocks, objects):
+def assign_objects(blocks, objects) -> list[tuple[Block, Objects]]:
     """Pair each block with the objects whose crop centre it holds (one image's merged :class:`Objects`).
 
     An object without a centre object goes to the block holding its centroid, which counts it
@@ -213,13 +213,13 @@ class StageClock:
         self.seconds = dict.fromkeys(STAGES, 0.0)
         self._clock = time.perf_counter()
 
-    def lap(self, stage):
+    def lap(self, stage) -> None:
         now = time.perf_counter()
         self.seconds[stage] += now - self._clock
         self._clock = now
 
 
-def unit_region(block, objects, crop_spatial):
+def unit_region(block, objects, crop_spatial) -> tuple[np.ndarray, np.ndarray]:
     """The spatial region ``[start, stop)`` a unit reads: the whole image (``objects`` None), or
     the block and the halo its objects' crops reach into."""
     layout = block.layout
@@ -231,7 +231,7 @@ def unit_region(block, objects, crop_spatial):
             np.minimum(np.asarray(block.stop) - 1 - crop // 2 + crop, layout.spatial_shape))
 
 
-def missing_in_unit(block, objects, crop_spatial):
+def missing_in_unit(block, objects, crop_spatial) -> tuple[str, ...]:
     """The image chunks a unit read as the fill value (``--missing-chunks zeros``), as
     :func:`gradcamo.data.chunks.chunks_read_as_fill` names them."""
     layout = block.layout
@@ -241,7 +241,7 @@ def missing_in_unit(block, objects, crop_spatial):
     return tuple(chunks_read_as_fill(block.source.image, index))
 
 
-def read_unit(block, objects, crop_spatial, clock):
+def read_unit(block, objects, crop_spatial, clock) -> tuple:
     """Read a unit's region (the whole image, or the block and its halo), measure its objects if
     needed, and set up the cutting of their crops: the read, measure and cut steps of every unit.
 
@@ -285,12 +285,12 @@ def read_unit(block, objects, crop_spatial, clock):
     return objects, CropCutter(image, labels, crop_starts(objects.crop_centres, crop) - region_start, crop)
 
 
-def padded_for(session, feed, batch_size):
+def padded_for(session, feed, batch_size) -> dict:
     """``feed`` padded to ``batch_size`` rows when ``session`` runs on CUDA (:func:`_padded_to`), else as it is."""
     return _padded_to(feed, batch_size) if session.get_providers()[0] == CUDA else feed
 
 
-def score_unit(spec, block, objects=None):
+def score_unit(spec, block, objects=None) -> UnitResult:
     """Score the objects of one block: read, (measure,) cut, run the headed graph, build the rows.
 
     Parameters
@@ -403,7 +403,7 @@ def _padded_to(feed, batch_size):
             for name, value in feed.items()}
 
 
-def key_columns(block, objects, index):
+def key_columns(block, objects, index) -> dict:
     """The key columns (:data:`gradcamo.scorer.sink.KEY_FIELDS`) of the rows of ``objects[index]`` of ``block``."""
     n = len(index)
     centroids = objects.centroids[index]

@@ -17,6 +17,7 @@ cores, resnet18 5x64x64 end to end went from 696 to 817 cells/s, EfficientNet3dS
 import contextlib
 import os
 import threading
+from typing import Any, cast
 
 from distributed import WorkerPlugin, get_worker
 
@@ -41,14 +42,14 @@ class ScorerPlugin(WorkerPlugin):
         self._guard = threading.Lock()
         self._gpu = threading.Lock()
 
-    def setup(self, worker=None):
+    def setup(self, worker=None) -> None:
         """Fresh state (the plugin travels pickled without any: it is built here, on the worker)."""
         self._clear()
 
-    def teardown(self, worker=None):
+    def teardown(self, worker=None) -> None:
         self._clear()
 
-    def session(self, build, *arguments):
+    def session(self, build, *arguments) -> Any:
         """The session ``build(*arguments)`` on this worker, built on first use and kept for the run.
 
         ``build`` and ``arguments`` are the key: e.g. :func:`gradcamo.scorer.session.scoring_session` and a
@@ -62,13 +63,13 @@ class ScorerPlugin(WorkerPlugin):
                 self._sessions[key] = build(*arguments)
             return self._sessions[key]
 
-    def batch_slot(self, session):
+    def batch_slot(self, session) -> contextlib.AbstractContextManager:
         """What to hold around ``session.run``: on CUDA the worker's GPU lock (one batch at a
         time); on CPU nothing (each task thread runs with :func:`session_threads` cores)."""
         return self._gpu if session.get_providers()[0] == CUDA else contextlib.nullcontext()
 
 
-def session_threads(requested=None):
+def session_threads(requested=None) -> int:
     """onnxruntime threads of one task thread's batches on this worker's CPU.
 
     The worker's cores (``requested``, i.e. ``--threads``; else ``OMP_NUM_THREADS``, which local
@@ -84,11 +85,11 @@ def session_threads(requested=None):
     return max(1, int(cores) // max(1, tasks))
 
 
-def worker_state():
+def worker_state() -> "ScorerPlugin":
     """This worker's :class:`ScorerPlugin`; outside a Dask worker (or without the plugin), a fresh
     one set up for this call alone, kept by no one."""
     try:
-        plugin = get_worker().plugins.get(PLUGIN_NAME)
+        plugin = cast("ScorerPlugin | None", get_worker().plugins.get(PLUGIN_NAME))
     except ValueError:
         plugin = None
     if plugin is None:

@@ -84,7 +84,7 @@ def _ablated_pngs(batch, rows):
 def write_cams(
     scores, output, *, where=None, order_by=None, limit=64, method=None, models=(), input_map=None,
     overwrite=False, progress=False, ablated=False,
-):
+) -> CamsSummary:
     """Recompute and write the CAMs of the rows of ``scores`` that the SQL selects.
 
     Parameters

@@ -65,14 +65,14 @@ class ReportSummary:
     seconds: float
 
 
-def format_value(value, pattern):
+def format_value(value, pattern) -> str:
     """A number as the report shows it; ``–`` for a missing one (null or NaN)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return pattern.format(value)
 
 
-def value_cell(field, value, pattern):
+def value_cell(field, value, pattern) -> str:
     """A ``<td>`` showing ``value`` formatted, with the exact value in ``data-value`` (for browser tests)."""
     data = "" if value is None else repr(value)
     return f'<td data-field="{field}" data-value="{data}">{format_value(value, pattern)}</td>'
@@ -214,7 +214,8 @@ def _check_report_options(output, gallery):
         raise InputError(f"-o {output}: the directory {output.parent} does not exist")
 
 
-def write_report(paths, output, *, gallery=16, models=(), input_map=None, progress=False, method=None):
+def write_report(paths, output, *, gallery=16, models=(), input_map=None, progress=False,
+                 method=None) -> ReportSummary:
     """Write one self-contained HTML report about one or several score datasets.
 
     Parameters
@@ -289,7 +290,7 @@ def write_report(paths, output, *, gallery=16, models=(), input_map=None, progre
     return ReportSummary(output, len(stats.datasets), total, size, time.time() - started)
 
 
-def write_page(path, *, title, heading, note, sections, extra_style=""):
+def write_page(path, *, title, heading, note, sections, extra_style="") -> int:
     """Write one self-contained HTML page (atomically) and return its size in bytes.
 
     Parameters
