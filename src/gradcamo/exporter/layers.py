@@ -29,7 +29,7 @@ class LayerCandidate:
     refused: str = ""
     channels: int = 0
     spatial: tuple = ()
-    gradient_nonzero: bool = None
+    gradient_nonzero: bool | None = None
 
     @property
     def usable(self):

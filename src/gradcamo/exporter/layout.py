@@ -62,7 +62,7 @@ class TargetLayout:
 
     layout: str
     decided_by: str
-    token_grid: tuple = None
+    token_grid: tuple | None = None
     prefix_tokens: int = 0
 
     def to_channels_first(self, tensor):

@@ -283,17 +283,19 @@ def _validate_conversion(proto, model, layer_name, input_shape, channels_last, t
         logits = model(image)
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected.shape or expected.ndim != 2:
         raise ExportError(f"the ONNX graph must return (N, classes) logits, got shape {expected.shape}")
-    error = float(np.abs(logits.numpy() - expected).max())
+    difference = float(np.abs(logits.numpy() - expected).max())
     scale = max(1.0, float(np.abs(expected).max()))
-    if not error <= LOGIT_RTOL * scale:
-        raise ValidationError(f"the torch conversion's logits differ from onnxruntime's by {error:.2e} (scale {scale:.2e})")
+    if not difference <= LOGIT_RTOL * scale:
+        raise ValidationError(f"the torch conversion's logits differ from onnxruntime's by {difference:.2e} "
+                              f"(scale {scale:.2e})")
     gradient_error = finite_difference_error(model, layer_name, image, input_shape)
     if not gradient_error <= GRADIENT_RTOL:
         raise ValidationError(
             f"the gradient with respect to {target_tensor!r} differs from finite differences by {gradient_error:.2e} "
             f"(relative; tolerance {GRADIENT_RTOL:.0e})"
         )
-    LOGGER.info("ONNX conversion: logits %.1e from onnxruntime, gradient %.1e from finite differences", error, gradient_error)
+    LOGGER.info("ONNX conversion: logits %.1e from onnxruntime, gradient %.1e from finite differences", difference,
+                gradient_error)
 
 
 def finite_difference_error(model, layer_name, image, input_shape):

@@ -56,8 +56,8 @@ class ScoreSpec:
     """Label image whose object k centres the crop of cell k (``--center-labels``), or None."""
     features: int = 0
     """Feature columns (the target layer's channels) written per row; 0 without ``--features``."""
-    causal: object = None
-    """:class:`gradcamo.scorer.causal.CausalSpec` (``--ablation``, ``--deletion-steps``), or None."""
+    causal: causal.CausalSpec | None = None
+    """``--ablation``, ``--deletion-steps``, or None."""
 
     @property
     def crop_spatial(self) -> tuple[int, ...]:

@@ -42,8 +42,8 @@ class CamBatch:
     image: np.ndarray
     mask: np.ndarray
     cam: np.ndarray
-    in_image: np.ndarray = None
-    background: np.ndarray = None
+    in_image: np.ndarray | None = None
+    background: np.ndarray | None = None
 
 
 @functools.lru_cache(maxsize=4)
