@@ -7,6 +7,7 @@ import logging
 import os
 import time
 
+import pyarrow.compute as pc
 from distributed import Client, LocalCluster, as_completed
 
 from gradcamo.data.chunks import check_mode
@@ -433,8 +434,10 @@ def run_units(unit, spec, images, output, parameters, *, record, overwrite, sche
                     if "cells_without_centre" in counts:
                         counts["cells_without_centre"] += result.without_centre
                     if "cam_empty" in result.table.column_names:
-                        counts[EMPTY_MAPS_KEY] = counts.get(EMPTY_MAPS_KEY, 0) + result.table["cam_empty"].to_numpy(
-                            zero_copy_only=False).sum().item()
+                        # pyarrow.compute: a bool column's to_numpy() imports pandas on first use, and pyarrow's
+                        # guard around that import would swallow the Interrupted that Ctrl-C raises there
+                        empty = pc.sum(result.table["cam_empty"]).as_py() or 0
+                        counts[EMPTY_MAPS_KEY] = counts.get(EMPTY_MAPS_KEY, 0) + empty
                     providers.update([result.provider] if result.provider else [])
                     for stage, seconds in result.seconds.items():
                         stages[stage] += seconds
