@@ -184,7 +184,7 @@ class ChannelsLastNet(nn.Module):
             x = x.permute(0, 2, 3, 1)
         x = self.act(self.conv1(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
         x = self.mix(self.conv2(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)).relu()
-        return self.head(x.mean(dim=(1, 2)))
+        return self.head(x.mean(dim=(1, 2)).reshape(-1, 8))  # a Reshape node, as Keras' Flatten makes
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +194,7 @@ def channels_last_net(tmp_path_factory):
                       input_names=["input_1"], output_names=["dense"], dynamic_axes={"input_1": {0: "batch"}},
                       opset_version=17, dynamo=False)
     proto = onnx.load(str(path))
+    assert "Reshape" in {node.op_type for node in proto.graph.node}
     tensors = {"act": _tensor(proto, "Relu", 0), "mix": _tensor(proto, "Add", 0)}
     return path, tensors, ChannelsLastNet(nhwc_input=False).eval()
 
@@ -286,6 +287,26 @@ def _unconvertible(path):
     return path
 
 
+class ComputedReshape(nn.Module):
+    """A classifier whose Reshape takes a shape computed in the graph (Shape, Gather, Concat nodes)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, stride=4, padding=1)
+        self.head = nn.Linear(64, 2)
+
+    def forward(self, x):
+        x = self.conv(x).relu()
+        return self.head(x.reshape(x.shape[0], -1))
+
+
+def _computed_reshape(path):
+    torch.onnx.export(ComputedReshape().eval(), (torch.zeros(2, 3, 16, 16),), str(path), input_names=["input_1"],
+                      output_names=["dense"], dynamic_axes={"input_1": {0: "batch"}}, opset_version=17, dynamo=False)
+    return path
+
+
 BAD_INPUT = [
     ("unknown tensor", lambda p, t: [str(p), "-l", "/conv2/Conv_output"],
      r"--target-layer: .*keras_like.onnx' has no intermediate tensor '/conv2/Conv_output'; close names: /conv2/Conv_output_0"),
@@ -303,6 +324,9 @@ BAD_INPUT = [
      r"the ONNX graph's node 'stem_mish' uses operator Mish at opset 18, which onnx2torch cannot convert"),
     ("fixed batch", lambda p, t: [str(_fixed_batch(t / "fixed.onnx")), "-l", "/Relu_1_output_0"],
      r"MODEL: the graph's input 'input_1' has a fixed batch of 2; .* dynamic_axes=\{'input_1': \{0: 'batch'\}\}"),
+    ("a shape computed in the graph", lambda p, t: [str(_computed_reshape(t / "computed.onnx")), "-l",
+                                                    "/Relu_output_0"],
+     r"the model cannot be traced for export \(it branches on tensor values or computes shapes from them\): "),
     ("not an ONNX file", lambda p, t: [str(written(t / "x.onnx", b"\x00garbage")), "-l", "a"], r"MODEL: .*x.onnx' is not an ONNX model"),
 ]
 

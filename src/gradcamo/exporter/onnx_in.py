@@ -20,6 +20,7 @@ import pathlib
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import torch
 from torch import nn
 
@@ -66,6 +67,32 @@ class OnnxClassifier(nn.Module):
         if self.channels_last:
             image = image.movedim(1, -1)
         return self.graph(image)
+
+
+class StaticReshape(nn.Module):
+    """ONNX Reshape to a shape that is a constant of the graph (0 keeps the input's size).
+
+    Replaces onnx2torch's Reshape, which tests its shape input's values: export's symbolic
+    tracing cannot follow that test.
+    """
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, tensor, shape):  # noqa: ARG002 (``shape`` is the graph's constant, held as self.shape)
+        return tensor.reshape([tensor.shape[i] if size == 0 else size for i, size in enumerate(self.shape)])
+
+
+def _fix_reshapes(proto, graph):
+    """Give every Reshape whose shape is an initializer or a Constant node's output that shape as Python ints."""
+    constants = {tensor.name: tensor for tensor in proto.graph.initializer}
+    constants.update({node.output[0]: attribute.t for node in proto.graph.node if node.op_type == "Constant"
+                      for attribute in node.attribute if attribute.name == "value"})
+    for i, node in enumerate(proto.graph.node):
+        if node.op_type == "Reshape" and node.input[1] in constants and hasattr(graph, _node_name(i)):
+            shape = onnx.numpy_helper.to_array(constants[node.input[1]])
+            setattr(graph, _node_name(i), StaticReshape([int(size) for size in shape.reshape(-1)]))
 
 
 def _read(path):
@@ -215,6 +242,7 @@ def _convert(proto, path, graph_input, input_shape, input_layout):
         graph = onnx2torch.convert(renamed)
     except Exception as error:  # onnx2torch raises many types on attributes it does not support
         raise ExportError(f"onnx2torch cannot convert {str(path)!r}: {describe(error)}") from error
+    _fix_reshapes(proto, graph)
     axes, modules, tensors = _graph_axes(proto, graph_input, input_layout), dict(graph.named_modules()), {}
     for i, node in enumerate(proto.graph.node):
         outputs = [name for name in node.output if name]
