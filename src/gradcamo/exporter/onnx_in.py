@@ -80,7 +80,7 @@ class StaticReshape(nn.Module):
         super().__init__()
         self.shape = shape
 
-    def forward(self, tensor, shape):  # noqa: ARG002 (``shape`` is the graph's constant, held as self.shape)
+    def forward(self, tensor, shape) -> torch.Tensor:  # noqa: ARG002 (the graph's constant: self.shape)
         return tensor.reshape([tensor.shape[i] if size == 0 else size for i, size in enumerate(self.shape)])
 
 
@@ -253,7 +253,7 @@ def _convert(proto, path, graph_input, input_shape, input_layout):
     return model, image, _logit_difference(proto, model, image)
 
 
-def convert_onnx_classifier(path, input_shape, *, input_layout="nchw"):
+def convert_onnx_classifier(path, input_shape, *, input_layout="nchw") -> OnnxClassifier:
     """The ONNX classifier at ``path`` converted to torch, its logits checked against onnxruntime's.
 
     For ``gradcamo layers``: every tensor of the graph is a candidate target (see

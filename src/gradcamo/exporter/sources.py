@@ -57,7 +57,9 @@ def load_source(
     )
 
 
-def source_layers(spec, input_shape, *, weights=None, factory_kwargs=None, input_layout=None):
+def source_layers(
+    spec, input_shape, *, weights=None, factory_kwargs=None, input_layout=None,
+) -> tuple[list, str | None]:
     """``gradcamo layers``: the candidate target layers of MODEL (:func:`gradcamo.exporter.layers.list_layers`).
 
     An ONNX file's candidates are its graph's tensors, listed by tensor name, read in the
@@ -65,8 +67,8 @@ def source_layers(spec, input_shape, *, weights=None, factory_kwargs=None, input
     """
     input_shape = check_input_shape(input_shape)
     if _is_onnx(spec, weights, factory_kwargs):
-        model = convert_onnx_classifier(spec, input_shape, input_layout=input_layout or "nchw")
-        return list_layers(model, input_shape, names={module: t[0] for module, t in model.graph_tensors.items()})
+        graph = convert_onnx_classifier(spec, input_shape, input_layout=input_layout or "nchw")
+        return list_layers(graph, input_shape, names={module: t[0] for module, t in graph.graph_tensors.items()})
     _refuse_input_layout(input_layout)
     model = load_model(spec, factory_kwargs)
     if weights:
