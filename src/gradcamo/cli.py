@@ -138,7 +138,7 @@ def export_command(
         source.model, source.layer_name, shape, output, class_names=class_names or source.class_names,
         mean=mean_values, std=std_values, opset=opset, target_label=source.target_label,
         channel_names=channel_names.split(",") if channel_names else None,
-        target_layout=target_layout or source.layout, token_grid=grid, prefix_tokens=prefix_tokens,
+        target_layout=target_layout, token_grid=grid, prefix_tokens=prefix_tokens,
     )
     typer.echo(f"wrote {result.path} (CAM max relative error vs torch "
                f"{result.validation.cam_max_rel_error:.1e})")
@@ -148,11 +148,13 @@ def export_command(
 @app.command("layers")
 def layers_command(
     model: str = typer.Argument(..., help="MODEL as for `gradcamo export` (package.module:factory, "
-                                "path/to/file.py:factory)."),
+                                "path/to/file.py:factory, timm:NAME, an ONNX classifier: its tensors)."),
     input_shape: str = typer.Option(..., "--input-shape", "-s", help="Crop shape C,H,W (2D) or C,D,H,W (3D)."),
     weights: Optional[str] = typer.Option(None, "--weights", "-w", help="state_dict file, as for export."),
     factory_kwargs: Optional[str] = typer.Option(None, "--factory-kwargs", help="JSON object of factory "
                                                  "keyword arguments, e.g. '{\"num_classes\": 4}'."),
+    input_layout: Optional[str] = typer.Option(None, "--input-layout", help="Layout of an ONNX MODEL's input: "
+                                               "nchw (default) or nhwc (Keras/TF)."),
 ):
     """List the candidate target layers: output shape, how export would read it, whether its gradient is non-zero.
 
@@ -160,13 +162,12 @@ def layers_command(
     on a seeded random input; `*` marks the suggested layer (the last usable one at the
     network's final width). Pass the chosen name to `gradcamo export --target-layer`.
     """
-    from gradcamo.exporter.layers import format_layers, list_layers
-    from gradcamo.exporter.loading import load_model, load_weights
+    from gradcamo.exporter.layers import format_layers
+    from gradcamo.exporter.sources import source_layers
 
-    network = load_model(model, _parse_json_object(factory_kwargs, "--factory-kwargs"))
-    if weights:
-        load_weights(network, weights)
-    for line in format_layers(*list_layers(network, _parse_numbers(input_shape, "--input-shape", int))):
+    shape = _parse_numbers(input_shape, "--input-shape", int)
+    for line in format_layers(*source_layers(model, shape, weights=weights, input_layout=input_layout,
+                                             factory_kwargs=_parse_json_object(factory_kwargs, "--factory-kwargs"))):
         typer.echo(line)
 
 

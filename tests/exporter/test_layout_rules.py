@@ -34,6 +34,35 @@ def test_the_layer_type_decides_before_the_shape():
     assert decide_layout((2, 4, 4, 4), (16, 16), layer=nn.Conv2d(3, 4, 4, stride=4)).layout == "nchw"
     assert decide_layout((2, 4, 4, 4), (16, 16), layer=nn.LayerNorm(4)).layout == "nhwc"
     assert decide_layout((2, 4, 4, 4), (16, 16), layer=nn.Identity(), layout="nhwc").decided_by == "flag"
+    with pytest.raises(UndecidedLayout, match="give --target-layout nchw or nhwc"):  # normalises C, H and W
+        decide_layout((2, 4, 4, 4), (16, 16), layer=nn.LayerNorm([4, 4, 4]))
+
+
+class ConvertedGraph(nn.Module):
+    """What an ONNX classifier converted to torch declares: each node module's tensor name and axes."""
+
+    def __init__(self, axes):
+        super().__init__()
+        self.node = nn.Identity()
+        self.graph_tensors = {"node": ("/block/Relu_output_0", axes)}
+
+
+@pytest.mark.parametrize(("axes", "flag", "outcome"), [
+    ("NHWC", None, "nhwc"), ("NCHW", None, "nchw"), ("NHWC", "nhwc", "nhwc"),
+    (None, None, "give --target-layout nchw or nhwc"),  # the graph does not decide: the shape, then the flag
+    (None, "nhwc", "nhwc"),
+    ("NHWC", "nchw", r"--target-layout nchw: the ONNX graph defines '/block/Relu_output_0' as \(N,H,W,C\), "
+                     "i.e. nhwc; drop --target-layout or give nhwc"),
+    ("NWHC", None, r"'/block/Relu_output_0' has axes \(N,W,H,C\) in the ONNX graph: its spatial axes are not in"),
+])
+def test_an_onnx_graph_declares_its_tensors_axes(axes, flag, outcome):
+    model = nn.Sequential(ConvertedGraph(axes))  # inside a wrapper, as under the --references head
+    if outcome in ("nchw", "nhwc"):
+        decided = decide_layout((2, 4, 4, 4), (16, 16), model=model, layer_name="0.node", layout=flag)
+        assert (decided.layout, decided.decided_by) == (outcome, "ONNX graph" if axes else "flag")
+    else:
+        with pytest.raises(UndecidedLayout, match=outcome):
+            decide_layout((2, 4, 4, 4), (16, 16), model=model, layer_name="0.node", layout=flag)
 
 
 def test_a_dynamic_size_timm_vit_declares_the_grid_of_the_crop():

@@ -64,12 +64,14 @@ def _run_with_outputs_kept(model, image):
     return logits, kept, calls
 
 
-def list_layers(model, input_shape):
+def list_layers(model, input_shape, *, names=None):
     """Every candidate target layer of ``model`` on a seeded random input, in forward order, and the suggested one.
 
     The gradient is that of each sample's predicted logit, as the scorer's default target;
     it is judged on the channels-first maps (a ViT's last block passes gradient to its class
-    token only: zero on the token grid).
+    token only: zero on the token grid). ``names`` (``{module name: name to list}``), when
+    given, limits the candidates to those modules, listed under their names (an ONNX
+    graph's tensors).
 
     Returns
     -------
@@ -87,20 +89,21 @@ def list_layers(model, input_shape):
     with torch.enable_grad():
         logits, kept, calls = _run_with_outputs_kept(model, image)
         selected = logits.gather(1, logits.argmax(dim=1, keepdim=True)).sum()
-        names = [name for name, output in kept.items() if output.shape[0] == batch]
-        gradients = torch.autograd.grad(selected, [kept[n] for n in names], allow_unused=True)
+        layers = [name for name, output in kept.items()
+                  if output.shape[0] == batch and (names is None or name in names)]
+        gradients = torch.autograd.grad(selected, [kept[n] for n in layers], allow_unused=True)
     modules = dict(model.named_modules())
     candidates = []
-    for name, gradient in zip(names, gradients):
-        shape = tuple(kept[name].shape)
+    for name, gradient in zip(layers, gradients):
+        shape, listed = tuple(kept[name].shape), names[name] if names is not None else name
         try:
             layout = decide_layout(shape, input_shape[1:], model=model, layer_name=name, layer=modules[name])
         except InputError as error:
-            candidates.append(LayerCandidate(name, shape, calls[name], refused=getattr(error, "short", str(error))))
+            candidates.append(LayerCandidate(listed, shape, calls[name], refused=getattr(error, "short", str(error))))
             continue
         maps = layout.to_channels_first(kept[name].detach())
         nonzero = gradient is not None and bool(layout.to_channels_first(gradient).ne(0).any())
-        candidates.append(LayerCandidate(name, shape, calls[name], layout, channels=maps.shape[1],
+        candidates.append(LayerCandidate(listed, shape, calls[name], layout, channels=maps.shape[1],
                                          spatial=tuple(maps.shape[2:]), gradient_nonzero=nonzero))
     return candidates, _suggest(candidates)
 

@@ -8,13 +8,18 @@ exporter applies it to the captured activations and to their gradients alike.
 
 A layout is never guessed. In order:
 
-1. ``--target-layout`` (and, for tokens, ``--token-grid`` / ``--prefix-tokens``) when given;
-2. the layer's type: convolutions, batch/instance/group norms and pooling layers compute
-   channels-first; ``nn.Linear`` and ``nn.LayerNorm`` act on the last axis (channels-last);
-3. the model: a module around the layer that declares a token grid (timm ViTs:
+1. an ONNX graph's operators, for a tensor of a converted ONNX classifier
+   (:class:`~gradcamo.exporter.onnx_in.OnnxClassifier` declares each tensor's axes: ONNX
+   defines ``Conv`` and pooling outputs as channels-first, ``Transpose`` permutes axes,
+   element-wise ops keep them); a ``--target-layout`` that contradicts it is refused;
+2. ``--target-layout`` (and, for tokens, ``--token-grid`` / ``--prefix-tokens``) when given;
+3. the layer's type: convolutions, batch/instance/group norms and pooling layers compute
+   channels-first; ``nn.Linear`` and an ``nn.LayerNorm`` over one axis act on the last axis
+   (channels-last);
+4. the model: a module around the layer that declares a token grid (timm ViTs:
    ``patch_embed`` and ``num_prefix_tokens``; torchvision's ``VisionTransformer``: its
    ``image_size``, ``patch_size`` and class token);
-4. the shape: of the two readings of an ``(N, a, b, c)`` output, the one whose spatial
+5. the shape: of the two readings of an ``(N, a, b, c)`` output, the one whose spatial
    sizes fit the crop (no axis larger than the crop's, H and W through one common stride,
    each within one of ``S / stride``), if only one does.
 
@@ -41,7 +46,8 @@ _CHANNELS_FIRST_TYPES = (
 )
 """Layers whose (N, C, ...) output is channels-first by torch's definition of the op."""
 _CHANNELS_LAST_TYPES = (nn.Linear, nn.LayerNorm)
-"""Layers acting on the last axis (exact types only: timm's ``LayerNorm2d`` subclasses ``nn.LayerNorm``)."""
+"""Layers acting on the last axis (exact types only: timm's ``LayerNorm2d`` subclasses ``nn.LayerNorm``;
+a LayerNorm over several axes, as onnx2torch makes of ``LayerNormalization(axis=1)``, decides nothing)."""
 
 
 class UndecidedLayout(InputError):
@@ -131,7 +137,44 @@ def _declared_tokens(model, layer_name, crop_spatial):
     return None
 
 
-def _token_layout(shape, crop_spatial, *, model, layer_name, token_grid, prefix_tokens, decided_by):
+def _graph_tensor(model, layer_name):
+    """(tensor name, axes) an ONNX classifier converted to torch declares for the layer's output, or None.
+
+    :class:`~gradcamo.exporter.onnx_in.OnnxClassifier` (possibly inside a wrapper such as the
+    ``--references`` head) declares ``graph_tensors``: for each node's module, its output
+    tensor's name and axes as the graph defines them (``NCHW``, ``NHWC``, ... or None).
+    """
+    if model is None:
+        return None
+    for name, module in model.named_modules():
+        tensors = getattr(module, "graph_tensors", None)
+        inside = not name or layer_name.startswith(name + ".")
+        if isinstance(tensors, dict) and inside and layer_name[len(name) + bool(name):] in tensors:
+            return tensors[layer_name[len(name) + bool(name):]]
+    return None
+
+
+def _graph_layout(axes, spatial_dims, label, flag):
+    """The layout of a tensor whose axes (``NCHW``, ``NDHWC``, ...) the ONNX graph defines; ``flag`` must agree."""
+    spatial = "DHW"[3 - spatial_dims:]
+    layout = {"NC" + spatial: "nchw", "N" + spatial + "C": "nhwc"}.get(axes)
+    shown = ",".join(axes)
+    if layout is None:
+        raise UndecidedLayout(
+            f"--target-layer: {label!r} has axes ({shown}) in the ONNX graph: its spatial axes are not in the "
+            "input's order, so it cannot be read as maps of the crop; choose another tensor",
+            f"axes ({shown}) in the graph",
+        )
+    if flag not in (None, layout):
+        raise UndecidedLayout(
+            f"{LAYOUT_OPTION} {flag}: the ONNX graph defines {label!r} as ({shown}), i.e. {layout}; "
+            f"drop {LAYOUT_OPTION} or give {layout}",
+            f"{LAYOUT_OPTION} {flag} contradicts the graph",
+        )
+    return TargetLayout(layout, "ONNX graph")
+
+
+def _token_layout(shape, crop_spatial, *, model, layer_name, label, token_grid, prefix_tokens, decided_by):
     spatial_dims = len(crop_spatial)
     declared = _declared_tokens(model, layer_name, crop_spatial)
     grid = tuple(token_grid) if token_grid is not None else declared[0] if declared else None
@@ -140,7 +183,7 @@ def _token_layout(shape, crop_spatial, *, model, layer_name, token_grid, prefix_
     if missing:
         needed = " and ".join(f"{o} {'H,W' if o == GRID_OPTION else 'N'}" for o in missing)
         raise UndecidedLayout(
-            f"--target-layer: {layer_name!r} outputs {_shape_text(shape)}, read as tokens (N, T, C), but the model "
+            f"--target-layer: {label!r} outputs {_shape_text(shape)}, read as tokens (N, T, C), but the model "
             f"declares no token grid; give {needed} (prefix tokens: class, distillation, register tokens)",
             f"tokens without a declared grid ({GRID_OPTION}, {PREFIX_OPTION})",
         )
@@ -152,7 +195,7 @@ def _token_layout(shape, crop_spatial, *, model, layer_name, token_grid, prefix_
     if shape[1] != prefix + math.prod(grid):
         source = "the model's" if declared and token_grid is None and prefix_tokens is None else "the"
         raise UndecidedLayout(
-            f"--target-layer: {layer_name!r} outputs {shape[1]} tokens {_shape_text(shape)}, but {source} grid "
+            f"--target-layer: {label!r} outputs {shape[1]} tokens {_shape_text(shape)}, but {source} grid "
             f"{'x'.join(map(str, grid))} with {prefix} prefix tokens makes {prefix + math.prod(grid)}; "
             f"give {GRID_OPTION} and {PREFIX_OPTION} that fit, or choose another layer",
             f"{shape[1]} tokens != {prefix} + {'x'.join(map(str, grid))}",
@@ -174,7 +217,8 @@ def decide_layout(shape, crop_spatial, *, model=None, layer_name="", layer=None,
     crop_spatial : tuple of int
         The crop's spatial shape ``([D,] H, W)``.
     model, layer_name, layer : optional
-        The model, the layer's name in it and the layer module, for the model's declarations.
+        The model, the layer's name in it and the layer module, for the model's declarations
+        (an ONNX classifier's tensor names and axes, a ViT's token grid).
     layout : {"nchw", "nhwc", "tokens"}, optional
         ``--target-layout``.
     token_grid : tuple of int, optional
@@ -192,27 +236,32 @@ def decide_layout(shape, crop_spatial, *, model=None, layer_name="", layer=None,
         The flags contradict the shape, or the layout cannot be decided (the message names the flag).
     """
     shape, spatial_dims = tuple(shape), len(crop_spatial)
+    tensor_name, graph_axes = _graph_tensor(model, layer_name) or (None, None)
+    label = tensor_name or layer_name
     if layout is not None and layout not in LAYOUTS:
         raise InputError(f"{LAYOUT_OPTION}: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
     maps_rank = 2 + spatial_dims
     if layout == "tokens" or (layout is None and len(shape) == 3 and len(shape) != maps_rank):
         if len(shape) != 3:
-            raise InputError(f"{LAYOUT_OPTION} tokens: {layer_name!r} outputs {_shape_text(shape)}, not (N, T, C)")
-        return _token_layout(shape, crop_spatial, model=model, layer_name=layer_name, token_grid=token_grid,
-                             prefix_tokens=prefix_tokens, decided_by="flag" if layout else "model")
+            raise InputError(f"{LAYOUT_OPTION} tokens: {label!r} outputs {_shape_text(shape)}, not (N, T, C)")
+        return _token_layout(shape, crop_spatial, model=model, layer_name=layer_name, label=label,
+                             token_grid=token_grid, prefix_tokens=prefix_tokens,
+                             decided_by="flag" if layout else "model")
     if len(shape) != maps_rank:
         raise UndecidedLayout(
-            f"--target-layer: {layer_name!r} outputs shape {_shape_text(shape)}: not {spatial_dims}D maps "
+            f"--target-layer: {label!r} outputs shape {_shape_text(shape)}: not {spatial_dims}D maps "
             f"(N, C, {'D, ' if spatial_dims == 3 else ''}H, W) or (N, {'D, ' if spatial_dims == 3 else ''}H, W, C), "
             "nor tokens (N, T, C); choose another layer (`gradcamo layers` lists candidates)",
             "neither maps nor tokens",
         )
     if token_grid is not None or prefix_tokens is not None:
-        raise InputError(f"{GRID_OPTION} and {PREFIX_OPTION} apply to token outputs (N, T, C); {layer_name!r} "
+        raise InputError(f"{GRID_OPTION} and {PREFIX_OPTION} apply to token outputs (N, T, C); {label!r} "
                          f"outputs {spatial_dims}D maps {_shape_text(shape)}")
+    if graph_axes is not None and len(graph_axes) == len(shape):
+        return _graph_layout(graph_axes, spatial_dims, label, layout)
     if layout is not None:
         return TargetLayout(layout, "flag")
-    if type(layer) in _CHANNELS_LAST_TYPES:
+    if type(layer) in _CHANNELS_LAST_TYPES and len(getattr(layer, "normalized_shape", (0,))) == 1:
         return TargetLayout("nhwc", "layer type")
     if isinstance(layer, _CHANNELS_FIRST_TYPES):
         return TargetLayout("nchw", "layer type")
@@ -222,7 +271,7 @@ def decide_layout(shape, crop_spatial, *, model=None, layer_name="", layer=None,
     crop, depth = "x".join(map(str, crop_spatial)), "D, " if spatial_dims == 3 else ""
     readings = f"channels-first (N, C, {depth}H, W) {'and' if fitting else 'nor'} as channels-last (N, {depth}H, W, C)"
     raise UndecidedLayout(
-        f"--target-layer: {layer_name!r} outputs {_shape_text(shape)}, which fits a {crop} crop "
+        f"--target-layer: {label!r} outputs {_shape_text(shape)}, which fits a {crop} crop "
         f"{'both' if fitting else 'neither'} as {readings}; give {LAYOUT_OPTION} nchw or nhwc",
         f"{'nchw or nhwc' if fitting else 'neither nchw nor nhwc'} ({LAYOUT_OPTION})",
     )

@@ -5,10 +5,13 @@ target tensor's producing node is the layer to hook, and the conversion is check
 before export: logits against the original file run in onnxruntime, and the gradient
 of the logits with respect to the target tensor against finite differences.
 
-The target tensor's layout is read from the graph, never guessed: ONNX defines Conv,
-pooling and normalisation ops as channels-first, the graph input is as ``input_layout``
-says, Transpose permutes the layout and element-wise ops keep it. A tensor whose layout
-the graph does not decide, or that is channels-last, is refused.
+Each tensor's axes are read from the graph, never guessed: ONNX defines Conv, pooling
+and normalisation ops as channels-first, the graph input is as ``input_layout`` says,
+Transpose permutes the axes and element-wise ops keep them. The converted model
+declares them (:attr:`OnnxClassifier.graph_tensors`), and
+:func:`~gradcamo.exporter.layout.decide_layout` reads a channels-last tensor as ``nhwc``
+(converted in the exported graph) and one the graph does not decide from the flags or
+its shape, as for a torch layer.
 """
 
 import difflib
@@ -17,6 +20,7 @@ import pathlib
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import torch
 from torch import nn
 
@@ -46,17 +50,49 @@ def _node_name(index):
 
 
 class OnnxClassifier(nn.Module):
-    """An onnx2torch graph taking channels-first crops (permuted to channels-last when the graph wants them)."""
+    """An onnx2torch graph taking channels-first crops (permuted to channels-last when the graph wants them).
 
-    def __init__(self, graph, *, channels_last):
+    ``graph_tensors`` maps the sub-module of each single-output node (``graph.n3``) to its
+    output tensor's name and axes as the graph defines them (``NCHW``, ``NHWC``, ..., or None
+    where the graph does not decide them).
+    """
+
+    def __init__(self, graph, *, channels_last, graph_tensors):
         super().__init__()
         self.graph = graph
         self.channels_last = channels_last
+        self.graph_tensors = graph_tensors
 
     def forward(self, image):
         if self.channels_last:
             image = image.movedim(1, -1)
         return self.graph(image)
+
+
+class StaticReshape(nn.Module):
+    """ONNX Reshape to a shape that is a constant of the graph (0 keeps the input's size).
+
+    Replaces onnx2torch's Reshape, which tests its shape input's values: export's symbolic
+    tracing cannot follow that test.
+    """
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, tensor, shape) -> torch.Tensor:  # noqa: ARG002 (the graph's constant: self.shape)
+        return tensor.reshape([tensor.shape[i] if size == 0 else size for i, size in enumerate(self.shape)])
+
+
+def _fix_reshapes(proto, graph):
+    """Give every Reshape whose shape is an initializer or a Constant node's output that shape as Python ints."""
+    constants = {tensor.name: tensor for tensor in proto.graph.initializer}
+    constants.update({node.output[0]: attribute.t for node in proto.graph.node if node.op_type == "Constant"
+                      for attribute in node.attribute if attribute.name == "value"})
+    for i, node in enumerate(proto.graph.node):
+        if node.op_type == "Reshape" and node.input[1] in constants and hasattr(graph, _node_name(i)):
+            shape = onnx.numpy_helper.to_array(constants[node.input[1]])
+            setattr(graph, _node_name(i), StaticReshape([int(size) for size in shape.reshape(-1)]))
 
 
 def _read(path):
@@ -118,42 +154,39 @@ def _channels_first(rank):
     return "NC" + "DHW"[5 - rank:] if rank in (3, 4, 5) else None
 
 
-def _tensor_layout(tensor, producers, ranks, graph_input, input_layout):
-    """The tensor's axes as letters (``NCHW``, ``NHWC``, ``NCDHW``, ...), or None when the graph does not decide."""
-    memo = {}
+def _graph_axes(proto, graph_input, input_layout):
+    """Every tensor's axes as letters (``NCHW``, ``NHWC``, ``NCDHW``, ...), None where the graph does not decide.
 
-    def layout(name):
-        if name == graph_input.name:
-            axes = _channels_first(ranks.get(name))
-            return axes if axes is None or input_layout == "nchw" else "N" + axes[2:] + "C"
-        if name not in producers:
-            return None  # a weight or a constant
-        if name not in memo:
-            memo[name] = None  # guards against cycles
-            memo[name] = node_layout(producers[name][1], name)
-        return memo[name]
-
-    def node_layout(node, output):
-        if node.op_type in CHANNELS_FIRST_OPS:
-            return _channels_first(ranks.get(output))
-        if node.op_type == "Transpose":
-            source = layout(node.input[0])
-            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-            if source is None or perm is None or sorted(perm) != list(range(len(source))):
-                return None
-            return "".join(source[p] for p in perm)
-        if node.op_type in LAYOUT_KEEPING_OPS:
-            # inputs of an element-wise op share their axes' meaning (or broadcast): one known layout decides
-            rank = ranks.get(output)
-            full_rank = [n for n in node.input if n and rank and ranks.get(n) == rank]
-            known = {layout(n) for n in full_rank} - {None}
-            return known.pop() if len(known) == 1 else None
-        return None
-
-    return layout(tensor)
+    ONNX nodes are in topological order, so one forward pass sees each node's inputs first.
+    """
+    ranks = _ranks(proto)
+    first = _channels_first(ranks.get(graph_input.name))
+    axes = {graph_input.name: first if first is None or input_layout == "nchw" else "N" + first[2:] + "C"}
+    for node in proto.graph.node:
+        outputs = [name for name in node.output if name]
+        if len(outputs) == 1:
+            axes[outputs[0]] = _node_axes(node, outputs[0], axes, ranks)
+    return axes
 
 
-def _find_target(proto, tensor, graph_input, input_layout, path):
+def _node_axes(node, output, axes, ranks):
+    if node.op_type in CHANNELS_FIRST_OPS:
+        return _channels_first(ranks.get(output))
+    if node.op_type == "Transpose":
+        source = axes.get(node.input[0])
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        if source is None or perm is None or sorted(perm) != list(range(len(source))):
+            return None
+        return "".join(source[p] for p in perm)
+    if node.op_type in LAYOUT_KEEPING_OPS:
+        # inputs of an element-wise op share their axes' meaning (or broadcast): one known layout decides
+        rank = ranks.get(output)
+        known = {axes.get(name) for name in node.input if name and rank and ranks.get(name) == rank} - {None}
+        return known.pop() if len(known) == 1 else None
+    return None
+
+
+def _find_target(proto, tensor, graph_input, path):
     producers = _producers(proto)
     if tensor not in producers:
         names = list(producers)
@@ -166,18 +199,6 @@ def _find_target(proto, tensor, graph_input, input_layout, path):
         raise InputError(
             f"--target-layer: {tensor!r} is one of several outputs of {node.op_type} node {node.name!r}; "
             "choose a tensor that is its node's only output"
-        )
-    axes = _tensor_layout(tensor, producers, _ranks(proto), graph_input, input_layout)
-    if axes is None:
-        raise InputError(
-            f"--target-layer: the layout of {tensor!r} (from {node.op_type} node {node.name!r}) is not decided by "
-            "the graph; choose the output of a Conv, pooling or normalisation node or an element-wise op after "
-            "one, or state it with --target-layout"
-        )
-    if axes[1] != "C":
-        raise InputError(
-            f"--target-layer: {tensor!r} is channels-last ({','.join(axes)}); choose a channels-first tensor "
-            "(the output of a Conv node) or state its layout with --target-layout nhwc"
         )
     return index
 
@@ -199,6 +220,49 @@ def _check_convertible(proto):
             ) from None
 
 
+def _open(path, input_shape, input_layout):
+    if input_layout not in INPUT_LAYOUTS:
+        raise InputError(f"--input-layout: expected one of {', '.join(INPUT_LAYOUTS)}, got {input_layout!r}")
+    proto = _read(path)
+    graph_input = _graph_input(proto, path)
+    _check_input_shape(graph_input, input_shape, input_layout == "nhwc")
+    return proto, graph_input
+
+
+def _convert(proto, path, graph_input, input_shape, input_layout):
+    """The graph as an :class:`OnnxClassifier` whose logits match onnxruntime's; the check's input and error."""
+    import onnx2torch
+
+    _check_convertible(proto)
+    renamed = onnx.ModelProto()
+    renamed.CopyFrom(proto)
+    for i, node in enumerate(renamed.graph.node):
+        node.name = _node_name(i)
+    try:
+        graph = onnx2torch.convert(renamed)
+    except Exception as error:  # onnx2torch raises many types on attributes it does not support
+        raise ExportError(f"onnx2torch cannot convert {str(path)!r}: {describe(error)}") from error
+    _fix_reshapes(proto, graph)
+    axes, modules, tensors = _graph_axes(proto, graph_input, input_layout), dict(graph.named_modules()), {}
+    for i, node in enumerate(proto.graph.node):
+        outputs = [name for name in node.output if name]
+        if len(outputs) == 1 and _node_name(i) in modules:
+            tensors[f"graph.{_node_name(i)}"] = (outputs[0], axes.get(outputs[0]))
+    model = OnnxClassifier(graph, channels_last=input_layout == "nhwc", graph_tensors=tensors).eval()
+    image = torch.randn((3, *input_shape), generator=torch.Generator().manual_seed(0))
+    return model, image, _logit_difference(proto, model, image)
+
+
+def convert_onnx_classifier(path, input_shape, *, input_layout="nchw") -> OnnxClassifier:
+    """The ONNX classifier at ``path`` converted to torch, its logits checked against onnxruntime's.
+
+    For ``gradcamo layers``: every tensor of the graph is a candidate target (see
+    :attr:`OnnxClassifier.graph_tensors`). Raises as :func:`load_onnx_classifier`.
+    """
+    proto, graph_input = _open(path, input_shape, input_layout)
+    return _convert(proto, path, graph_input, input_shape, input_layout)[0]
+
+
 def load_onnx_classifier(path, target_tensor, input_shape, *, input_layout="nchw"):
     """Convert a forward-only ONNX classifier to torch and check the conversion.
 
@@ -207,7 +271,8 @@ def load_onnx_classifier(path, target_tensor, input_shape, *, input_layout="nchw
     path : str or os.PathLike
         The ONNX file.
     target_tensor : str
-        Name of an intermediate tensor of the graph, channels-first ``(N, C, [D,] H, W)``.
+        Name of an intermediate tensor of the graph; its layout is decided at export
+        (:func:`~gradcamo.exporter.layout.decide_layout`) from the axes the graph defines.
     input_shape : tuple of int
         Crop shape ``(C, [D,] H, W)`` (channels first, as gradcamo feeds it).
     input_layout : {"nchw", "nhwc"}
@@ -222,36 +287,27 @@ def load_onnx_classifier(path, target_tensor, input_shape, *, input_layout="nchw
     Raises
     ------
     InputError
-        A missing or damaged file, an unknown or undecidable target tensor, a shape that does not fit.
+        A missing or damaged file, an unknown target tensor, a shape that does not fit.
     ExportError
         An operator onnx2torch cannot convert.
     ValidationError
         The converted model's logits or gradients disagree with the file (onnxruntime) or finite differences.
     """
-    import onnx2torch
-
-    if input_layout not in INPUT_LAYOUTS:
-        raise InputError(f"--input-layout: expected one of {', '.join(INPUT_LAYOUTS)}, got {input_layout!r}")
-    proto = _read(path)
-    channels_last = input_layout == "nhwc"
-    graph_input = _graph_input(proto, path)
-    _check_input_shape(graph_input, input_shape, channels_last)
-    index = _find_target(proto, target_tensor, graph_input, input_layout, path)
-    _check_convertible(proto)
-    renamed = onnx.ModelProto()
-    renamed.CopyFrom(proto)
-    for i, node in enumerate(renamed.graph.node):
-        node.name = _node_name(i)
-    try:
-        graph = onnx2torch.convert(renamed)
-    except Exception as error:  # onnx2torch raises many types on attributes it does not support
-        raise ExportError(f"onnx2torch cannot convert {str(path)!r}: {describe(error)}") from error
-    model = OnnxClassifier(graph, channels_last=channels_last).eval()
+    proto, graph_input = _open(path, input_shape, input_layout)
+    index = _find_target(proto, target_tensor, graph_input, path)
+    model, image, difference = _convert(proto, path, graph_input, input_shape, input_layout)
     layer_name = f"graph.{_node_name(index)}"
-    if layer_name not in dict(model.named_modules()):
+    if layer_name not in model.graph_tensors:
         node = proto.graph.node[index]
         raise ExportError(f"onnx2torch turned node {node.name!r} ({node.op_type}) into no module to hook")
-    _validate_conversion(proto, model, layer_name, input_shape, channels_last, target_tensor)
+    gradient_error = finite_difference_error(model, layer_name, image, input_shape)
+    if not gradient_error <= GRADIENT_RTOL:
+        raise ValidationError(
+            f"the gradient with respect to {target_tensor!r} differs from finite differences by {gradient_error:.2e} "
+            f"(relative; tolerance {GRADIENT_RTOL:.0e})"
+        )
+    LOGGER.info("ONNX conversion: logits %.1e from onnxruntime, gradient %.1e from finite differences", difference,
+                gradient_error)
     _warn_about_probabilities(proto)
     return model, layer_name
 
@@ -268,12 +324,11 @@ def _warn_about_probabilities(proto):
         )
 
 
-def _validate_conversion(proto, model, layer_name, input_shape, channels_last, target_tensor):
+def _logit_difference(proto, model, image):
+    """Largest difference of the converted model's logits from onnxruntime's on ``image``; refused beyond tolerance."""
     import onnxruntime as ort
 
-    generator = torch.Generator().manual_seed(0)
-    image = torch.randn((3, *input_shape), generator=generator)
-    native = image.movedim(1, -1) if channels_last else image
+    native = image.movedim(1, -1) if model.channels_last else image
     try:
         session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
         (expected,) = session.run(None, {session.get_inputs()[0].name: native.numpy()})
@@ -288,14 +343,7 @@ def _validate_conversion(proto, model, layer_name, input_shape, channels_last, t
     if not difference <= LOGIT_RTOL * scale:
         raise ValidationError(f"the torch conversion's logits differ from onnxruntime's by {difference:.2e} "
                               f"(scale {scale:.2e})")
-    gradient_error = finite_difference_error(model, layer_name, image, input_shape)
-    if not gradient_error <= GRADIENT_RTOL:
-        raise ValidationError(
-            f"the gradient with respect to {target_tensor!r} differs from finite differences by {gradient_error:.2e} "
-            f"(relative; tolerance {GRADIENT_RTOL:.0e})"
-        )
-    LOGGER.info("ONNX conversion: logits %.1e from onnxruntime, gradient %.1e from finite differences", difference,
-                gradient_error)
+    return difference
 
 
 def finite_difference_error(model, layer_name, image, input_shape):

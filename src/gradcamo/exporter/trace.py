@@ -17,7 +17,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from gradcamo import contract
-from gradcamo.errors import ExportError, first_line
+from gradcamo.errors import ExportError, GradcamoError, first_line
 from gradcamo.exporter.decompositions import gradient_decompositions, simplify_as_strided
 
 LOGGER = logging.getLogger(__name__)
@@ -44,13 +44,21 @@ def trace_gradient_graph(wrapper, example_image, example_target) -> torch.fx.Gra
     attention) then records matmul and softmax, whose backward the ONNX exporter lowers
     (the fused CPU kernels' backward it cannot).
     """
-    with sdpa_kernel([SDPBackend.MATH]):
-        traced = make_fx(
-            wrapper,
-            tracing_mode="symbolic",
-            decomposition_table=gradient_decompositions(),
-            _allow_non_fake_inputs=True,
-        )(example_image, example_target)
+    try:
+        with sdpa_kernel([SDPBackend.MATH]):
+            traced = make_fx(
+                wrapper,
+                tracing_mode="symbolic",
+                decomposition_table=gradient_decompositions(),
+                _allow_non_fake_inputs=True,
+            )(example_image, example_target)
+    except GradcamoError:
+        raise
+    except Exception as error:  # the tracer raises many types on code it cannot follow
+        raise ExportError(
+            f"the model cannot be traced for export (it branches on tensor values or computes shapes from "
+            f"them): {first_line(error)}"
+        ) from error
     replaced = simplify_as_strided(traced)
     LOGGER.debug("traced %d nodes, %d as_strided views rewritten", len(traced.graph.nodes), replaced)
     return traced
