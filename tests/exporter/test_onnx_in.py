@@ -19,7 +19,6 @@ from torch import nn
 import gradcamo
 from gradcamo.cam import crop_cam, gradcamo_score
 from gradcamo.cli import main
-from gradcamo.errors import InputError
 from gradcamo.exporter.layout import decide_layout
 from gradcamo.exporter.onnx_in import load_onnx_classifier
 from gradcamo.scorer.head import CAM_INSIDE, CAM_TOTAL, MASK, append_score_head
