@@ -24,6 +24,7 @@ from gradcamo.data.read import ImageSource
 from gradcamo.errors import InputError
 from gradcamo.localisation import localisation_metrics
 from gradcamo.scorer import causal, head
+from gradcamo.scorer.causal import CausalSpec
 from gradcamo.scorer.crops import CropCutter, Measurements, crop_starts, measure_objects, merge_measurements
 from gradcamo.scorer.features import feature_columns, score_schema
 from gradcamo.scorer.regions import Layout, read_region, region_index
@@ -56,7 +57,7 @@ class ScoreSpec:
     """Label image whose object k centres the crop of cell k (``--center-labels``), or None."""
     features: int = 0
     """Feature columns (the target layer's channels) written per row; 0 without ``--features``."""
-    causal: causal.CausalSpec | None = None
+    causal: CausalSpec | None = None  # the name, not causal.CausalSpec: the field shadows the module here
     """``--ablation``, ``--deletion-steps``, or None."""
 
     @property
