@@ -89,9 +89,12 @@ def steady_cells_per_s(output, workers):
 
 def local_tasks(workers=None):
     """Units a local cluster of ``workers`` processes (default one) scores at a time: its task threads."""
-    from gradcamo.scorer.resources import task_threads, usable_cpus
-
     workers = workers or 1
+    try:
+        from gradcamo.scorer.resources import task_threads, usable_cpus
+    except ImportError:  # a tree from before issue 25 (ceiling.py compares trees): a fixed count per worker
+        from gradcamo.scorer.pipeline import TASK_THREADS_PER_LOCAL_WORKER
+        return workers * TASK_THREADS_PER_LOCAL_WORKER
     return workers * task_threads(max(1, usable_cpus().cpus // workers))
 
 

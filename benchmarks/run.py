@@ -315,7 +315,7 @@ def print_report(report):
         print("\nscaling (resnet18, fresh process per run; ratios of steady cells/s):")
         for key, run in scaling["runs"].items():
             print(f"  {key:<28} {run['cells']:>6} cells {run['cells'] / run['seconds']:>8.1f} cells/s whole call, "
-                  f"{run['steady_cells_per_s']:>8.1f} steady; peak RSS {run['peak_rss_mb']:.0f} MB")
+                  f"{run['steady_cells_per_s'] or float('nan'):>8.1f} steady; peak RSS {run['peak_rss_mb']:.0f} MB")
         print(f"  {'R4 peak RSS 10x / 1x':<48}{scaling['R4 peak RSS 10x / 1x']:>7.2f}   (goal <= 1.1)")
         key = "R4 2 workers / 1 worker (1 thread each)"
         print(f"  {key:<48}{scaling[key]:>7.2f}   (goal >= 1.8 on 2 cores)")
