@@ -102,7 +102,7 @@ def measure(plate, model_path, cells, scratch, *, batch_size=64, repeats=2, crop
         started = time.perf_counter()
         summary = score([str(plate)], str(model_path), output, batch_size=batch_size, **options)
         e2e_times.append(time.perf_counter() - started)
-        steady.append(endtoend.steady_cells_per_s(output, options.get("workers") or 1))
+        steady.append(endtoend.steady_cells_per_s(output, endtoend.local_tasks(options.get("workers"))))
         if summary.cells != cells:
             raise RuntimeError(f"scored {summary.cells} cells, the plate has {cells}")
     rates = {

@@ -76,13 +76,26 @@ def steady_cells_per_s(output, workers):
     """Cells/s between the ``workers``-th and the last finished part file of a dataset.
 
     Leaves out what every run pays once (process and cluster start, sessions, the first
-    unit of each worker), which a million-cell screen does not notice.
+    unit of each worker), which a million-cell screen does not notice. ``workers``: the units
+    in flight at once (:func:`local_tasks`), whose first parts finish together; counting fewer
+    overstates the rate of a plate of few units.
     """
     parts = sorted((p.stat().st_mtime, pq.read_metadata(p).num_rows) for p in part_files(output))
     if len(parts) <= workers:
         return None
     rows = sum(n for _, n in parts[workers:])
     return rows / (parts[-1][0] - parts[workers - 1][0])
+
+
+def local_tasks(workers=None):
+    """Units a local cluster of ``workers`` processes (default one) scores at a time: its task threads."""
+    workers = workers or 1
+    try:
+        from gradcamo.scorer.resources import task_threads, usable_cpus
+    except ImportError:  # a tree from before issue 25 (ceiling.py compares trees): a fixed count per worker
+        from gradcamo.scorer.pipeline import TASK_THREADS_PER_LOCAL_WORKER
+        return workers * TASK_THREADS_PER_LOCAL_WORKER
+    return workers * task_threads(max(1, usable_cpus().cpus // workers))
 
 
 def emit_record(record, output=None):

@@ -164,6 +164,17 @@ def test_axes_in_any_order_and_case_read_canonically(tmp_path, axes):
     np.testing.assert_array_equal(got_labels, labels[region])
 
 
+@pytest.mark.parametrize("channels", [(0, 1, 2), (2, 0), (1,)])
+def test_read_region_takes_the_chosen_channels_in_order(tmp_path, channels):
+    """Every channel in order comes back as read (no copy); a subset or another order is picked."""
+    image, labels = make_cells((20, 16), 3, n_channels=3, radius=4, seed=6)
+    source = open_image(discover_images(_write_with_axes(tmp_path / "a.zarr", image, labels, "cyx"))[0])
+    layout = plan_layout(source, spatial_dims=2, n_channels=len(channels), channels=list(channels))
+    region = (slice(2, 19), slice(1, 15))
+    got = read_region(source.image, layout.image_axes, layout.spatial_axes, region, channels=layout.channels)
+    np.testing.assert_array_equal(got, image[list(channels)][(slice(None),) + region])
+
+
 def test_other_ngff_versions_are_refused_by_name(tmp_path, cells):
     path = write_image_store(tmp_path / "old.zarr", *cells, ngff_version="0.4")
     group = zarr.open_group(str(path), mode="a")

@@ -136,8 +136,8 @@ def _top_k(g, flat, k):
 
     TopK takes one k for all maps; each map is padded with ``k_max - k`` values above all
     others and ``k`` below, so the k_max largest of a padded map are the pads above and the
-    map's own k largest. Returns values and indices ``[batch, M, k_max]`` and the padded
-    length (pads sit at indices >= voxels).
+    map's own k largest: their minimum is the map's k-th largest value. Returns the values
+    ``[batch, M, k_max]``.
     """
     high = g.constant("high", np.finfo(np.float32).max, np.float32)
     low = g.constant("low", -np.finfo(np.float32).max, np.float32)
@@ -153,46 +153,26 @@ def _top_k(g, flat, k):
                  "k_top")
     g.nodes.append(helper.make_node("TopK", [padded, k_top], [_PREFIX + "top", _PREFIX + "top_indices"],
                                     name=_PREFIX + "top", axis=2, largest=1, sorted=0))
-    return _PREFIX + "top", _PREFIX + "top_indices", g.op("Shape", [padded], "padded_length", start=2)
-
-
-def _inside_top(g, flat_mask, indices, padded_length, voxels):
-    """[batch, M, k_max]: 1 where a top voxel lies in its sample's mask (0 for pads)."""
-    zeros = g.op("Expand", [g.constant("zero_mask", [[[0.0]]], np.float32),
-                            g.op("Concat", [g.op("Shape", [flat_mask], "mask_rows", start=0, end=2),
-                                            g.op("Sub", [padded_length, voxels], "pad_count")], "pad_mask_shape", axis=0)],
-                 "pad_mask")
-    padded_mask = g.op("Reshape", [g.op("Concat", [flat_mask, zeros], "padded_mask", axis=2), g.constant("flat", [-1])],
-                       "padded_mask_flat")
-    batch = g.op("Shape", [flat_mask], "batch", start=0, end=1)
-    samples = g.op("Range", [g.constant("zero_i", 0), g.op("Squeeze", [batch], "batch_scalar"), g.constant("one_i", 1)],
-                   "samples")
-    offsets = g.op("Mul", [g.op("Reshape", [samples, g.constant("sample_column", [-1, 1, 1])], "sample_column"),
-                           padded_length], "sample_offsets")
-    return g.op("Gather", [padded_mask, g.op("Add", [indices, offsets], "top_flat_indices")], "top_in_mask", axis=0)
+    return _PREFIX + "top"
 
 
 def _metric_nodes(g, crops, masked, n_methods):
     """Mask voxels, rank counts and peak values (:mod:`gradcamo.localisation`) of each row.
 
-    With t each map's K-th largest value: voxels above t are the top-K voxels greater than t
-    (their mask bits gathered by index, so only ``[batch, M, K]`` is touched); voxels equal
-    to t are counted over the whole map. Float32 sums of 0 and 1 are exact below 2**24 voxels.
+    With t each map's K-th largest value (TopK), voxels above t and voxels equal to t are
+    counted over the whole map: every voxel greater than t is one of the top K, so no indices
+    are needed (a gather of the top K's mask bits cost more than the comparisons). Float32
+    sums of 0 and 1 are exact below 2**24 voxels.
     """
     voxel_axis = g.constant("voxel_axis", [2])
     flat = g.op("Reshape", [crops, g.constant("flatten_maps", [0, 0, -1])], "flat_cam")
     flat_mask = g.op("Reshape", [MASK, g.constant("flatten_masks", [0, 1, -1])], "flat_mask")  # [batch, 1, V]
     k = g.op("ReduceSum", [flat_mask, voxel_axis], "k", keepdims=1)  # [batch, 1, 1]
-    top, indices, padded_length = _top_k(g, flat, k)
-    threshold = g.op("ReduceMin", [top, voxel_axis], "threshold", keepdims=1)
-    voxels = g.op("Shape", [flat_mask], "voxels", start=2)
-    is_voxel = g.op("Less", [indices, voxels], "top_is_voxel")  # not a pad
-    above = g.op("Cast", [g.op("And", [g.op("Greater", [top, threshold], "top_greater"), is_voxel], "top_above")],
-                 "top_above_float", to=TensorProto.FLOAT)
-    above_inside = g.op("Mul", [above, _inside_top(g, flat_mask, indices, padded_length, voxels)], "top_above_inside")
+    threshold = g.op("ReduceMin", [_top_k(g, flat, k), voxel_axis], "threshold", keepdims=1)
+    above = g.op("Cast", [g.op("Greater", [flat, threshold], "above")], "above_float", to=TensorProto.FLOAT)
     tied = g.op("Cast", [g.op("Equal", [flat, threshold], "tied")], "tied_float", to=TensorProto.FLOAT)
     counts = [
-        g.op("ReduceSum", [above_inside, voxel_axis], "above_inside", keepdims=1),
+        g.op("ReduceSum", [g.op("Mul", [above, flat_mask], "above_masked"), voxel_axis], "above_inside", keepdims=1),
         g.op("ReduceSum", [above, voxel_axis], "above_total", keepdims=1),
         g.op("ReduceSum", [g.op("Mul", [tied, flat_mask], "tied_masked"), voxel_axis], "tied_inside", keepdims=1),
         g.op("ReduceSum", [tied, voxel_axis], "tied_total", keepdims=1),

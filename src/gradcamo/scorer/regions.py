@@ -109,7 +109,11 @@ def read_region(array, axes, spatial_axes, region, *, channels=None, timepoint=0
     data = np.transpose(data, [kept.index(a) for a in order])
     if channels is None:
         return data
-    return data[list(channels)] if "c" in kept else data[None]  # no c axis: one channel
+    if "c" not in kept:
+        return data[None]  # no c axis: one channel
+    if list(channels) == list(range(data.shape[0])):
+        return data  # every channel in order: no copy of the region
+    return data[list(channels)]
 
 
 def plan_layout(source, *, spatial_dims, n_channels, channels=None, timepoint=0, model_channel_names=()) -> Layout:

@@ -57,7 +57,7 @@ class ScoreSpec:
     """Label image whose object k centres the crop of cell k (``--center-labels``), or None."""
     features: int = 0
     """Feature columns (the target layer's channels) written per row; 0 without ``--features``."""
-    causal: CausalSpec | None = None
+    causal: CausalSpec | None = None  # the name, not causal.CausalSpec: the field shadows the module here
     """``--ablation``, ``--deletion-steps``, or None."""
 
     @property
