@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import math
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -475,3 +476,24 @@ def test_damaged_part_file_is_an_input_error_naming_the_dataset(plate_dataset):
     (path / "part-9999.parquet").write_bytes(b"not parquet")
     with pytest.raises(InputError, match=r"plate's \[run\]: cannot read its part files: "):
         run_query(path, "SELECT 1")
+
+
+def test_a_dataset_opened_many_times_is_warned_about_once(tmp_path, caplog):
+    """``report`` opens each dataset once per figure and gallery cell: its missing chunks and
+    incompleteness are each said once, and again once the manifest changes (a new run)."""
+    directory = tmp_path / "scores"
+    directory.mkdir()
+    manifest = directory / "_gradcamo.json"
+    manifest.write_text(json.dumps({"counts": {"units": 2}, "failures": [{"image": "p.zarr/A/1/0", "block": "whole image",
+                                                                          "cause": "OSError: gone"}],
+                                    "missing_chunks": {"p.zarr/A/2/0": ["p.zarr/A/2/0/s0/c/0/0/0"]}}))
+    with caplog.at_level("WARNING", logger="gradcamo.results.datasets"):
+        for _ in range(3):
+            resolve_datasets([directory])
+        messages = [record.getMessage() for record in caplog.records]
+        assert sum("incomplete: 1 of 2 work units failed" in m for m in messages) == 1
+        assert sum("1 missing image chunk read as zeros" in m for m in messages) == 1
+        stat = manifest.stat()
+        os.utime(manifest, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        resolve_datasets([directory])
+    assert sum("missing image chunk" in record.getMessage() for record in caplog.records) == 2

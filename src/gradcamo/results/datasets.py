@@ -87,10 +87,22 @@ def _check_dataset(path):
         raise InputError(f"{manifest}: expected a JSON object, got {type(content).__name__}")
     missing = incompleteness(content)
     if missing:
-        LOGGER.warning("%s: incomplete: %s", path, missing)
+        _warn_once(manifest, f"{path}: incomplete: {missing}")
     zeros = describe_missing_chunks(content.get("missing_chunks"))
     if zeros:
-        LOGGER.warning("%s: %s", path, zeros)
+        _warn_once(manifest, f"{path}: {zeros}")
+
+
+_WARNED: set = set()
+"""(manifest, its mtime, message) already warned about: a command that opens a dataset many
+times (``report`` with galleries) says each thing once."""
+
+
+def _warn_once(manifest, message):
+    key = (str(manifest.resolve()), manifest.stat().st_mtime_ns, message)
+    if key not in _WARNED:
+        _WARNED.add(key)
+        LOGGER.warning("%s", message)
 
 
 def incompleteness(manifest) -> str | None:
