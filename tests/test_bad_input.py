@@ -80,6 +80,7 @@ def _cut_store_metadata(store, tmp_path):
 
 NOT_INSPECTABLE = {
     "missing file": (lambda s, t: t / "absent.onnx", "model file"),
+    "missing store": (lambda s, t: t / "absent.zarr", "absent.zarr: no such file or directory"),
     "empty file": (lambda s, t: (t / "m.onnx").write_bytes(b"") or t / "m.onnx", "m.onnx: not an ONNX model"),
     "a directory that is no store": (lambda s, t: (t / "d").mkdir() or t / "d", "d: OME-Zarr group not found"),
     "a score dataset": (lambda s, t: s[1], "scores: OME-Zarr group not found"),

@@ -274,7 +274,7 @@ def inspect_command(
 
 
 def _is_store(path):
-    return "://" in path or pathlib.Path(path).is_dir()
+    return "://" in path or pathlib.Path(path).is_dir() or path.rstrip("/").endswith(".zarr")
 
 
 INPUTS_ARGUMENT = typer.Argument(..., help="OME-Zarr images or HCS plates (paths or fsspec URLs).")
