@@ -95,3 +95,4 @@ def test_one_target_gives_one_set_of_score_columns(tmp_path, model_2d):
     np.testing.assert_array_equal(profiles.Cells_GradCAMO_grad_camo, rows.grad_camo)
     np.testing.assert_array_equal(profiles.Cells_GradCAMO_pointing_hit, rows.pointing_hit.astype(float))
     assert profiles.Metadata_Plate.isna().all() and (profiles.Metadata_Site == 0).all()
+    assert profiles.Metadata_MissingChunks.tolist() == rows.missing_chunks.tolist()

@@ -6,7 +6,7 @@ one row per cell, target and method; a profile table has one row per cell:
 
 * ``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site``, ``Metadata_ObjectNumber``,
   ``Metadata_Image`` (the keys), ``Metadata_PredictedClass``, ``Metadata_EdgePadded``,
-  ``Metadata_PadFraction``;
+  ``Metadata_PadFraction``, ``Metadata_MissingChunks``;
 * ``Cells_GradCAMO_<metric>`` for every per-row score (``grad_camo``, ``prob_target``, ...;
   ``pointing_hit`` as 0/1), suffixed ``_<target name>`` when several targets were scored;
 * ``Cells_DeepProfile_<k>`` from ``score --features``.
@@ -94,6 +94,8 @@ def profile_table(directory, *, method=None) -> pa.Table:
     columns["Metadata_PredictedClass"] = first["predicted_class"]
     columns["Metadata_EdgePadded"] = first["edge_padded"]
     columns["Metadata_PadFraction"] = first["pad_fraction"]
+    if "missing_chunks" in first.column_names:  # datasets of the previous release have none
+        columns["Metadata_MissingChunks"] = first["missing_chunks"]
     for group in groups:
         suffix = "" if len(groups) == 1 else "_" + _slug(group["target_name"][0].as_py())
         for name in scores:
