@@ -478,7 +478,7 @@ def query_command(
 @app.command("summary")
 def summary_command(
     datasets: list[str] = typer.Argument(..., help="Score dataset directories (from `gradcamo score`)."),
-    by: str = typer.Option("dataset,Metadata_Plate,Metadata_Well,target_name", "--by",
+    by: str = typer.Option("dataset,Metadata_Plate,Metadata_Well,target_name,method", "--by",
                            help="Comma-separated grouping columns."),
     output_format: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="File to write instead of the terminal."),

@@ -58,3 +58,20 @@ def test_datasets_written_before_the_metrics_are_gradcam_rows_without_them(tmp_p
     assert set(mixed) == {("old", "gradcam"), ("new", "hirescam")}
     assert mixed[("old", "gradcam")]["cells"] == 12 and mixed[("old", "gradcam")]["mean_rank_accuracy"] is None
     assert mixed[("new", "hirescam")]["mean_rank_accuracy"] is not None
+
+
+def test_the_command_groups_by_method_by_default(tmp_path, capsys):
+    """`gradcamo summary` without --by counts each method's rows apart (as summarize does), not a
+    cell once per method."""
+    import json
+
+    from gradcamo.cli import main
+
+    rng = np.random.default_rng(5)
+    tables = [_rows(rng, 10, method) for method in METHODS]
+    path = write_dataset(tmp_path / "methods", tables)
+    assert main(["summary", str(path), "-f", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    whole = pa.concat_tables(tables)
+    cells = {method: sum(row["cells"] for row in rows if row["method"] == method) for method in METHODS}
+    assert cells == {method: _expected(whole, method)["cells"] for method in METHODS} == dict.fromkeys(METHODS, 10)
