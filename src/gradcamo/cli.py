@@ -155,6 +155,8 @@ def layers_command(
                                                  "keyword arguments, e.g. '{\"num_classes\": 4}'."),
     input_layout: Optional[str] = typer.Option(None, "--input-layout", help="Layout of an ONNX MODEL's input: "
                                                "nchw (default) or nhwc (Keras/TF)."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a full unpickle of MODEL or "
+                                      "--weights, as for export: it executes code from the file."),
 ):
     """List the candidate target layers: output shape, how export would read it, whether its gradient is non-zero.
 
@@ -167,7 +169,8 @@ def layers_command(
 
     shape = _parse_numbers(input_shape, "--input-shape", int)
     for line in format_layers(*source_layers(model, shape, weights=weights, input_layout=input_layout,
-                                             factory_kwargs=_parse_json_object(factory_kwargs, "--factory-kwargs"))):
+                                             factory_kwargs=_parse_json_object(factory_kwargs, "--factory-kwargs"),
+                                             trust_pickle=trust_pickle)):
         typer.echo(line)
 
 

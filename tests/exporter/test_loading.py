@@ -167,6 +167,17 @@ def test_a_pickled_module_loads_only_with_trust_pickle(factory, plain, tmp_path,
     assert hash_weights(load_weights(load_model(factory), tmp_path / "whole.pt", trust_pickle=True)) == hash_weights(model)
 
 
+def test_layers_lists_a_pickled_module_with_trust_pickle(factory, tmp_path, capsys):
+    """The refusal says "pass --trust-pickle": `layers` takes it as export does, and lists what the factory lists."""
+    path = str(_save_module(factory, tmp_path / "whole.pt"))
+    assert main(["layers", factory, "--input-shape", "2,12,12"]) == 0
+    from_factory = capsys.readouterr().out
+    assert main(["layers", path, "--input-shape", "2,12,12"]) == 2
+    assert "pass --trust-pickle" in capsys.readouterr().err
+    assert main(["layers", path, "--input-shape", "2,12,12", "--trust-pickle"]) == 0
+    assert capsys.readouterr().out == from_factory
+
+
 def test_a_torch_export_file_exports_as_its_module(factory, plain, tmp_path):
     model = load_model(factory).eval()
     model.load_state_dict(plain)

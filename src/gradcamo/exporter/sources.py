@@ -58,7 +58,7 @@ def load_source(
 
 
 def source_layers(
-    spec, input_shape, *, weights=None, factory_kwargs=None, input_layout=None,
+    spec, input_shape, *, weights=None, factory_kwargs=None, input_layout=None, trust_pickle=False,
 ) -> tuple[list, str | None]:
     """``gradcamo layers``: the candidate target layers of MODEL (:func:`gradcamo.exporter.layers.list_layers`).
 
@@ -70,9 +70,9 @@ def source_layers(
         graph = convert_onnx_classifier(spec, input_shape, input_layout=input_layout or "nchw")
         return list_layers(graph, input_shape, names={module: t[0] for module, t in graph.graph_tensors.items()})
     _refuse_input_layout(input_layout)
-    model = load_model(spec, factory_kwargs)
+    model = load_model(spec, factory_kwargs, trust_pickle=trust_pickle)
     if weights:
-        load_weights(model, weights)
+        load_weights(model, weights, trust_pickle=trust_pickle)
     return list_layers(model, input_shape)
 
 
