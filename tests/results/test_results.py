@@ -484,8 +484,8 @@ def test_a_dataset_opened_many_times_is_warned_about_once(tmp_path, caplog):
     directory = tmp_path / "scores"
     directory.mkdir()
     manifest = directory / "_gradcamo.json"
-    manifest.write_text(json.dumps({"counts": {"units": 2}, "failures": [{"image": "p.zarr/A/1/0", "block": "whole image",
-                                                                          "cause": "OSError: gone"}],
+    failure = {"image": "p.zarr/A/1/0", "block": "whole image", "cause": "OSError: gone"}
+    manifest.write_text(json.dumps({"counts": {"units": 2}, "failures": [failure],
                                     "missing_chunks": {"p.zarr/A/2/0": ["p.zarr/A/2/0/s0/c/0/0/0"]}}))
     with caplog.at_level("WARNING", logger="gradcamo.results.datasets"):
         for _ in range(3):
