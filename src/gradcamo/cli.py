@@ -358,11 +358,11 @@ def score_command(
         features=features, missing_chunks=missing_chunks, gpus=gpus, ablation=ablation,
         deletion_steps=deletion_steps, deletion_curves=deletion_curves,
     )
-    skipped = ("" if summary.cells_without_centre is None else
-               f", {summary.cells_without_centre} cells without a {center_labels} object skipped")
+    skipped = (None if summary.cells_without_centre is None else  # after the output, which "wrote" ends with
+               f"{summary.cells_without_centre} cells without a {center_labels} object skipped")
     _report_run(summary, max_failures, holds="scores",
-                wrote=f"{summary.rows} rows for {summary.cells} cells of {summary.images} images{skipped}",
-                note=summary.channel_note)
+                wrote=f"{summary.rows} rows for {summary.cells} cells of {summary.images} images",
+                note="; ".join(filter(None, [summary.channel_note, skipped])))
 
 
 def _report_run(summary, max_failures, *, holds, wrote, note=""):
