@@ -96,6 +96,11 @@ def test_inspect_of_something_it_cannot_read(tmp_path, capsys, scored, kind):
     _one_line_exit_2(capsys, ["inspect", str(make(scored, tmp_path))], expected)
 
 
+def test_inspect_check_of_a_model_file_is_refused(tmp_path, capsys, model_2d):
+    """--check verifies a store's chunks: on a model file it would check nothing and exit 0."""
+    _one_line_exit_2(capsys, ["inspect", str(model_2d), "--check"], "--check: lists the missing chunks of a store")
+
+
 OUTPUTS_THAT_ARE_FILES = {
     "score": lambda s, m, f: ["score", str(s[0]), "-m", str(m), "-o", str(f)],
     "cams": lambda s, m, f: ["cams", str(s[1]), "-o", str(f)],

@@ -268,6 +268,8 @@ def inspect_command(
         if check:
             _report_check(described)
         return
+    if check:
+        raise InputError(f"--check: lists the missing chunks of a store; {path} is no directory or URL")
     info = read_model_info(path)
     if as_json:
         fields = {k: v for k, v in vars(info).items() if k != "path"}
