@@ -339,7 +339,8 @@ def score_command(
                                          "probabilities of each curve as list columns."),
     quiet: bool = QUIET_OPTION,
     gpus: Optional[str] = typer.Option(None, "--gpus", help="all, or GPU numbers such as 0,1,3: one local worker "
-                                       "process per GPU (default: all visible GPUs; CUDA_VISIBLE_DEVICES applies)."),
+                                       "process per GPU (default: all visible GPUs when there are several, one "
+                                       "in-process worker with one; CUDA_VISIBLE_DEVICES applies)."),
 ) -> None:
     """Score every segmented cell: the share of the model's Grad-CAM attention inside the cell.
 
