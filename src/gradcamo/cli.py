@@ -79,8 +79,9 @@ def _parse_json_object(text, option):
 def export_command(
     model: str = typer.Argument(..., help="MODEL as package.module:factory, path/to/file.py:factory (the "
                                 "factory is called with --factory-kwargs or no arguments and returns an "
-                                "nn.Module), timm:NAME, a torch.export .pt2 file, a forward-only ONNX classifier (.onnx) or a pickled "
-                                "nn.Module (with --trust-pickle). See docs/models.md."),
+                                "nn.Module), timm:NAME, a torch.export .pt2 file, a forward-only ONNX "
+                                "classifier (.onnx) or a pickled nn.Module (with --trust-pickle). See "
+                                "docs/models.md."),
     target_layer: str = typer.Option(..., "--target-layer", "-l", help="Layer to explain, as in "
                                      "model.named_modules(), e.g. layer4 (resnet) or features (densenet); for an "
                                      "ONNX MODEL the name of an intermediate tensor of its graph."),
