@@ -111,9 +111,10 @@ def plan_run(inputs, crop_shape, *, labels, channels, timepoint, block_shape, un
         site base and the channel mapping (:func:`gradcamo.scorer.channels.describe_choices`)
         (and the centre labels, when given).
     """
+    channels = parse_channels(channels)
     images = plan_inputs(
         [str(i) for i in inputs], tuple(crop_shape), label_name=labels,
-        channels=parse_channels(channels), timepoint=timepoint, block_shape=block_shape,
+        channels=channels, timepoint=timepoint, block_shape=block_shape,
         unit_max_bytes=unit_max_bytes, site_base=site_base, model_channel_names=tuple(channel_names),
         centre_labels=centre_labels, missing_chunks=missing_chunks,
     )
@@ -122,7 +123,7 @@ def plan_run(inputs, crop_shape, *, labels, channels, timepoint, block_shape, un
         tuple(channel_names),
     )
     parameters = {
-        "labels": labels, "channels": None if channels is None else list(parse_channels(channels)),
+        "labels": labels, "channels": None if channels is None else list(channels),
         "timepoint": timepoint, "crop_shape": list(crop_shape),
         "inputs": [_recorded_input(str(i)) for i in inputs],
         "block_shape": None if block_shape is None else list(block_shape),
