@@ -15,7 +15,7 @@ from gradcamo.scorer.crops import crop_starts, cut_cells, cut_window
 from gradcamo.scorer.pipeline import score
 from gradcamo.scorer.regions import ChunkCache
 from gradcamo.scorer.sink import read_scores
-from gradcamo.scorer.units import _padded_to
+from gradcamo.scorer.engine import _padded_to
 from tests.tiny_models import CROP_2D
 
 

@@ -206,14 +206,14 @@ def read_autoencoder(ae_dir) -> AutoencoderInfo:
     )
 
 
-def open_encoder(info, device="auto", threads=None) -> ort.InferenceSession:
+def open_encoder(info, device="auto", threads=None, device_id=None) -> ort.InferenceSession:
     """An onnxruntime session of ``info``'s encoder: ``image`` (N, C, [D,] H, W) -> ``z`` (N, L)."""
-    return create_session(str(info.encoder_path), device=device, threads=threads)
+    return create_session(str(info.encoder_path), device=device, threads=threads, device_id=device_id)
 
 
-def open_decoder(info, device="auto", threads=None) -> ort.InferenceSession:
+def open_decoder(info, device="auto", threads=None, device_id=None) -> ort.InferenceSession:
     """An onnxruntime session of ``info``'s decoder: ``z`` (N, L) -> ``image`` (N, C, [D,] H, W)."""
-    return create_session(str(info.decoder_path), device=device, threads=threads)
+    return create_session(str(info.decoder_path), device=device, threads=threads, device_id=device_id)
 
 
 __all__ = ["AutoencoderInfo", "export_autoencoder", "open_decoder", "open_encoder", "read_autoencoder"]

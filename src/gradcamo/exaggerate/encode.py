@@ -1,9 +1,9 @@
 """encode(): OME-Zarr inputs -> each cell's latent code and reconstruction error, in a Parquet dataset.
 
-Cells are streamed exactly as ``score`` streams them (the same planning, work units, crops,
-keys, resume, Dask cluster, progress and failure handling: :func:`gradcamo.scorer.pipeline.run_units`);
-each unit runs the autoencoder's encoder on its crops and the decoder on the codes, for
-``reconstruction_mse``. The dataset's rows (docs/encode.md)::
+``encode`` is a pass kind of the cell-stream engine (:class:`EncodePass`): cells are streamed
+exactly as ``score`` streams them (the same planning, work units, crops, keys, resume, Dask
+cluster, progress and failure handling); each batch runs the autoencoder's encoder on its
+crops and the decoder on the codes, for ``reconstruction_mse``. The dataset's rows (docs/encode.md)::
 
     Metadata_Plate, Metadata_Well, Metadata_Site, Metadata_Image, Metadata_ObjectNumber,
     centroid_z, centroid_y, centroid_x, object_voxels, edge_padded, z_0 .. z_{L-1}, reconstruction_mse
@@ -14,19 +14,18 @@ each unit runs the autoencoder's encoder on its crops and the decoder on the cod
 
 import dataclasses
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from gradcamo.contract import IMAGE, LATENT_CODE
 from gradcamo.exaggerate.autoencoder import AutoencoderInfo, open_decoder, open_encoder, read_autoencoder
+from gradcamo.scorer.engine import CellBatch, Inference, Rows
 from gradcamo.scorer.failures import DEFAULT_MAX_FAILURES
 from gradcamo.scorer.pipeline import RunSummary, check_run_options, plan_run, run_units
 from gradcamo.scorer.plan import UNIT_MAX_BYTES
-from gradcamo.scorer.resources import describe_worker
-from gradcamo.scorer.sink import KEY_FIELDS, make_table
-from gradcamo.scorer.units import StageClock, UnitResult, key_columns, padded_for, read_unit
-from gradcamo.scorer.worker import session_threads, worker_state
+from gradcamo.scorer.sink import KEY_FIELDS
 
 KIND = "latents"
 CODE_PREFIX = "z_"
@@ -49,93 +48,60 @@ def latent_schema(latent_size) -> pa.Schema:
 
 
 @dataclasses.dataclass(frozen=True)
-class EncodeSpec:
-    """What a worker needs to encode a unit's cells; small and picklable (no session inside)."""
+class EncodedBatch:
+    """One batch's cells, latent codes (m, L) and reconstruction errors (m,)."""
+
+    cells: np.ndarray
+    codes: np.ndarray
+    errors: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodePass:
+    """The ``encode`` pass, a kind of the cell-stream engine (:mod:`gradcamo.scorer.engine`):
+    small and picklable (no session inside)."""
 
     autoencoder: AutoencoderInfo
     device: str
-    threads: object
+    threads: int | None
     batch_size: int
+    inputs_per_cell = 1
+    mask_dtype = bool  # masks are not used
 
     @property
-    def crop_shape(self) -> tuple:
+    def crop_shape(self) -> tuple[int, ...]:
         return tuple(self.autoencoder.input_shape)
 
     @property
-    def crop_spatial(self) -> tuple:
-        return self.crop_shape[1:]
-
-    @property
     def provenance(self) -> dict:
-        """Recorded in every part's schema metadata (``gradcamo.<key>``)."""
         return {"encoder_sha256": self.autoencoder.encoder_sha256,
                 "decoder_sha256": self.autoencoder.decoder_sha256}
+
+    @property
+    def schema(self) -> pa.Schema:
+        return latent_schema(self.autoencoder.latent_size)
+
+    def run_batch(self, batch: CellBatch, inference: Inference) -> EncodedBatch:
+        """Encode the batch's crops, decode the codes, compare."""
+        encoder = inference.session(open_encoder, self.autoencoder)
+        decoder = inference.session(open_decoder, self.autoencoder)
+        (codes,) = inference.run(encoder, [LATENT_CODE], {IMAGE: batch.crops})
+        (decoded,) = inference.run(decoder, [IMAGE], {LATENT_CODE: codes})
+        return EncodedBatch(batch.cells, codes, reconstruction_mse(decoded, batch.crops))
+
+    def rows(self, batches: Sequence[EncodedBatch]) -> Rows:
+        """One row per cell: its code, one column per feature, and its reconstruction error."""
+        codes = np.ascontiguousarray(np.concatenate([batch.codes for batch in batches]).T)  # a row per column
+        return Rows(np.concatenate([batch.cells for batch in batches]), {
+            **dict(zip(code_columns(len(codes)), codes)),
+            RECONSTRUCTION_MSE: np.concatenate([batch.errors for batch in batches]),
+        })
 
 
 def reconstruction_mse(decoded, crops) -> np.ndarray:
     """(n,) float32: the mean over each crop of ``(decoded - crop)^2``, in raw intensities (float64 sums)."""
     error = decoded.astype(np.float64) - crops
     return (error * error).reshape(len(crops), -1).mean(axis=1).astype(np.float32)
-
-
-def encode_unit(spec, block, objects=None) -> UnitResult:
-    """Encode the objects of one block: read, (measure,) cut, encode, decode, build the rows.
-
-    Parameters
-    ----------
-    spec : EncodeSpec
-    block : gradcamo.scorer.units.Block
-    objects : gradcamo.scorer.units.Objects, optional
-        The block's objects from pass 1; None for a whole image.
-
-    Returns
-    -------
-    gradcamo.scorer.units.UnitResult
-    """
-    state = worker_state()
-    clock = StageClock()
-    objects, cutter = read_unit(block, objects, spec.crop_spatial, clock)
-    if not len(objects):
-        return UnitResult(latent_table(spec, block, objects, None), 0, None, clock.seconds)
-
-    threads = session_threads(spec.threads)
-    encoder = state.session(open_encoder, spec.autoencoder, spec.device, threads)
-    decoder = state.session(open_decoder, spec.autoencoder, spec.device, threads)
-    codes, errors = [], []
-    for begin in range(0, len(objects), spec.batch_size):
-        chosen = np.arange(begin, min(begin + spec.batch_size, len(objects)))
-        crops, _ = cutter.cut(chosen, objects.ids[chosen])
-        feed = padded_for(encoder, {IMAGE: crops}, spec.batch_size)
-        clock.lap("cut")
-        with state.batch_slot(encoder):
-            clock.lap("wait")
-            (code,) = encoder.run([LATENT_CODE], feed)
-            (decoded,) = decoder.run([IMAGE], {LATENT_CODE: code})
-            clock.lap("infer")
-        codes.append(code[:len(chosen)])
-        errors.append(reconstruction_mse(decoded[:len(chosen)], crops))
-    encoded = {"codes": np.concatenate(codes), "mse": np.concatenate(errors), "pad": cutter.pad_fractions}
-    table = latent_table(spec, block, objects, encoded)
-    clock.lap("table")
-    provider = encoder.get_providers()[0]
-    return UnitResult(table, len(objects), provider, clock.seconds, worker=describe_worker(provider, threads))
-
-
-def latent_table(spec, block, objects, encoded) -> pa.Table:
-    """The rows of one unit, one per object, with :func:`latent_schema` (0 rows when ``encoded`` is None).
-
-    ``encoded`` holds, per object: ``codes`` (n, L), ``mse`` (n,) and ``pad`` (pad fraction of the crop).
-    """
-    schema = latent_schema(spec.autoencoder.latent_size)
-    if encoded is None:
-        return make_table({}, provenance=spec.provenance, schema=schema)
-    features = np.ascontiguousarray(encoded["codes"].T)  # one contiguous row per column
-    return make_table({
-        **key_columns(block, objects, np.arange(len(objects))),
-        "edge_padded": encoded["pad"] > 0,
-        **dict(zip(code_columns(len(features)), features)),
-        RECONSTRUCTION_MSE: encoded["mse"],
-    }, provenance=spec.provenance, schema=schema)
 
 
 def encode(
@@ -177,14 +143,12 @@ max_failures, block_shape, unit_max_bytes
                                   block_shape=block_shape, unit_max_bytes=unit_max_bytes)
     parameters.update(encoder_sha256=info.encoder_sha256, decoder_sha256=info.decoder_sha256,
                       latent_size=info.latent_size)
-    spec = EncodeSpec(autoencoder=info, device=device, threads=threads, batch_size=batch_size)
     return run_units(
-        encode_unit, spec, images, output, parameters,
-        record={"kind": KIND, "autoencoder": str(info.directory), "latent_size": info.latent_size},
+        EncodePass(autoencoder=info, device=device, threads=threads, batch_size=batch_size), images, output,
+        parameters, record={"kind": KIND, "autoencoder": str(info.directory), "latent_size": info.latent_size},
         overwrite=overwrite, scheduler=scheduler, workers=workers, threads=threads, progress=progress,
-        max_failures=max_failures, started=started, verb="encoded", schema=latent_schema(info.latent_size),
+        max_failures=max_failures, started=started, verb="encoded",
     )
 
 
-__all__ = ["EncodeSpec", "code_columns", "encode", "encode_unit", "latent_schema", "latent_table",
-           "reconstruction_mse"]
+__all__ = ["EncodePass", "EncodedBatch", "code_columns", "encode", "latent_schema", "reconstruction_mse"]

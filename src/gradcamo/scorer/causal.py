@@ -25,6 +25,7 @@ import dataclasses
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pyarrow as pa
 from onnx.utils import Extractor
 
@@ -40,7 +41,7 @@ INSERTION_CURVE = "insertion_curve"
 
 @dataclasses.dataclass(frozen=True)
 class CausalSpec:
-    """Which causal checks a scoring run adds (picklable; part of :class:`gradcamo.scorer.units.ScoreSpec`)."""
+    """Which causal checks a scoring run adds (picklable; part of :class:`gradcamo.scorer.score_pass.ScorePass`)."""
 
     ablation: bool = False
     deletion_steps: object = None
@@ -114,9 +115,9 @@ def forward_graph(model):
     return forward
 
 
-def forward_session(model_path, model_sha256, device, threads, device_id=None):
-    """A new forward-only session of a model file, kept for the run by the worker plugin
-    (:meth:`gradcamo.scorer.worker.ScorerPlugin.session`; ``model_sha256`` is part of its key only)."""
+def forward_session(model_path, model_sha256, *, device, threads, device_id=None) -> ort.InferenceSession:
+    """A new forward-only session of a model file, kept for the run by the engine
+    (:meth:`gradcamo.scorer.engine.Inference.session`; ``model_sha256`` is part of its key only)."""
     return create_session(forward_graph(onnx.load(model_path)).SerializeToString(), device=device, threads=threads,
                           device_id=device_id)
 

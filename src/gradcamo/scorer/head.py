@@ -9,6 +9,8 @@ Rows are (sample, method) pairs, sample-major: row ``n * M + m`` is sample ``n``
 ``methods[m]``. Every output but ``logits`` has one entry per row.
 """
 
+import dataclasses
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -33,6 +35,49 @@ METRIC_OUTPUTS = (MASK_VOXELS, RANK_COUNTS, PEAK_VALUES)
 _PREFIX = "gradcamo_head/"
 CROP_CAM = "crop_cam"
 """Optional output (:func:`expose_crop_cam`): each row's CAM at crop resolution, ``[rows, 1, *crop]``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadOutputs:
+    """The headed graph's outputs for a batch: what the score rows are built from.
+
+    Rows are (sample, method) pairs, sample-major (``rows = samples * methods``).
+    """
+
+    logits: np.ndarray
+    """(samples, classes) float32."""
+    cam_inside: np.ndarray
+    """(rows,) float32: the CAM summed over the cell's mask."""
+    cam_total: np.ndarray
+    """(rows,) float32: the CAM summed over the crop."""
+    mask_voxels: np.ndarray
+    """(rows,) int64; with ``rank_counts`` (rows, 4) int64 and ``peak_values`` (rows, 2) float32,
+    the inputs of :func:`gradcamo.localisation.localisation_metrics`."""
+    rank_counts: np.ndarray
+    peak_values: np.ndarray
+    crop_cam: np.ndarray | None = None
+    """(rows, 1, *S) float32: each row's CAM at crop resolution, when fetched (:func:`expose_crop_cam`)."""
+    features: np.ndarray | None = None
+    """(samples, C) float32: the target layer's activations averaged over space, when fetched."""
+
+    @staticmethod
+    def names(*, crop_cam: bool = False, features: bool = False) -> list[str]:
+        """The graph outputs to fetch, in the order :meth:`of` takes their values."""
+        return [*HEAD_OUTPUTS, *METRIC_OUTPUTS, *([CROP_CAM] if crop_cam else []), *([FEATURES] if features else [])]
+
+    @classmethod
+    def of(cls, values: list[np.ndarray], *, crop_cam: bool = False, features: bool = False) -> "HeadOutputs":
+        """The outputs from ``session.run(HeadOutputs.names(...), feed)``."""
+        named = dict(zip(cls.names(crop_cam=crop_cam, features=features), values))
+        return cls(named[contract.LOGITS], named[CAM_INSIDE], named[CAM_TOTAL], named[MASK_VOXELS],
+                   named[RANK_COUNTS], named[PEAK_VALUES], named.get(CROP_CAM), named.get(FEATURES))
+
+    @classmethod
+    def concatenate(cls, parts: list["HeadOutputs"]) -> "HeadOutputs":
+        """The outputs of consecutive batches as one."""
+        return cls(*(None if getattr(parts[0], field.name) is None
+                     else np.concatenate([getattr(part, field.name) for part in parts])
+                     for field in dataclasses.fields(cls)))
 
 
 class _Graph:

@@ -14,7 +14,7 @@ from gradcamo.data.chunks import check_mode
 from gradcamo.errors import GradcamoError, InputError, Interrupted
 from gradcamo.model_file import read_model_info
 from gradcamo.cam import CONVENTIONS, check_choice, check_methods
-from gradcamo.scorer.causal import causal_schema, check_causal_options
+from gradcamo.scorer.causal import check_causal_options
 from gradcamo.scorer.channels import channel_note, describe_choices, parse_channels
 from gradcamo.scorer.empty import EMPTY_MAPS_KEY, empty_maps_warning
 from gradcamo.scorer.failures import DEFAULT_MAX_FAILURES, FailureLog, UnitFailure
@@ -22,9 +22,11 @@ from gradcamo.scorer.plan import UNIT_MAX_BYTES, parse_targets, plan_inputs
 from gradcamo.progress import RunProgress, cell_progress
 from gradcamo.scorer.resources import DEVICE_ID_ENV, choose_gpu_workers, task_threads, usable_cpus
 from gradcamo.scorer.session import check_device
-from gradcamo.scorer.sink import SCORE_SCHEMA, ScoreDataset, part_files
-from gradcamo.scorer.features import feature_count, score_schema
-from gradcamo.scorer.units import STAGES, ScoreSpec, assign_objects, measure_block, merge_blocks, score_unit
+from gradcamo.scorer.sink import ScoreDataset, part_files
+from gradcamo.scorer.features import feature_count
+from gradcamo.scorer.engine import PassKind, run_unit
+from gradcamo.scorer.score_pass import ScorePass
+from gradcamo.scorer.units import STAGES, assign_objects, measure_block, merge_blocks
 from gradcamo.scorer.worker import PLUGIN_NAME, ScorerPlugin
 from gradcamo.signals import children_ignore_sigint
 
@@ -340,11 +342,11 @@ def score(
         centre_labels=centre_labels, missing_chunks=missing_chunks,
     )
     provenance = {"model_sha256": info.sha256, "target_layer": info.target_layer, "convention": convention}
-    spec = ScoreSpec(
+    kind = ScorePass(
         model_path=str(os.path.abspath(model)), model_sha256=info.sha256, crop_shape=tuple(info.input_shape),
-        convention=convention, device=device, threads=threads, batch_size=batch_size, targets=targets,
-        label_name=labels, class_names=tuple(info.class_names), provenance=provenance, methods=methods,
-        centre_labels=centre_labels, features=n_features, causal=checks,
+        convention=convention, device=device, threads=threads, batch_size=batch_size, targets=tuple(targets),
+        class_names=tuple(info.class_names), provenance=provenance, methods=tuple(methods), features=n_features,
+        causal=checks,
     )
     parameters.update({
         "model_sha256": info.sha256, "target_layer": info.target_layer, "convention": convention,
@@ -354,18 +356,18 @@ def score(
     if features:
         parameters["features"] = n_features
     summary = run_units(
-        score_unit, spec, images, output, parameters,
-        record={"model": spec.model_path},  # where `cams` and `report` find it; not a parameter: may move
+        kind, images, output, parameters,
+        record={"model": kind.model_path},  # where `cams` and `report` find it; not a parameter: may move
         overwrite=overwrite, scheduler=scheduler, workers=workers, threads=threads, progress=progress,
         max_failures=max_failures, started=started, verb="scored", cpus=cpus, gpu_workers=gpu_workers,
-        schema=causal_schema(score_schema(n_features), checks),
     )
     return dataclasses.replace(summary, channel_note=channel_note(parameters["channel_mapping"], info.channel_names))
 
 
-def run_units(unit, spec, images, output, parameters, *, record, overwrite, scheduler, workers, threads, progress,
-              max_failures, started, verb, schema=SCORE_SCHEMA, cpus=None, gpu_workers=None):
-    """Run ``unit(spec, block[, objects])`` on every work unit not yet done; write each one's table as a part.
+def run_units(kind: PassKind, images, output, parameters, *, record, overwrite, scheduler, workers, threads,
+              progress, max_failures, started, verb, cpus=None, gpu_workers=None) -> RunSummary:
+    """Run the pass ``kind`` on every work unit not yet done (:func:`gradcamo.scorer.engine.run_unit`);
+    write each one's table as a part.
 
     The run loop of :func:`score` and ``encode``: opens (creates, resumes or replaces) the
     dataset, starts or joins the Dask cluster and registers the per-worker state, submits a
@@ -375,10 +377,8 @@ def run_units(unit, spec, images, output, parameters, *, record, overwrite, sche
 
     Parameters
     ----------
-    unit : callable
-        ``unit(spec, block, objects=None) -> UnitResult`` whose table has ``schema``.
-    spec : object
-        Picklable; handed to every unit.
+    kind : gradcamo.scorer.engine.PassKind
+        Picklable; handed to every unit. Its ``schema`` is the parts' columns.
     images : list
         From :func:`plan_run`.
     output : str
@@ -389,8 +389,6 @@ def run_units(unit, spec, images, output, parameters, *, record, overwrite, sche
         Top-level manifest entries that may change between runs (e.g. where the model is).
     verb : str
         Past tense for the log line (``scored``, ``encoded``).
-    schema : pyarrow.Schema
-        The parts' columns.
     cpus : gradcamo.scorer.resources.CpuAllocation, optional
         The CPUs this process may use (default: found here); recorded in the manifest.
     gpu_workers : list of gradcamo.scorer.resources.GpuWorker, optional
@@ -400,15 +398,15 @@ def run_units(unit, spec, images, output, parameters, *, record, overwrite, sche
     -------
     RunSummary
     """
-    spatial_dims = len(spec.crop_shape) - 1
+    spatial_dims = len(kind.crop_shape) - 1
     cpus = cpus or usable_cpus()
-    with ScoreDataset.open(output, parameters, overwrite=overwrite, schema=schema) as dataset:
+    with ScoreDataset.open(output, parameters, overwrite=overwrite, schema=kind.schema) as dataset:
         dataset.record(**record, resources={
             **cpus.to_json(), "gpus": [{"worker": w.name, "device": w.gpu.label, "name": w.gpu.name,
                                         "uuid": w.gpu.uuid} for w in gpu_workers or ()]})
         done = dataset.completed_units()
         counts = {"images": len(images), "units": sum(len(i.blocks) or 1 for i in images), "cells": 0, "rows": 0}
-        if getattr(spec, "centre_labels", None) is not None:
+        if parameters.get("center_labels") is not None:
             counts["cells_without_centre"] = 0
         providers, stages = set(), dict.fromkeys(STAGES, 0.0)
         failures = FailureLog(max_failures)
@@ -453,8 +451,8 @@ def run_units(unit, spec, images, output, parameters, *, record, overwrite, sche
                     shown.advance(result.cells, max(estimate or 0, counts["cells"]) or None,
                                   worker["device"] if worker else None)
 
-                items = _work_items(client, todo, spec, done, spatial_dims, failures)
-                _run_bounded(client, unit, items, window, on_result, failures)
+                items = _work_items(client, todo, kind, done, spatial_dims, failures)
+                _run_bounded(client, run_unit, items, window, on_result, failures)
             counts["providers"] = sorted(providers)
             with_stages = {stage: round(seconds, 3) for stage, seconds in stages.items()}
             with_stages["write"] = round(writer.seconds, 3)
@@ -494,8 +492,8 @@ def run_units(unit, spec, images, output, parameters, *, record, overwrite, sche
     return summary
 
 
-def _work_items(client, images, spec, done, ndim, failures):
-    """Arguments of :func:`score_unit`, image by image, for the units not yet done.
+def _work_items(client, images, kind, done, ndim, failures):
+    """Arguments of :func:`gradcamo.scorer.engine.run_unit`, image by image, for the units not yet done.
 
     A whole image is one item (measured inside its task); a blocked image is measured
     first (pass 1, its blocks in parallel) and then yields one item per block with its
@@ -507,7 +505,7 @@ def _work_items(client, images, spec, done, ndim, failures):
         if image.whole:
             block = image.blocks[0]
             if block.unit_id not in done:
-                yield (spec, block)
+                yield (kind, block)
             continue
         futures = client.map(measure_block, image.blocks, pure=False)
         try:
@@ -521,7 +519,7 @@ def _work_items(client, images, spec, done, ndim, failures):
                 return
             continue
         for block, objects in assign_objects([b for b in image.blocks if b.unit_id not in done], measured):
-            yield (spec, block, objects)
+            yield (kind, block, objects)
 
 
 class _PartWriter:

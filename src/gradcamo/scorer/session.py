@@ -140,11 +140,11 @@ def run_in_batches(session, output_names, feed, batch_size, advance=None) -> lis
     return [np.concatenate(column) for column in zip(*parts)]
 
 
-def scoring_session(model_path, model_sha256, crop_spatial, convention, device, threads, methods=("gradcam",),
-                    crop_cam=False, device_id=None) -> ort.InferenceSession:
-    """A new headed session of a model file, built once per run and worker by
-    :meth:`gradcamo.scorer.worker.ScorerPlugin.session`, which keeps it until the run ends.
+def scoring_session(model_path, model_sha256, crop_spatial, convention, methods=("gradcam",), crop_cam=False, *,
+                    device, threads, device_id=None) -> ort.InferenceSession:
+    """A new headed session of a model file, built once per run and worker by the engine
+    (:meth:`gradcamo.scorer.engine.Inference.session`), which keeps it until the run ends.
 
-    ``model_sha256`` is part of the plugin's key only (the file scored is the file the run checked).
+    ``model_sha256`` is part of the worker's key only (the file scored is the file the run checked).
     """
     return build_scoring_session(model_path, crop_spatial, convention, device, threads, methods, crop_cam, device_id)

@@ -1,15 +1,15 @@
-"""Work units, run on Dask workers; their arguments are plain, picklable data.
+"""Work units of the cell-stream engine and their reading side; arguments are plain, picklable data.
 
 A unit is a :class:`Block` of one image (the whole image when it fits the memory budget)
 and the objects it scores: those whose crop centre lies in the block. For a whole image
 the task measures the objects itself, from the same label read that its masks are cut
 from (one task, one read of each chunk). A larger image is split into chunk-aligned
-blocks scored in two passes: :func:`measure_block` sums each block's objects, the client
-merges the sums of one image and hands every block its :class:`Objects`, then
-:func:`score_unit` cuts the crops from the block plus a halo of half a crop.
+blocks handled in two passes: :func:`measure_block` sums each block's objects, the client
+merges the sums of one image and hands every block its :class:`Objects`, then the unit
+(:func:`gradcamo.scorer.engine.run_unit`) cuts the crops from the block plus a halo of half
+a crop (:func:`read_unit`).
 
-:func:`score_unit` returns a :class:`UnitResult` whose table is finished: every column of
-the score schema, built by :func:`unit_table` alone.
+A unit returns a :class:`UnitResult` whose table is finished: every column of its pass's schema.
 """
 
 import dataclasses
@@ -17,59 +17,15 @@ import time
 
 import numpy as np
 
-from gradcamo import contract
-from gradcamo.cam import score_ratio, softmax
 from gradcamo.data.chunks import chunks_read_as_fill
 from gradcamo.data.read import ImageSource
 from gradcamo.errors import InputError
-from gradcamo.localisation import localisation_metrics
-from gradcamo.scorer import causal, head
-from gradcamo.scorer.causal import CausalSpec
 from gradcamo.scorer.crops import CropCutter, Measurements, crop_starts, measure_objects, merge_measurements
-from gradcamo.scorer.features import feature_columns, score_schema
 from gradcamo.scorer.regions import Layout, read_region, region_index
-from gradcamo.scorer.resources import describe_worker, worker_device_id
-from gradcamo.scorer.session import CUDA, scoring_session
-from gradcamo.scorer.sink import make_table
-from gradcamo.scorer.worker import session_threads, worker_state
+from gradcamo.scorer.worker import worker_state
 
 STAGES = ("read", "measure", "cut", "wait", "infer", "table")
 """Where a unit's seconds go; ``wait`` is time queued for the session while another task's batch runs."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ScoreSpec:
-    """Everything a worker needs to score crops and label rows; small and picklable (no session inside)."""
-
-    model_path: str
-    model_sha256: str
-    crop_shape: tuple
-    convention: str
-    device: str
-    threads: object
-    batch_size: int
-    targets: tuple
-    label_name: object
-    class_names: tuple
-    provenance: dict
-    methods: tuple = ("gradcam",)
-    centre_labels: object = None
-    """Label image whose object k centres the crop of cell k (``--center-labels``), or None."""
-    features: int = 0
-    """Feature columns (the target layer's channels) written per row; 0 without ``--features``."""
-    causal: CausalSpec | None = None  # the name, not causal.CausalSpec: the field shadows the module here
-    """``--ablation``, ``--deletion-steps``, or None."""
-
-    @property
-    def crop_spatial(self) -> tuple[int, ...]:
-        return tuple(self.crop_shape[1:])
-
-    def session_arguments(self, threads, device_id=None) -> tuple:
-        """Arguments of :func:`gradcamo.scorer.session.scoring_session` (and the worker's cache key),
-        with ``threads`` onnxruntime threads (:func:`gradcamo.scorer.worker.session_threads`) on CUDA
-        device ``device_id`` (:func:`gradcamo.scorer.resources.worker_device_id`)."""
-        return (self.model_path, self.model_sha256, self.crop_spatial, self.convention, self.device, threads,
-                self.methods, self.causal is not None and self.causal.deletion, device_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,124 +242,6 @@ def read_unit(block, objects, crop_spatial, clock) -> tuple:
     return objects, CropCutter(image, labels, crop_starts(objects.crop_centres, crop) - region_start, crop)
 
 
-def padded_for(session, feed, batch_size) -> dict:
-    """``feed`` padded to ``batch_size`` rows when ``session`` runs on CUDA (:func:`_padded_to`), else as it is."""
-    return _padded_to(feed, batch_size) if session.get_providers()[0] == CUDA else feed
-
-
-def score_unit(spec, block, objects=None) -> UnitResult:
-    """Score the objects of one block: read, (measure,) cut, run the headed graph, build the rows.
-
-    Parameters
-    ----------
-    spec : ScoreSpec
-    block : Block
-    objects : Objects, optional
-        The block's objects from pass 1; None for a whole image, measured here from the
-        same label read that the masks are cut from.
-
-    Returns
-    -------
-    UnitResult
-    """
-    state = worker_state()
-    clock = StageClock()
-    given = objects
-    objects, cutter = read_unit(block, objects, spec.crop_spatial, clock)
-    missing = missing_in_unit(block, given, spec.crop_spatial)
-    if not len(objects):
-        return UnitResult(unit_table(spec, block, objects, None), 0, None, clock.seconds,
-                          without_centre=objects.without_centre, missing_chunks=missing)
-
-    threads = session_threads(spec.threads)
-    session = state.session(scoring_session, *spec.session_arguments(threads, worker_device_id()))
-    targets = np.asarray(spec.targets, dtype=np.int64)
-    pair_object = np.repeat(np.arange(len(objects)), len(targets))
-    pair_target = np.tile(targets, len(objects))
-    per_method = len(spec.methods)  # the head's rows: (pair, method), pair-major
-    outputs, checks = [], []
-    extra = (head.CROP_CAM,) if spec.causal is not None and spec.causal.deletion else ()
-    fetched = head.HEAD_OUTPUTS + head.METRIC_OUTPUTS + extra + ((head.FEATURES,) if spec.features else ())
-    per_row = len(head.HEAD_OUTPUTS + head.METRIC_OUTPUTS + extra) - 1  # all but logits; then per sample
-    if spec.causal is not None:
-        forward_session = state.session(causal.forward_session, spec.model_path, spec.model_sha256, spec.device,
-                                        threads, worker_device_id())
-        forward = _forward_runner(state, forward_session, spec.batch_size)
-    for begin in range(0, len(pair_object), spec.batch_size):
-        chosen = pair_object[begin:begin + spec.batch_size]
-        crops, masks = cutter.cut(chosen, objects.ids[chosen], mask_dtype=np.float32)
-        feed = {"image": crops, "target": pair_target[begin:begin + spec.batch_size], head.MASK: masks}
-        feed = padded_for(session, feed, spec.batch_size)
-        clock.lap("cut")
-        with state.batch_slot(session):
-            clock.lap("wait")
-            logits, *rows = session.run(list(fetched), feed)
-            outputs.append([logits[:len(chosen)], *(row[:len(chosen) * per_method] for row in rows[:per_row]),
-                            *(row[:len(chosen)] for row in rows[per_row:])])
-            clock.lap("infer")
-        if spec.causal is not None:
-            checks.append(_causal_batch(spec, cutter, chosen, crops, masks, outputs[-1], forward,
-                                        pair_target[begin:begin + spec.batch_size]))
-            clock.lap("infer")
-    columns = list(zip(*outputs))
-    logits, inside, total, voxels, ranks, peaks = (np.concatenate(column) for column in columns[:6])
-    row_pair = np.repeat(np.arange(len(pair_object)), per_method)
-    scored = {"object": pair_object[row_pair], "target": pair_target[row_pair], "logits": logits[row_pair],
-              "method": np.tile(np.arange(per_method), len(pair_object)), "inside": inside, "total": total,
-              "mask_voxels": voxels, "rank_counts": ranks, "peak_values": peaks,
-              "pad": cutter.pad_fractions[pair_object[row_pair]]}
-    if spec.features:
-        scored["features"] = np.concatenate(columns[-1])[row_pair]
-    if checks:
-        scored["causal"] = {name: _concatenated([c[name] for c in checks]) for name in checks[0]}
-    table = unit_table(spec, block, objects, scored, missing_chunks=bool(missing))
-    clock.lap("table")
-    provider = session.get_providers()[0]
-    return UnitResult(table, len(objects), provider, clock.seconds, without_centre=objects.without_centre,
-                      missing_chunks=missing, worker=describe_worker(provider, threads))
-
-
-def _forward_runner(state, session, batch_size):
-    """``images -> logits`` by the forward-only ``session``, ``batch_size`` crops per run (padded on CUDA)."""
-    def forward(images):
-        parts = []
-        for begin in range(0, len(images), batch_size):
-            chunk = images[begin:begin + batch_size]
-            with state.batch_slot(session):
-                (logits,) = session.run([contract.LOGITS], padded_for(session, {contract.IMAGE: chunk}, batch_size))
-            parts.append(logits[:len(chunk)])
-        return np.concatenate(parts)
-    return forward
-
-
-def _causal_batch(spec, cutter, chosen, crops, masks, batch_outputs, forward, requested):
-    """The causal columns (:func:`gradcamo.scorer.causal.causal_columns`) of one batch's rows."""
-    logits = batch_outputs[0]
-    background, in_image = cutter.surroundings(chosen)
-    cams = batch_outputs[6][:, 0] if spec.causal.deletion else None
-    return causal.causal_columns(
-        spec.causal, forward, crops=crops, masks=masks.astype(bool), background=background, in_image=in_image,
-        targets=np.where(requested < 0, logits.argmax(axis=1), requested), logits=logits, cams=cams,
-        methods=len(spec.methods), chunk=max(1, spec.batch_size // (2 * (spec.causal.deletion_steps or 1) - 1)),
-    )
-
-
-def _concatenated(parts):
-    return [v for part in parts for v in part] if isinstance(parts[0], list) else np.concatenate(parts)
-
-
-def _padded_to(feed, batch_size):
-    """``feed`` with its last sample repeated up to ``batch_size`` rows.
-
-    On CUDA every new batch shape costs onnxruntime a new plan (a short last batch per unit
-    made the tiny model 10-50x slower on an H100); each sample's outputs depend on that
-    sample alone, so the repeats are computed and dropped.
-    """
-    missing = batch_size - len(feed["image"])
-    return {name: np.concatenate([value, np.repeat(value[-1:], missing, axis=0)]) if missing else value
-            for name, value in feed.items()}
-
-
 def key_columns(block, objects, index) -> dict:
     """The key columns (:data:`gradcamo.scorer.sink.KEY_FIELDS`) of the rows of ``objects[index]`` of ``block``."""
     n = len(index)
@@ -423,55 +261,5 @@ def key_columns(block, objects, index) -> dict:
     }
 
 
-def unit_table(spec, block, objects, scored, *, missing_chunks=False):
-    """The rows of one unit as an Arrow table with the score schema (0 rows when ``scored`` is None).
-
-    ``missing_chunks`` flags every row: the unit read image chunks as the fill value.
-
-    ``scored`` holds, per (object, target, method) row: ``object`` (index into ``objects``),
-    ``target`` (requested class, -1 = predicted), ``logits``, ``inside``, ``total`` (the
-    head's outputs: ``method`` indexes ``spec.methods``; ``mask_voxels``, ``rank_counts``,
-    ``peak_values`` feed the localisation metrics), ``pad`` (pad fraction of the crop) and, with
-    ``spec.features``, ``features`` (the row's pooled activations, ``(rows, C)``).
-    """
-    schema = causal.causal_schema(score_schema(spec.features), spec.causal)
-    if scored is None:
-        return make_table({}, provenance=spec.provenance, schema=schema)
-    index = scored["object"]
-    n = len(index)
-    logits = scored["logits"]
-    predicted = logits.argmax(axis=1)
-    target = np.where(scored["target"] < 0, predicted, scored["target"])
-    inside = scored["inside"].astype(np.float64)
-    total = scored["total"].astype(np.float64)
-    value, empty = score_ratio(inside, total)
-    metrics = localisation_metrics(value, empty, scored["mask_voxels"], int(np.prod(spec.crop_spatial)),
-                                   scored["rank_counts"], scored["peak_values"])
-    pad = scored["pad"].astype(np.float32)
-    return make_table({
-        **key_columns(block, objects, index),
-        "target_class": target.astype(np.int32),
-        "predicted_class": predicted.astype(np.int32),
-        "target_name": [spec.class_names[t] for t in target],
-        "method": [spec.methods[m] for m in scored["method"]],
-        "logit_target": logits[np.arange(n), target].astype(np.float32),
-        "prob_target": softmax(logits)[np.arange(n), target].astype(np.float32),
-        "cam_inside": inside,
-        "cam_total": total,
-        "grad_camo": value,
-        "cam_empty": empty,
-        "edge_padded": pad > 0,
-        "pad_fraction": pad,
-        "mask_fraction": metrics.mask_fraction,
-        "enrichment": metrics.enrichment,
-        "rank_accuracy": metrics.rank_accuracy,
-        "pointing_hit": np.ma.MaskedArray(metrics.pointing_hit, mask=~metrics.pointing_known),
-        "missing_chunks": np.full(n, missing_chunks),
-        **(feature_columns(scored["features"]) if spec.features else {}),
-        **scored.get("causal", {}),
-    }, provenance=spec.provenance, schema=schema)
-
-
-__all__ = ["Block", "Measurements", "Objects", "ScoreSpec", "StageClock", "UnitResult", "assign_objects",
-           "key_columns", "measure_block", "merge_blocks", "missing_in_unit", "padded_for", "read_unit",
-           "score_unit", "unit_region", "unit_table"]
+__all__ = ["Block", "Measurements", "Objects", "StageClock", "UnitResult", "assign_objects", "key_columns",
+           "measure_block", "merge_blocks", "missing_in_unit", "read_unit", "unit_region"]

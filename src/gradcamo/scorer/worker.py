@@ -49,18 +49,18 @@ class ScorerPlugin(WorkerPlugin):
     def teardown(self, worker=None) -> None:
         self._clear()
 
-    def session(self, build, *arguments) -> Any:
-        """The session ``build(*arguments)`` on this worker, built on first use and kept for the run.
+    def session(self, build, *arguments, **options) -> Any:
+        """The session ``build(*arguments, **options)`` on this worker, built on first use and kept for the run.
 
-        ``build`` and ``arguments`` are the key: e.g. :func:`gradcamo.scorer.session.scoring_session` and a
-        :class:`~gradcamo.scorer.units.ScoreSpec`'s ``session_arguments`` (the model file's
-        path and sha256, crop, convention, device, threads, methods), or an autoencoder's
-        graph opener and its description.
+        ``build``, ``arguments`` and ``options`` are the key: e.g. a pass kind's graph builder
+        (:func:`gradcamo.scorer.session.scoring_session`: the model file's path and sha256, crop,
+        convention, methods) with the worker's device and threads
+        (:meth:`gradcamo.scorer.engine.Inference.session`).
         """
-        key = (build, *arguments)
+        key = (build, *arguments, *sorted(options.items()))
         with self._guard:
             if key not in self._sessions:
-                self._sessions[key] = build(*arguments)
+                self._sessions[key] = build(*arguments, **options)
             return self._sessions[key]
 
     def batch_slot(self, session) -> contextlib.AbstractContextManager:
