@@ -31,6 +31,7 @@ from gradcamo.data.read import RECORD
 from gradcamo.data.write import write_field
 from gradcamo.errors import InputError, Interrupted
 from gradcamo.progress import cell_progress
+from gradcamo.options import check_whole_number
 
 IMPORT_THREADS = 8
 """Fields written at once: the work is reading TIFFs and compressing chunks, mostly outside the GIL."""
@@ -163,8 +164,7 @@ def import_loaddata(csv_path, output, *, channels=None, objects=None, base_dir=N
         others left for the next run; the message says how many are done.
     """
     started = time.time()
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise InputError(f"threads: expected a whole number >= 1, got {threads!r}", argument="threads")
+    check_whole_number(threads, "threads")
     screen = read_loaddata(csv_path, channels=channels, objects=objects, base_dir=base_dir)
     output = pathlib.Path(output)
     if output.exists() and not output.is_dir():

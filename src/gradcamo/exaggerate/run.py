@@ -37,6 +37,7 @@ from gradcamo.exaggerate.trajectories import (
 from gradcamo.exaggerate.trends import monotonic_shares
 from gradcamo.files import staged_directory
 from gradcamo.progress import cell_progress
+from gradcamo.options import check_whole_number
 
 LOGGER = logging.getLogger(__name__)
 DIRECTION_FILE = "direction.json"
@@ -71,8 +72,7 @@ def _check_output(output, overwrite):
 
 
 def _check_cells(cells):
-    if isinstance(cells, bool) or not isinstance(cells, int) or cells < 1:
-        raise InputError(f"cells: expected a whole number >= 1, got {cells!r}", argument="cells")
+    check_whole_number(cells, "cells")
 
 
 def _trajectory_table(groups, chosen, group_names, steps, values, classes, probabilities, grad_camo):

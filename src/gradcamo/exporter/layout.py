@@ -33,6 +33,7 @@ import math
 from torch import nn
 
 from gradcamo.errors import InputError
+from gradcamo.options import check_whole_number
 
 LAYOUTS = ("nchw", "nhwc", "tokens")
 LAYOUT_OPTION = "--target-layout"
@@ -190,8 +191,7 @@ def _token_layout(shape, crop_spatial, *, model, layer_name, label, token_grid, 
     if len(grid) != spatial_dims or not all(isinstance(n, int) and n > 0 for n in grid):
         raise InputError(f"{GRID_OPTION}: expected {spatial_dims} positive integers (the crop is {spatial_dims}D), "
                          f"got {','.join(map(str, grid))}")
-    if not isinstance(prefix, int) or prefix < 0:
-        raise InputError(f"{PREFIX_OPTION}: expected a whole number >= 0, got {prefix!r}")
+    check_whole_number(prefix, PREFIX_OPTION, minimum=0)
     if shape[1] != prefix + math.prod(grid):
         source = "the model's" if declared and token_grid is None and prefix_tokens is None else "the"
         raise UndecidedLayout(

@@ -33,6 +33,7 @@ from gradcamo.cam import softmax
 from gradcamo.contract import IMAGE, LOGITS
 from gradcamo.errors import InputError
 from gradcamo.scorer.session import create_session
+from gradcamo.options import check_whole_number
 
 ABLATIONS = ("cell_only", "context_only")
 DELETION_CURVE = "deletion_curve"
@@ -79,10 +80,8 @@ def check_causal_options(*, ablation=False, deletion_steps=None, deletion_curves
     InputError
         ``deletion_steps`` not a whole number >= 1; ``deletion_curves`` without ``deletion_steps``.
     """
-    if deletion_steps is not None and (isinstance(deletion_steps, bool) or not isinstance(deletion_steps, int)
-                                       or deletion_steps < 1):
-        raise InputError(f"deletion_steps: expected a whole number >= 1 (the steps from the full to the fully "
-                         f"filled crop), got {deletion_steps!r}", argument="deletion_steps")
+    check_whole_number(deletion_steps, "deletion_steps", optional=True,
+                       meaning="the steps from the full to the fully filled crop")
     if deletion_curves and deletion_steps is None:
         raise InputError("deletion_curves: needs deletion_steps (the curves have K + 1 points)",
                          argument="deletion_curves")

@@ -112,6 +112,12 @@ def merge_measurements(parts, ndim) -> Measurements:
     return Measurements(unique, voxels.astype(np.int64), sums)
 
 
+def centre_voxels(centroids) -> np.ndarray:
+    """(n, ndim) int64: the voxel each crop is centred on, ``floor(centroid + 0.5)`` per axis
+    (halves round up, the same on every axis and for negative coordinates)."""
+    return np.floor(np.asarray(centroids, dtype=np.float64) + 0.5).astype(np.int64)
+
+
 def crop_starts(centroids, crop_shape) -> np.ndarray:
     """First voxel of each object's crop: ``floor(centroid + 0.5) - size // 2`` per axis.
 
@@ -119,8 +125,7 @@ def crop_starts(centroids, crop_shape) -> np.ndarray:
     -------
     starts : (n, ndim) int64 ndarray
     """
-    centres = np.floor(np.asarray(centroids, dtype=np.float64) + 0.5).astype(np.int64)
-    return centres - np.asarray(crop_shape, dtype=np.int64) // 2
+    return centre_voxels(centroids) - np.asarray(crop_shape, dtype=np.int64) // 2
 
 
 def cut_window(array, start, shape) -> tuple[np.ndarray, float]:

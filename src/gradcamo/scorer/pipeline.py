@@ -29,6 +29,7 @@ from gradcamo.scorer.score_pass import ScorePass
 from gradcamo.scorer.units import STAGES, assign_objects, measure_block, merge_blocks
 from gradcamo.scorer.worker import PLUGIN_NAME, ScorerPlugin
 from gradcamo.signals import children_ignore_sigint
+from gradcamo.options import check_whole_number
 
 LOGGER = logging.getLogger(__name__)
 LOCAL_ALLOWED_FAILURES = 1
@@ -75,24 +76,16 @@ class RunSummary:
         return empty_maps_warning(self.empty_maps, self.rows)
 
 
-def _check_whole(value, argument, *, minimum=1, allow_none=True):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"{argument}: expected a whole number >= {minimum}, got {value!r}", argument=argument)
-    return value
-
-
 def check_run_options(*, inputs, batch_size, workers, threads, unit_max_bytes, timepoint, max_failures, device) -> None:
     """Refuse bad run options of :func:`score` or ``encode`` before any work (``InputError`` naming the option)."""
     if not inputs:
         raise InputError("inputs: give at least one OME-Zarr image or plate", argument="inputs")
-    _check_whole(batch_size, "batch_size", allow_none=False)
-    _check_whole(workers, "workers")
-    _check_whole(threads, "threads")
-    _check_whole(unit_max_bytes, "unit_max_bytes", allow_none=False)
-    _check_whole(timepoint, "timepoint", minimum=0, allow_none=False)
-    _check_whole(max_failures, "max_failures", minimum=0, allow_none=False)
+    check_whole_number(batch_size, "batch_size")
+    check_whole_number(workers, "workers", optional=True)
+    check_whole_number(threads, "threads", optional=True)
+    check_whole_number(unit_max_bytes, "unit_max_bytes")
+    check_whole_number(timepoint, "timepoint", minimum=0)
+    check_whole_number(max_failures, "max_failures", minimum=0)
     check_device(device)
 
 
@@ -364,8 +357,9 @@ def score(
     return dataclasses.replace(summary, channel_note=channel_note(parameters["channel_mapping"], info.channel_names))
 
 
-def run_units(kind: PassKind, images, output, parameters, *, record, overwrite, scheduler, workers, threads,
-              progress, max_failures, started, verb, cpus=None, gpu_workers=None) -> RunSummary:
+def run_units(kind: PassKind, images, output, parameters, *, record, overwrite=False, scheduler=None, workers=None,
+              threads=None, progress=False, max_failures=DEFAULT_MAX_FAILURES, started=None, verb="processed",
+              cpus=None, gpu_workers=None) -> RunSummary:
     """Run the pass ``kind`` on every work unit not yet done (:func:`gradcamo.scorer.engine.run_unit`);
     write each one's table as a part.
 
@@ -387,6 +381,10 @@ def run_units(kind: PassKind, images, output, parameters, *, record, overwrite, 
         What the dataset records; a resumed run must give the same.
     record : dict
         Top-level manifest entries that may change between runs (e.g. where the model is).
+    overwrite, scheduler, workers, threads, progress, max_failures
+        As for :func:`score`.
+    started : float, optional
+        ``time.time()`` when the command began (default: now); the summary's seconds count from it.
     verb : str
         Past tense for the log line (``scored``, ``encoded``).
     cpus : gradcamo.scorer.resources.CpuAllocation, optional
@@ -398,6 +396,7 @@ def run_units(kind: PassKind, images, output, parameters, *, record, overwrite, 
     -------
     RunSummary
     """
+    started = time.time() if started is None else started
     spatial_dims = len(kind.crop_shape) - 1
     cpus = cpus or usable_cpus()
     with ScoreDataset.open(output, parameters, overwrite=overwrite, schema=kind.schema) as dataset:

@@ -20,7 +20,7 @@ import numpy as np
 from gradcamo.data.chunks import chunks_read_as_fill
 from gradcamo.data.read import ImageSource
 from gradcamo.errors import InputError
-from gradcamo.scorer.crops import CropCutter, Measurements, crop_starts, measure_objects, merge_measurements
+from gradcamo.scorer.crops import CropCutter, Measurements, centre_voxels, crop_starts, measure_objects, merge_measurements
 from gradcamo.scorer.regions import Layout, read_region, region_index
 from gradcamo.scorer.worker import worker_state
 
@@ -156,7 +156,7 @@ def assign_objects(blocks, objects) -> list[tuple[Block, Objects]]:
     as left out.
     """
     centres = objects.crop_centres
-    centres = np.floor(np.where(np.isfinite(centres), centres, objects.centroids) + 0.5).astype(np.int64)
+    centres = centre_voxels(np.where(np.isfinite(centres), centres, objects.centroids))
     return [
         (block, objects.subset(np.all((centres >= block.start) & (centres < block.stop), axis=1)))
         for block in blocks

@@ -23,6 +23,7 @@ from gradcamo.visual.gallery import render_galleries, select_galleries
 from gradcamo.visual.plates import parse_well, plate_shape, row_name
 from gradcamo.visual.source import open_source, read_manifest
 from gradcamo.visual.stats import CONFIDENT, report_stats, well_stats
+from gradcamo.options import check_whole_number
 
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; max-width: 1600px; }
@@ -206,8 +207,7 @@ def _provenance(directory, manifest):
 
 
 def _check_report_options(output, gallery):
-    if isinstance(gallery, bool) or not isinstance(gallery, int) or gallery < 0:
-        raise InputError(f"--gallery: expected a whole number >= 0, got {gallery!r}")
+    check_whole_number(gallery, "--gallery", minimum=0)
     if output.is_dir():
         raise InputError(f"-o {output}: is a directory; expected a file name such as report.html")
     if not output.parent.is_dir():

@@ -5,6 +5,7 @@ import pyarrow as pa
 from gradcamo.errors import InputError
 from gradcamo.results.datasets import DATASET_COLUMN, VIEW, resolve_datasets
 from gradcamo.results.query import run_query
+from gradcamo.options import check_whole_number
 
 DEFAULT_ORDER = "Metadata_Image, Metadata_ObjectNumber, target_class"
 VALID_SCORE = "grad_camo IS NOT NULL AND NOT isnan(grad_camo)"
@@ -12,9 +13,7 @@ VALID_SCORE = "grad_camo IS NOT NULL AND NOT isnan(grad_camo)"
 
 def check_limit(limit, option="--limit") -> int:
     """A whole number >= 1."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise InputError(f"{option}: expected a whole number >= 1, got {limit!r}")
-    return limit
+    return check_whole_number(limit, option)
 
 
 def select_rows(directory, *, where=None, order_by=None, limit=64, method=None) -> pa.Table:
