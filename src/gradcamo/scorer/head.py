@@ -10,6 +10,7 @@ Rows are (sample, method) pairs, sample-major: row ``n * M + m`` is sample ``n``
 """
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import onnx
@@ -75,9 +76,12 @@ class HeadOutputs:
     @classmethod
     def concatenate(cls, parts: list["HeadOutputs"]) -> "HeadOutputs":
         """The outputs of consecutive batches as one."""
-        return cls(*(None if getattr(parts[0], field.name) is None
-                     else np.concatenate([getattr(part, field.name) for part in parts])
-                     for field in dataclasses.fields(cls)))
+        joined: dict[str, Any] = {
+            field.name: None if getattr(parts[0], field.name) is None
+            else np.concatenate([getattr(part, field.name) for part in parts])
+            for field in dataclasses.fields(cls)
+        }
+        return cls(**joined)
 
 
 class _Graph:

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import os
 import time
+from typing import Any
 
 import pyarrow.compute as pc
 from distributed import Client, LocalCluster, as_completed
@@ -404,17 +405,18 @@ def run_units(kind: PassKind, images, output, parameters, *, record, overwrite=F
             **cpus.to_json(), "gpus": [{"worker": w.name, "device": w.gpu.label, "name": w.gpu.name,
                                         "uuid": w.gpu.uuid} for w in gpu_workers or ()]})
         done = dataset.completed_units()
-        counts = {"images": len(images), "units": sum(len(i.blocks) or 1 for i in images), "cells": 0, "rows": 0}
+        counts: dict[str, Any] = {"images": len(images), "units": sum(len(i.blocks) or 1 for i in images),
+                                  "cells": 0, "rows": 0}
         if parameters.get("center_labels") is not None:
             counts["cells_without_centre"] = 0
         providers, stages = set(), dict.fromkeys(STAGES, 0.0)
         failures = FailureLog(max_failures)
-        missing = {image: set(chunks) for image, chunks in dataset.missing_chunks().items()}
+        missing: dict[str, Any] = {image: set(chunks) for image, chunks in dataset.missing_chunks().items()}
         for image in images:
             if not image.blocks:  # a plate field that could not be opened
                 failures.record(UnitFailure.unopened(image))
         client, cluster = _open_client(scheduler, workers, threads, cpus.cpus, gpu_workers)
-        per_worker = {}
+        per_worker: dict[str, dict] = {}
         try:
             client.register_plugin(ScorerPlugin(), name=PLUGIN_NAME)
             nthreads = [w["nthreads"] for w in client.scheduler_info()["workers"].values()]
@@ -422,7 +424,7 @@ def run_units(kind: PassKind, images, output, parameters, *, record, overwrite=F
             todo = [image for image in images if any(b.unit_id not in done for b in image.blocks)]
             with cell_progress(progress) as bar, _PartWriter(dataset) as writer:
                 shown = RunProgress(bar, verb, [w.gpu.label for w in gpu_workers or ()])
-                finished_images = collections.Counter()
+                finished_images: collections.Counter = collections.Counter()
 
                 def on_result(item, result):
                     block = item[1]

@@ -13,7 +13,8 @@ VALID_SCORE = "grad_camo IS NOT NULL AND NOT isnan(grad_camo)"
 
 def check_limit(limit, option="--limit") -> int:
     """A whole number >= 1."""
-    return check_whole_number(limit, option)
+    check_whole_number(limit, option)
+    return limit
 
 
 def select_rows(directory, *, where=None, order_by=None, limit=64, method=None) -> pa.Table:

@@ -1,0 +1,76 @@
+"""The quick suite (``run.py --quick``) on two source trees in one run, alternating, for a change
+that must not change speed (a restructure):
+
+    python benchmarks/before_after.py --before /path/to/old/checkout --after . --repeats 2
+
+Each repeat runs the suite once with the old tree's ``src`` first on ``PYTHONPATH`` and once
+with the new one's (the order alternates between repeats), each in a fresh process, so machine
+load falls on both alike. Prints, per model, the medians of end-to-end cells/s, R1b (end to
+end / torch eager) and R2 (end to end / bare onnxruntime) of each tree and after / before; and
+the pipeline ceiling's end-to-end cells/s and ratio. Writes the record as JSON to ``--output``.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+
+SUITE = pathlib.Path(__file__).resolve().parent / "run.py"
+RATIOS = ("R1b e2e / torch_eager", "R2 e2e / ort_graph")
+
+
+def run_suite(tree, output):
+    """One ``run.py --quick`` with ``tree``/src first on the path; its results record."""
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(pathlib.Path(tree).resolve() / "src"),
+                                                                os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, str(SUITE), "--quick", "--output", str(output)], check=True, env=environment,
+                   stdout=subprocess.DEVNULL)
+    return json.loads(pathlib.Path(output).read_text())
+
+
+def figures(record):
+    """``{name: value}`` of one suite record: per model e2e cells/s and ratios; the ceiling."""
+    values = {}
+    for model in record["models"]:
+        values[f"{model['model']} e2e cells/s"] = model["cells_per_s"]["end_to_end"]
+        values.update({f"{model['model']} {name}": model["ratios"][name] for name in RATIOS})
+    ceiling = record.get("ceiling") or {}
+    if ceiling:
+        values["ceiling e2e cells/s"] = ceiling["cells_per_s"]["end_to_end"]
+        values["ceiling ratio"] = ceiling["ceiling_ratio"]
+    return values
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--before", required=True, type=pathlib.Path, help="checkout of the old code")
+    parser.add_argument("--after", default=pathlib.Path("."), type=pathlib.Path, help="checkout of the new code")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--output", type=pathlib.Path, default=None)
+    args = parser.parse_args()
+    runs = {"before": [], "after": []}
+    with tempfile.TemporaryDirectory() as scratch:
+        for repeat in range(args.repeats):
+            order = ("before", "after") if repeat % 2 == 0 else ("after", "before")
+            for name in order:
+                tree = args.before if name == "before" else args.after
+                output = pathlib.Path(scratch) / f"{name}-{repeat}.json"
+                runs[name].append(figures(run_suite(tree, output)))
+                print(f"repeat {repeat + 1}/{args.repeats}: {name} done", file=sys.stderr)
+    table = {}
+    for key in runs["before"][0]:
+        before = statistics.median(run[key] for run in runs["before"])
+        after = statistics.median(run[key] for run in runs["after"])
+        table[key] = {"before": before, "after": after, "after / before": after / before}
+        print(f"{key:45s} before {before:10.3f}  after {after:10.3f}  after/before {after / before:5.2f}")
+    record = {"repeats": args.repeats, "load_average": os.getloadavg(), "figures": table, "runs": runs}
+    if args.output:
+        args.output.write_text(json.dumps(record, indent=1))
+
+
+if __name__ == "__main__":
+    main()
