@@ -19,6 +19,7 @@ progress, resume, Ctrl-C, part files and the manifest) is
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -28,7 +29,7 @@ import pyarrow as pa
 
 from gradcamo.scorer.crops import CropCutter
 from gradcamo.scorer.resources import describe_worker, worker_device_id
-from gradcamo.scorer.session import CUDA
+from gradcamo.scorer.session import CUDA, run_in_batches
 from gradcamo.scorer.sink import make_table
 from gradcamo.scorer.units import Block, Objects, StageClock, UnitResult, key_columns, missing_in_unit, read_unit
 from gradcamo.scorer.worker import ScorerPlugin, session_threads, worker_state
@@ -138,27 +139,26 @@ class Inference:
 
     def run(self, session: ort.InferenceSession, outputs: Sequence[str],
             feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """``session.run(outputs, feed)`` on any number of rows, ``batch_size`` at a time.
+        """``session.run(outputs, feed)`` on any number of rows, ``batch_size`` at a time
+        (:func:`gradcamo.scorer.session.run_in_batches`).
 
         Every output's first axis has a whole number of entries per input row (the score
         head: one per method); the rows of each output are those of the inputs, in order.
         """
-        size = self._kind.batch_size
-        count = len(next(iter(feed.values())))
-        parts = []
-        for begin in range(0, count, size):
-            chunk = {name: value[begin:begin + size] for name, value in feed.items()}
-            rows = min(size, count - begin)
-            if session.get_providers()[0] == CUDA:
-                chunk = _padded_to(chunk, size)
-            self._clock.lap("cut")
-            with self._state.batch_slot(session):
-                self._clock.lap("wait")
-                values = session.run(list(outputs), chunk)
-                self._clock.lap("infer")
-            fed = len(next(iter(chunk.values())))
-            parts.append([value[:rows * (len(value) // fed)] for value in values])
-        return parts[0] if len(parts) == 1 else [np.concatenate(column) for column in zip(*parts)]
+        return run_in_batches(session, outputs, feed, self._kind.batch_size,
+                              run=functools.partial(self._run_batch, session))
+
+    def _run_batch(self, session, outputs, batch):
+        rows = len(next(iter(batch.values())))
+        if session.get_providers()[0] == CUDA:
+            batch = _padded_to(batch, self._kind.batch_size)
+        self._clock.lap("cut")
+        with self._state.batch_slot(session):
+            self._clock.lap("wait")
+            values = session.run(outputs, batch)
+            self._clock.lap("infer")
+        fed = len(next(iter(batch.values())))
+        return [value[:rows * (len(value) // fed)] for value in values]
 
     @property
     def worker(self) -> dict | None:

@@ -109,7 +109,7 @@ ONNX_TENSOR_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
 """numpy types of the graph inputs gradcamo's graphs take."""
 
 
-def run_in_batches(session, output_names, feed, batch_size, advance=None) -> list[np.ndarray]:
+def run_in_batches(session, output_names, feed, batch_size, advance=None, run=None) -> list[np.ndarray]:
     """Run ``session`` on arrays held in memory, ``batch_size`` rows at a time.
 
     Parameters
@@ -122,6 +122,9 @@ def run_in_batches(session, output_names, feed, batch_size, advance=None) -> lis
     batch_size : int
     advance : callable, optional
         Called with the rows of each batch run (progress).
+    run : callable, optional
+        ``run(output_names, batch) -> outputs`` instead of ``session.run`` (the engine's:
+        :meth:`gradcamo.scorer.engine.Inference.run`).
 
     Returns
     -------
@@ -134,10 +137,10 @@ def run_in_batches(session, output_names, feed, batch_size, advance=None) -> lis
     for begin in range(0, rows, batch_size):
         batch = {name: np.ascontiguousarray(value[begin:begin + batch_size], dtype=types[name])
                  for name, value in feed.items()}
-        parts.append(session.run(list(output_names), batch))
+        parts.append((run or session.run)(list(output_names), batch))
         if advance is not None:
             advance(len(next(iter(batch.values()))))
-    return [np.concatenate(column) for column in zip(*parts)]
+    return parts[0] if len(parts) == 1 else [np.concatenate(column) for column in zip(*parts)]
 
 
 def scoring_session(model_path, model_sha256, crop_spatial, convention, methods=("gradcam",), crop_cam=False, *,
