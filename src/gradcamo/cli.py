@@ -6,7 +6,7 @@ import logging
 import pathlib
 import sys
 import traceback
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -158,7 +158,7 @@ def layers_command(
                                                "nchw (default) or nhwc (Keras/TF)."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a full unpickle of MODEL or "
                                       "--weights, as for export: it executes code from the file."),
-):
+) -> None:
     """List the candidate target layers: output shape, how export would read it, whether its gradient is non-zero.
 
     One line per layer whose output has a batch axis and two or more others, in forward order,
@@ -746,9 +746,9 @@ def demo_command(
 
         if three_d:
             raise InputError("--3d: the exaggeration demo is 2D only; leave out --3d or --exaggerate")
-        result = run_exaggerate_demo(out if out != DEMO_OUT else DEMO_OUT + "-exaggerate", seed=seed,
-                                     overwrite=overwrite, workers=workers, progress=_show_progress())
-        print_exaggerate_report(result)
+        exaggerated = run_exaggerate_demo(out if out != DEMO_OUT else DEMO_OUT + "-exaggerate", seed=seed,
+                                          overwrite=overwrite, workers=workers, progress=_show_progress())
+        print_exaggerate_report(exaggerated)
         return
     from gradcamo.demo.report import print_report
     from gradcamo.demo.run import run_demo
@@ -774,11 +774,11 @@ def _in_flags(error):
 
 OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 """errno values of a write refused for want of space: a full disk, a quota, a file size limit."""
-USAGE_ERROR = next(kind for kind in typer.BadParameter.__mro__ if kind.__name__ == "UsageError")
+USAGE_ERROR: Any = next(kind for kind in typer.BadParameter.__mro__ if kind.__name__ == "UsageError")
 """click's UsageError as the installed typer raises it (typer 0.2x vendors click as typer._click)."""
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     """Run the command line; returns the exit code: 0 done, 2 bad input or usage (one line on
     stderr), 3 finished with failed work units, 130 interrupted by SIGINT or SIGTERM."""
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -60,7 +60,7 @@ class DemoResult:
     method_medians: dict
 
     @property
-    def verdicts_separate(self):
+    def verdicts_separate(self) -> bool:
         """The causal check puts the honest model on the cell's side and the shortcut model on the context's."""
         honest, shortcut = self.reports
         return honest.causal.get("verdict") == CELL and shortcut.causal.get("verdict") == CONTEXT

@@ -37,7 +37,7 @@ TORCHSCRIPT_ADVICE = {
 }
 
 
-def refuse_torchscript(path, option):
+def refuse_torchscript(path, option) -> None:
     """Refuse a TorchScript archive (``torch.jit.save``: compiled code) given as ``option``, saying what to give instead."""
     try:
         with zipfile.ZipFile(path) as archive:
@@ -56,7 +56,7 @@ def _stand_in(qualified_name):
     })
 
 
-def pickle_refusal(path, option, name):
+def pickle_refusal(path, option, name) -> InputError:
     """The error for a pickle holding the Python object ``name`` beyond tensors and containers."""
     return InputError(
         f"{option}: {str(path)!r} holds Python objects beyond tensors ({name}); unpickling it "
@@ -187,7 +187,7 @@ def _mismatch(expected, state):
     return "; ".join(parts)
 
 
-def fit_state_dict(model, state, path):
+def fit_state_dict(model, state, path) -> dict:
     """The part of ``state`` that is exactly ``model``'s state dict, found by its key prefix.
 
     The prefix is the one under which the keys are exactly the model's (Lightning's

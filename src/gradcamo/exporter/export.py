@@ -164,7 +164,7 @@ def check_channel_names(names, n_channels) -> list[str] | None:
     return names
 
 
-def check_gradient_reaches(wrapper, input_shape, n_classes, *, mean=None, std=None):
+def check_gradient_reaches(wrapper, input_shape, n_classes, *, mean=None, std=None) -> None:
     """Refuse a target layer whose gradient is zero on every validation input (both target passes).
 
     Raises

@@ -32,7 +32,7 @@ class LayerCandidate:
     gradient_nonzero: bool | None = None
 
     @property
-    def usable(self):
+    def usable(self) -> bool:
         return self.calls == 1 and self.layout is not None and bool(self.gradient_nonzero)
 
 
@@ -64,7 +64,7 @@ def _run_with_outputs_kept(model, image):
     return logits, kept, calls
 
 
-def list_layers(model, input_shape, *, names=None):
+def list_layers(model, input_shape, *, names=None) -> "tuple[list[LayerCandidate], str | None]":
     """Every candidate target layer of ``model`` on a seeded random input, in forward order, and the suggested one.
 
     The gradient is that of each sample's predicted logit, as the scorer's default target;
@@ -118,7 +118,7 @@ def _suggest(candidates):
     return (same_width or usable)[-1].name
 
 
-def format_layers(candidates, suggested):
+def format_layers(candidates, suggested) -> list[str]:
     """One line per candidate (``*`` marks the suggested one), then a line naming the suggestion."""
     rows = [("", "layer", "output", "read as", "gradient")]
     for c in candidates:

@@ -29,6 +29,7 @@ Anything else is refused with the flag that settles it.
 import dataclasses
 import json
 import math
+import torch
 
 from torch import nn
 
@@ -72,7 +73,7 @@ class TargetLayout:
     token_grid: tuple | None = None
     prefix_tokens: int = 0
 
-    def to_channels_first(self, tensor):
+    def to_channels_first(self, tensor) -> "torch.Tensor":
         """(N, C, *s), (N, *s, C) or (N, prefix + prod(grid), C) -> (N, C, *s) (torch, traceable)."""
         if self.layout == "nchw":
             return tensor
@@ -207,7 +208,7 @@ def _token_layout(shape, crop_spatial, *, model, layer_name, label, token_grid, 
 
 
 def decide_layout(shape, crop_spatial, *, model=None, layer_name="", layer=None, layout=None, token_grid=None,
-                  prefix_tokens=None):
+                  prefix_tokens=None) -> "TargetLayout":
     """Decide how the target layer's output ``shape`` (batch first) is read; see the module docstring.
 
     Parameters
@@ -277,7 +278,7 @@ def decide_layout(shape, crop_spatial, *, model=None, layer_name="", layer=None,
     )
 
 
-def parse_token_grid(text):
+def parse_token_grid(text) -> tuple[int, ...] | None:
     """``"6,6"`` -> ``(6, 6)``; None stays None."""
     if text is None:
         return None

@@ -63,7 +63,7 @@ class OnnxClassifier(nn.Module):
         self.channels_last = channels_last
         self.graph_tensors = graph_tensors
 
-    def forward(self, image):
+    def forward(self, image) -> torch.Tensor:
         if self.channels_last:
             image = image.movedim(1, -1)
         return self.graph(image)
@@ -263,7 +263,7 @@ def convert_onnx_classifier(path, input_shape, *, input_layout="nchw") -> OnnxCl
     return _convert(proto, path, graph_input, input_shape, input_layout)[0]
 
 
-def load_onnx_classifier(path, target_tensor, input_shape, *, input_layout="nchw"):
+def load_onnx_classifier(path, target_tensor, input_shape, *, input_layout="nchw") -> tuple[nn.Module, str]:
     """Convert a forward-only ONNX classifier to torch and check the conversion.
 
     Parameters
@@ -346,7 +346,7 @@ def _logit_difference(proto, model, image):
     return difference
 
 
-def finite_difference_error(model, layer_name, image, input_shape):
+def finite_difference_error(model, layer_name, image, input_shape) -> float:
     """Relative error of autograd's directional derivative of the predicted logits along random
     directions of the layer's output against a central finite difference, in float64."""
     model = model.double()

@@ -40,7 +40,7 @@ def _read_table(path):
     return vectors, [str(n) for n in table[NAME_COLUMN].to_pylist()]
 
 
-def read_references(path):
+def read_references(path) -> tuple[np.ndarray, list[str] | None]:
     """The reference vectors ``(K, D)`` float64 and their names (None for a ``.npy`` file).
 
     ``path`` is a ``.npy`` array, or a ``.parquet``/``.csv`` table with a ``name`` column
@@ -77,7 +77,7 @@ def read_references(path):
     return vectors, names
 
 
-def reference_names(names, count):
+def reference_names(names, count) -> list[str]:
     """The names given, else ``ref_0``, ``ref_1``, ..."""
     return names if names is not None else [f"ref_{k}" for k in range(count)]
 

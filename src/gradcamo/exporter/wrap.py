@@ -2,6 +2,7 @@
 
 import contextlib
 import difflib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -40,7 +41,7 @@ def _layer_listing(model):
 
 
 @contextlib.contextmanager
-def capture_layer_output(layer):
+def capture_layer_output(layer) -> Iterator[list]:
     """Capture ``layer``'s output as a fresh autograd leaf while the block runs.
 
     The hook swaps the output for a leaf tensor and hands a clone of it downstream, so

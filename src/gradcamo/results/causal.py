@@ -33,7 +33,7 @@ THRESHOLDS = (f"verdict: mean confidence lost without the context (cell only) vs
               f"only); both < {LOSS:g}: neither; one >= {DOMINANCE:g}x the other: that part decides; else both")
 
 
-def causal_aggregates(columns):
+def causal_aggregates(columns) -> list[str]:
     """SQL aggregates (``expression AS name``) of the causal columns among ``columns``; [] when there are none.
 
     ``columns`` are the names the rows have (NULL columns of datasets scored without the
@@ -52,7 +52,7 @@ def causal_aggregates(columns):
     return aggregates
 
 
-def verdict(lost_cell_only, lost_context_only):
+def verdict(lost_cell_only, lost_context_only) -> str | None:
     """The one-line verdict from the mean confidences lost on the cell alone and on the context
     alone (None when either is unknown)."""
     if lost_cell_only is None or lost_context_only is None:
@@ -66,7 +66,7 @@ def verdict(lost_cell_only, lost_context_only):
     return BOTH
 
 
-def with_verdicts(table):
+def with_verdicts(table) -> pa.Table:
     """``table`` (a summary) with a ``verdict`` column appended; unchanged without ``mean_confidence_lost_*``."""
     if "mean_confidence_lost_cell_only" not in table.column_names:
         return table

@@ -22,6 +22,7 @@ fully filled crop, run once: ``2 + 2K - 1`` extra forwards per row at most.
 """
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import onnx
@@ -51,14 +52,14 @@ class CausalSpec:
     """Also write the K + 1 probabilities of each curve as list columns."""
 
     @property
-    def deletion(self):
+    def deletion(self) -> bool:
         return self.deletion_steps is not None
 
-    def parameters(self):
+    def parameters(self) -> dict:
         """What the dataset's parameters record (a resumed run must repeat them)."""
         return {"ablation": self.ablation, "deletion_steps": self.deletion_steps, "deletion_curves": self.curves}
 
-    def fields(self):
+    def fields(self) -> list[tuple[str, pa.DataType]]:
         """The columns these checks add to the score schema, in order."""
         fields = []
         if self.ablation:
@@ -72,7 +73,7 @@ class CausalSpec:
         return fields
 
 
-def check_causal_options(*, ablation=False, deletion_steps=None, deletion_curves=False):
+def check_causal_options(*, ablation=False, deletion_steps=None, deletion_curves=False) -> "CausalSpec | None":
     """A :class:`CausalSpec`, or None when no check is asked for.
 
     Raises
@@ -90,7 +91,7 @@ def check_causal_options(*, ablation=False, deletion_steps=None, deletion_curves
     return CausalSpec(bool(ablation), deletion_steps, bool(deletion_curves))
 
 
-def causal_schema(schema, causal):
+def causal_schema(schema, causal) -> pa.Schema:
     """``schema`` with the columns of ``causal`` (a :class:`CausalSpec` or None) appended."""
     if causal is None:
         return schema
@@ -99,7 +100,7 @@ def causal_schema(schema, causal):
     return schema
 
 
-def forward_graph(model):
+def forward_graph(model) -> onnx.ModelProto:
     """The logits part of a gradcamo gradient graph: input ``image``, output ``logits``.
 
     Raises
@@ -121,7 +122,7 @@ def forward_session(model_path, model_sha256, *, device, threads, device_id=None
                           device_id=device_id)
 
 
-def background_fill(crops, background):
+def background_fill(crops, background) -> np.ndarray:
     """Per crop and channel: the median of the background pixels, 0 where the crop has none.
 
     Parameters
@@ -141,18 +142,18 @@ def background_fill(crops, background):
     return fill
 
 
-def filled(crops, replace, fill):
+def filled(crops, replace, fill) -> np.ndarray:
     """``crops`` with the pixels where ``replace`` ((n, *S) bool) set to ``fill`` ((n, C)), all channels."""
     view = fill.reshape(fill.shape + (1,) * (crops.ndim - 2))
     return np.where(replace[:, None], view, crops).astype(np.float32, copy=False)
 
 
-def ablated(crops, masks, in_image, fill):
+def ablated(crops, masks, in_image, fill) -> tuple[np.ndarray, np.ndarray]:
     """The cell-only crops (in-image pixels outside ``masks`` filled) and the context-only crops (``masks`` filled)."""
     return filled(crops, in_image & ~masks, fill), filled(crops, masks, fill)
 
 
-def ablated_crops(crops, masks, background, in_image):
+def ablated_crops(crops, masks, background, in_image) -> tuple[np.ndarray, np.ndarray]:
     """:func:`ablated` with each crop's :func:`background_fill`: what ``--ablation`` feeds the model.
 
     Parameters
@@ -168,13 +169,13 @@ def ablated_crops(crops, masks, background, in_image):
     return ablated(crops, masks, in_image, background_fill(crops, background))
 
 
-def step_counts(steps, voxels):
+def step_counts(steps, voxels) -> np.ndarray:
     """(K + 1,) int64: ``floor(i * P / K + 1/2)`` pixels at step ``i``, in exact integer arithmetic."""
     i = np.arange(steps + 1, dtype=np.int64)
     return (2 * i * voxels + steps) // (2 * steps)
 
 
-def deletion_ranks(cams):
+def deletion_ranks(cams) -> np.ndarray:
     """(n, P) int64: each pixel's place in its row's order (CAM descending, ties by ascending flat index)."""
     flat = np.asarray(cams).reshape(len(cams), -1)
     order = np.argsort(-flat, axis=1, kind="stable")
@@ -183,7 +184,7 @@ def deletion_ranks(cams):
     return ranks
 
 
-def trapezoid_auc(curves):
+def trapezoid_auc(curves) -> np.ndarray:
     """(rows,) float64: the trapezoid rule over ``K + 1`` equally spaced fractions ``i / K`` of [0, 1]."""
     curves = np.asarray(curves, dtype=np.float64)
     steps = curves.shape[1] - 1
@@ -230,7 +231,8 @@ def _curves(forward, steps, crops, in_image, fill, cams, pair, targets, full_pro
     return deletion, insertion
 
 
-def causal_columns(causal, forward, *, crops, masks, background, in_image, targets, logits, cams, methods, chunk):
+def causal_columns(causal, forward, *, crops, masks, background, in_image, targets, logits, cams, methods,
+                   chunk) -> dict[str, Any]:
     """The causal columns of one batch's rows ((crop, method) pairs, crop-major).
 
     Parameters
@@ -259,7 +261,7 @@ def causal_columns(causal, forward, *, crops, masks, background, in_image, targe
         One entry per row for each column of :meth:`CausalSpec.fields`.
     """
     fill = background_fill(crops, background)
-    columns = {}
+    columns: dict[str, Any] = {}
     if causal.ablation:
         per_crop = _ablation_columns(forward, crops, masks, in_image, fill, targets)
         columns.update({name: np.repeat(values, methods) for name, values in per_crop.items()})

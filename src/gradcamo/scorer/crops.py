@@ -228,7 +228,7 @@ class CropCutter:
         np.equal(self._label_windows[where], ids, out=masks, casting="unsafe")
         return crops, masks
 
-    def surroundings(self, objects):
+    def surroundings(self, objects) -> tuple[np.ndarray, np.ndarray]:
         """Which pixels of each crop lie in the region, and which of those have label 0.
 
         Parameters
@@ -247,7 +247,7 @@ class CropCutter:
         return (labels == 0) & in_region, in_region
 
 
-def window_inside(starts, shape, extent):
+def window_inside(starts, shape, extent) -> np.ndarray:
     """(n, *shape) bool: which voxels of windows starting at ``starts`` ((n, ndim) int) lie in ``[0, extent)``."""
     starts = np.asarray(starts, dtype=np.int64).reshape(-1, len(shape))
     inside = np.ones((len(starts),) + tuple(shape), bool)

@@ -4,7 +4,7 @@ EMPTY_MAPS_KEY = "empty_maps"
 """Count of rows with an empty map, in a run's ``counts`` (``_gradcamo.json``) and in ``summary``."""
 
 
-def empty_maps_warning(empty, rows):
+def empty_maps_warning(empty, rows) -> str | None:
     """A one-line warning when more than half of ``rows`` maps are empty, else None.
 
     Many empty maps mean the target layer's gradient vanishes (a layer after the last use of

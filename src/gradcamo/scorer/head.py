@@ -334,7 +334,7 @@ def append_score_head(model, *, crop_spatial, convention="raw", methods=("gradca
     return headed
 
 
-def expose_crop_cam(model):
+def expose_crop_cam(model) -> onnx.ModelProto:
     """The scorer's headed graph with its crop-resolution CAM as the extra output ``crop_cam``.
 
     Parameters

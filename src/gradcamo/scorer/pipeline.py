@@ -73,7 +73,7 @@ class RunSummary:
     """Rows of this run whose map is empty (``cam_empty``); :attr:`warning` when more than half."""
 
     @property
-    def warning(self):
+    def warning(self) -> str | None:
         return empty_maps_warning(self.empty_maps, self.rows)
 
 

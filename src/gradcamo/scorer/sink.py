@@ -12,6 +12,7 @@ parameters keeps finished parts and computes the rest.
 """
 
 import contextlib
+from collections.abc import Iterator
 import datetime
 import json
 import logging
@@ -183,7 +184,7 @@ class ScoreDataset:
 
     @classmethod
     @contextlib.contextmanager
-    def open(cls, directory, parameters, *, overwrite=False, schema=SCORE_SCHEMA):
+    def open(cls, directory, parameters, *, overwrite=False, schema=SCORE_SCHEMA) -> Iterator["ScoreDataset"]:
         """Create, resume or (with ``overwrite``) replace the dataset in ``directory``.
 
         A part whose columns are not ``schema``'s (damaged, or written by an earlier release) is

@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from gradcamo.data.chunks import chunks_read_as_fill
-from gradcamo.data.read import ImageSource
+from gradcamo.data.read import ImageRef, ImageSource
 from gradcamo.errors import InputError
 from gradcamo.scorer.crops import CropCutter, Measurements, centre_voxels, crop_starts, measure_objects, merge_measurements
 from gradcamo.scorer.regions import Layout, read_region, region_index
@@ -43,7 +43,7 @@ class Block:
     stop: tuple
 
     @property
-    def ref(self):
+    def ref(self) -> ImageRef:
         return self.source.ref
 
     @property
@@ -63,7 +63,7 @@ class Objects:
     ids: np.ndarray
     voxels: np.ndarray
     centroids: np.ndarray
-    centres: object = None
+    centres: np.ndarray | None = None
     without_centre: int = 0
 
     @classmethod
@@ -78,12 +78,12 @@ class Objects:
             objects = dataclasses.replace(objects, centres=matched)
         return objects.subset(chosen)
 
-    def subset(self, chosen):
+    def subset(self, chosen) -> "Objects":
         return Objects(self.ids[chosen], self.voxels[chosen], self.centroids[chosen],
                        None if self.centres is None else self.centres[chosen], self.without_centre)
 
     @property
-    def crop_centres(self):
+    def crop_centres(self) -> np.ndarray:
         """(n, ndim) float64: where the crops are centred (NaN rows: no centre object)."""
         return self.centroids if self.centres is None else self.centres
 

@@ -24,7 +24,7 @@ NOTE = (
 )
 
 
-def causal_section(stats, value_cell):
+def causal_section(stats, value_cell) -> str:
     """HTML of the section, or "" when no dataset was scored with ``--ablation`` or ``--deletion-steps``.
 
     ``stats`` is the report's :class:`~gradcamo.visual.stats.ReportStats`; ``value_cell(field, value,
