@@ -46,10 +46,8 @@ def test_the_documented_smallest_pass_gives_each_cells_mean_inside_its_mask(tmp_
     mean_inside = _documented_pass()["mean_inside"]
     if block_shape is not None:  # the documented driver plans whole images; the engine blocks them alike
         from gradcamo.scorer.pipeline import plan_run, run_units
-        from gradcamo.scorer.plan import UNIT_MAX_BYTES
         kind = _documented_pass()["MeanInside"](CROP)
-        images, parameters = plan_run([path], CROP, labels=None, channels=None, timepoint=0, block_shape=block_shape,
-                                      unit_max_bytes=UNIT_MAX_BYTES)
+        images, parameters = plan_run([path], CROP, block_shape=block_shape)
         summary = run_units(kind, images, tmp_path / "out", parameters, record={})
         assert summary.units == 9
     else:

@@ -21,11 +21,10 @@ import pyarrow as pa
 
 from gradcamo.contract import IMAGE, LATENT_CODE
 from gradcamo.exaggerate.autoencoder import AutoencoderInfo, open_decoder, open_encoder, read_autoencoder
-from gradcamo.scorer.engine import CellBatch, Inference, Rows
+from gradcamo.scorer.engine import KEY_FIELDS, CellBatch, Inference, Rows
 from gradcamo.scorer.failures import DEFAULT_MAX_FAILURES
 from gradcamo.scorer.pipeline import RunSummary, check_run_options, plan_run, run_units
 from gradcamo.scorer.plan import UNIT_MAX_BYTES
-from gradcamo.scorer.sink import KEY_FIELDS
 
 KIND = "latents"
 CODE_PREFIX = "z_"

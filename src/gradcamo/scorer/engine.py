@@ -30,7 +30,7 @@ import pyarrow as pa
 from gradcamo.scorer.crops import CropCutter
 from gradcamo.scorer.resources import describe_worker, worker_device_id
 from gradcamo.scorer.session import CUDA, run_in_batches
-from gradcamo.scorer.sink import make_table
+from gradcamo.scorer.sink import KEY_FIELDS, make_table
 from gradcamo.scorer.units import Block, Objects, StageClock, UnitResult, key_columns, missing_in_unit, read_unit
 from gradcamo.scorer.worker import ScorerPlugin, session_threads, worker_state
 
@@ -97,7 +97,7 @@ class PassKind(Protocol):
 
     @property
     def schema(self) -> pa.Schema:
-        """The parts' columns: :data:`gradcamo.scorer.sink.KEY_FIELDS` first."""
+        """The parts' columns: :data:`KEY_FIELDS` (the keys the engine fills) first."""
 
     @property
     def inputs_per_cell(self) -> int:
@@ -235,4 +235,4 @@ def run_unit(kind: PassKind, block: Block, objects: Objects | None = None) -> Un
                       missing_chunks=missing, worker=inference.worker)
 
 
-__all__ = ["CellBatch", "Inference", "PassKind", "Rows", "crop_columns", "run_unit"]
+__all__ = ["KEY_FIELDS", "CellBatch", "Inference", "PassKind", "Rows", "crop_columns", "run_unit"]

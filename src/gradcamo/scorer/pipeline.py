@@ -90,8 +90,9 @@ def check_run_options(*, inputs, batch_size, workers, threads, unit_max_bytes, t
     check_device(device)
 
 
-def plan_run(inputs, crop_shape, *, labels, channels, timepoint, block_shape, unit_max_bytes, site_base=0,
-             channel_names=(), centre_labels=None, missing_chunks="error") -> tuple[list, dict]:
+def plan_run(inputs, crop_shape, *, labels=None, channels=None, timepoint=0, block_shape=None,
+             unit_max_bytes=UNIT_MAX_BYTES, site_base=0, channel_names=(), centre_labels=None,
+             missing_chunks="error") -> tuple[list, dict]:
     """Plan every image of ``inputs`` for crops of ``crop_shape`` (C, [D,] H, W); ``channel_names``
     are the model's (matched to the stores' channel labels), ``site_base`` that of plate fields'
     indices where no site was recorded by ``gradcamo import``; ``centre_labels`` names the label
