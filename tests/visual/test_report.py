@@ -83,5 +83,5 @@ def test_report_and_cams_warn_once_per_problem_and_again_in_the_next_command(tmp
     for argv in commands:
         assert main(argv) == 0
         err = " ".join(capsys.readouterr().err.split())
-        assert err.count("incomplete: 1 of 1 work units failed") == 1, (argv[0], err)
+        assert err.count("incomplete: 1 of 1 work unit failed") == 1, (argv[0], err)
         assert err.count("1 missing image chunk read as zeros") == 1, (argv[0], err)

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from gradcamo.errors import InputError
 from gradcamo.errors import first_line
+from gradcamo.wording import counted
 
 LOGGER = logging.getLogger(__name__)
 
@@ -118,7 +119,8 @@ def incompleteness(manifest) -> str | None:
     if not failures:
         return None
     first = failures[0]
-    return (f"{len(failures)} of {manifest['counts'].get('units', '?')} work units failed (first: {first.get('image')} "
+    units = counted(manifest["counts"].get("units", "?"), "work unit")
+    return (f"{len(failures)} of {units} failed (first: {first.get('image')} "
             f"({first.get('block')}): {first.get('cause')}); their cells are missing; run the same "
             "`gradcamo score` command again to retry them")
 
@@ -142,9 +144,8 @@ def describe_missing_chunks(missing) -> str | None:
     count = sum(len(chunks) for chunks in missing.values())
     shown = ", ".join(f"{image}: {len(chunks)}" for image, chunks in list(missing.items())[:3])
     more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-    images = f"{len(missing)} image{'s' if len(missing) > 1 else ''}"
-    return (f"{count} missing image chunk{'s' if count > 1 else ''} read as zeros (--missing-chunks zeros) in "
-            f"{images} ({shown}{more}); the rows read with them have missing_chunks = true")
+    return (f"{counted(count, 'missing image chunk')} read as zeros (--missing-chunks zeros) in "
+            f"{counted(len(missing), 'image')} ({shown}{more}); the rows read with them have missing_chunks = true")
 
 
 def _unique_names(resolved):

@@ -24,6 +24,7 @@ from gradcamo.visual.plates import parse_well, plate_shape, row_name
 from gradcamo.visual.recompute import CamSessions
 from gradcamo.visual.source import open_source, read_manifest
 from gradcamo.visual.stats import CONFIDENT, report_stats, well_stats
+from gradcamo.wording import counted
 
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; max-width: 1600px; }
@@ -124,7 +125,7 @@ def _per_dataset(stats, render):
 
 
 def _hover(name, row):
-    parts = [f"median {format_value(row['median_grad_camo'], '{:.3f}')}", f"{row['cells']} cells",
+    parts = [f"median {format_value(row['median_grad_camo'], '{:.3f}')}", counted(row['cells'], 'cell'),
              f"{format_value(row['share_above_half'], '{:.0%}')} > 0.5", f"{row['nan_scores']} NaN"]
     return f"{name}: " + ", ".join(parts)
 
