@@ -77,7 +77,7 @@ class ChunkCheckingStore(WrapperStore):
         self.mode = check_mode(mode)
         self._forget()
 
-    def _forget(self):
+    def _forget(self) -> None:
         self._read_as_fill: set[str] = set()
         """Store keys of the chunks read through this wrapper as the fill value (``zeros`` mode)."""
         self._lock = threading.Lock()

@@ -57,7 +57,7 @@ class CamSessions:
     first use and kept until the command ends (``with CamSessions() as sessions:``); none outlives it,
     so a later command in the same process reads the model file as it is then."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._sessions: dict[tuple, ort.InferenceSession] = {}
 
     def __enter__(self) -> "CamSessions":
