@@ -16,6 +16,7 @@ from rich.table import Table
 from gradcamo.errors import GradcamoError, InputError, Interrupted, describe
 from gradcamo.scorer.failures import DEFAULT_MAX_FAILURES
 from gradcamo.signals import stop_on_signals
+from gradcamo.wording import counted
 
 app = typer.Typer(
     name="gradcamo",
@@ -240,12 +241,11 @@ def _report_check(described):
     for _, chunk in missing:
         typer.echo(f"missing: {chunk}", err=True)
     if not missing:
-        typer.echo(f"checked: no image chunk is missing in {len(described)} image{'s' * (len(described) != 1)}",
-                   err=True)
+        typer.echo(f"checked: no image chunk is missing in {counted(len(described), 'image')}", err=True)
         return
     images = len({image for image, _ in missing})
-    typer.echo(f"error: {len(missing)} image chunk{'s' * (len(missing) != 1)} missing in {images} "
-               f"image{'s' * (images != 1)}; copy the store again (score fails their work units), or score "
+    typer.echo(f"error: {counted(len(missing), 'image chunk')} missing in {counted(images, 'image')}; copy the store "
+               "again (score fails their work units), or score "
                "with --missing-chunks zeros if it is sparse on purpose", err=True)
     raise typer.Exit(3)
 
@@ -363,9 +363,10 @@ def score_command(
         deletion_steps=deletion_steps, deletion_curves=deletion_curves,
     )
     skipped = (None if summary.cells_without_centre is None else  # after the output, which "wrote" ends with
-               f"{summary.cells_without_centre} cells without a {center_labels} object skipped")
+               f"{counted(summary.cells_without_centre, 'cell')} without a {center_labels} object skipped")
     _report_run(summary, max_failures, holds="scores",
-                wrote=f"{summary.rows} rows for {summary.cells} cells of {summary.images} images",
+                wrote=f"{counted(summary.rows, 'row')} for {counted(summary.cells, 'cell')} of "
+                      f"{counted(summary.images, 'image')}",
                 note="; ".join(filter(None, [summary.channel_note, skipped])))
 
 
@@ -374,10 +375,11 @@ def _report_run(summary, max_failures, *, holds, wrote, note=""):
     the failed units, if any (exit code 3)."""
     note = f"; {note}" if note else ""
     if summary.units_resumed == summary.units:
-        typer.echo(f"nothing to do: {summary.output} already holds the {holds} of all {summary.units} work units "
-                   f"of {summary.images} images")
+        typer.echo(f"nothing to do: {summary.output} already holds the {holds} of all "
+                   f"{counted(summary.units, 'work unit')} of {counted(summary.images, 'image')}")
         return
-    typer.echo(f"wrote {wrote} to {summary.output} ({summary.units_resumed} of {summary.units} work units resumed, "
+    typer.echo(f"wrote {wrote} to {summary.output} ({summary.units_resumed} of {counted(summary.units, 'work unit')} "
+               "resumed, "
                f"{summary.seconds:.1f} s){note}{_read_as_zeros(summary.missing_chunks)}")
     if summary.warning:
         typer.echo(summary.warning)
@@ -401,10 +403,10 @@ def _report_failures(summary, max_failures):
     count = len(summary.failures)
     listed = f"listed under \"failures\" in {pathlib.Path(summary.output) / '_gradcamo.json'}"
     if summary.stopped_early:
-        typer.echo(f"error: stopped after {count} failed work unit{'s' if count > 1 else ''} (--max-failures "
+        typer.echo(f"error: stopped after {counted(count, 'failed work unit')} (--max-failures "
                    f"{max_failures}), {listed}; run the same command again to retry them and go on", err=True)
     else:
-        typer.echo(f"error: {count} of {summary.units} work units failed ({listed}); their cells are not in "
+        typer.echo(f"error: {count} of {counted(summary.units, 'work unit')} failed ({listed}); their cells are not in "
                    "the dataset; run the same command again to retry them", err=True)
     raise typer.Exit(3)
 
@@ -439,8 +441,8 @@ def import_command(
         objects=objects.split(",") if objects else None, base_dir=base_dir, threads=threads,
         progress=_show_progress(),
     )
-    typer.echo(f"wrote {summary.fields} fields ({summary.fields_resumed} kept from before) of "
-               f"{len(summary.plates)} plates to {summary.output} in {summary.seconds:.1f} s: "
+    typer.echo(f"wrote {counted(summary.fields, 'field')} ({summary.fields_resumed} kept from before) of "
+               f"{counted(len(summary.plates), 'plate')} to {summary.output} in {summary.seconds:.1f} s: "
                + ", ".join(pathlib.Path(plate).name for plate in summary.plates))
 
 
@@ -543,7 +545,7 @@ def cams_command(
         dataset, output, where=where, order_by=order_by, limit=limit, method=method, models=models or (),
         input_map=parse_input_map(inputs), overwrite=overwrite, progress=_show_progress(), ablated=ablated,
     )
-    typer.echo(f"wrote the CAMs of {summary.rows} rows to {summary.output} ({summary.seconds:.1f} s)")
+    typer.echo(f"wrote the CAMs of {counted(summary.rows, 'row')} to {summary.output} ({summary.seconds:.1f} s)")
 
 
 @app.command("report")
@@ -567,8 +569,8 @@ def report_command(
         _configure_logging(quiet)
     summary = write_report(datasets, output, gallery=gallery, models=models or (), method=method,
                            input_map=parse_input_map(inputs), progress=_show_progress())
-    typer.echo(f"wrote {summary.output} ({summary.bytes / 1e6:.1f} MB, {summary.datasets} datasets, "
-               f"{summary.gallery_cells} gallery cells, {summary.seconds:.1f} s)")
+    typer.echo(f"wrote {summary.output} ({summary.bytes / 1e6:.1f} MB, {counted(summary.datasets, 'dataset')}, "
+               f"{counted(summary.gallery_cells, 'gallery cell')}, {summary.seconds:.1f} s)")
 
 
 @app.command("export-autoencoder")
@@ -635,7 +637,7 @@ def encode_command(
         overwrite=overwrite, timepoint=timepoint, progress=_show_progress(), max_failures=max_failures,
     )
     _report_run(summary, max_failures, holds="codes",
-                wrote=f"the codes of {summary.cells} cells of {summary.images} images")
+                wrote=f"the codes of {counted(summary.cells, 'cell')} of {counted(summary.images, 'image')}")
 
 
 @app.command("exaggerate")
@@ -672,7 +674,7 @@ def exaggerate_command(
     summary = exaggerate(latents, autoencoder, output, high=high, low=low, direction=direction, steps=steps, cells=cells,
                          model=model, seed=seed, overwrite=overwrite, device=device, progress=_show_progress())
     auroc = summary.direction.get("auroc")
-    typer.echo(f"wrote {summary.cells} cells x {summary.steps} steps to {summary.output} (AUROC "
+    typer.echo(f"wrote {counted(summary.cells, 'cell')} x {counted(summary.steps, 'step')} to {summary.output} (AUROC "
                f"{'n/a' if auroc is None else f'{auroc:.3f}'}, {summary.seconds:.1f} s)")
 
 

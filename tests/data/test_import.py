@@ -84,7 +84,7 @@ def test_a_jump_like_screen_goes_import_score_features_profiles_and_pycytominer(
     csv_path, truth = screen
     code, out, err = run(capsys, "import", csv_path, "-o", tmp_path / "zarr")
     assert code == 0, err
-    assert "wrote 4 fields (0 kept from before) of 1 plates" in out
+    assert "wrote 4 fields (0 kept from before) of 1 plate" in out
     plate = tmp_path / "zarr" / f"{PLATE}.zarr"
     field = zarr.open_group(str(plate / "B" / "3" / "1"), mode="r")
     assert [c["label"] for c in field.attrs["ome"]["omero"]["channels"]] == list(CHANNELS)
@@ -152,7 +152,7 @@ def test_an_interrupted_import_resumes_and_keeps_finished_fields(tmp_path, capsy
     (well / ".1.tmp-999-1").mkdir()  # what a killed import leaves
     code, out, err = run(capsys, "import", csv_path, "-o", tmp_path / "zarr")
     assert code == 0, err
-    assert "wrote 1 fields (3 kept from before)" in out
+    assert "wrote 1 field (3 kept from before)" in out
     assert not list(well.glob(".*tmp*"))
     assert (well / "0" / "s0" / "zarr.json").stat().st_mtime_ns == kept
     field = zarr.open_group(str(well / "1"), mode="r")

@@ -62,6 +62,17 @@ def test_gpus_without_a_gpu_is_refused_in_one_line(tmp_path, plate, model_2d, ca
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize("value", ["foo", "0,x", " ", "²"])
+def test_a_gpus_value_that_is_none_is_refused_by_its_syntax_first(tmp_path, plate, model_2d, capsys, value):
+    """Named as what it is, whether or not GPUs are visible, and before the options it may not go with."""
+    for extra in ([], ["--device", "cpu"]):
+        code = main(["score", str(plate[0]), "-m", str(model_2d), "-o", str(tmp_path / "s"), "--gpus", value, *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and err.strip() == (f"error: --gpus: expected all or comma-separated device numbers such as "
+                                             f"0,1,3, got {value.strip()!r}")
+    assert not (tmp_path / "s").exists()
+
+
 def test_gpus_with_cpu_device_or_a_scheduler_is_refused(tmp_path, plate, model_2d, capsys):
     for extra in (["--device", "cpu"], ["--scheduler", "tcp://127.0.0.1:1"], ["--workers", "2"]):
         code = main(["score", str(plate[0]), "-m", str(model_2d), "-o", str(tmp_path / "s"), "--gpus", "0", *extra])

@@ -4,6 +4,7 @@ flagged, ``inspect --check`` lists it; absent label chunks are background. Remot
 404, an S3 NoSuchKey) are tested in tests/data/test_remote.py."""
 
 import json
+import pickle
 import shutil
 
 import numpy as np
@@ -17,6 +18,7 @@ from gradcamo.data.read import discover_images, open_image
 from gradcamo.data.synthetic import make_cells
 from gradcamo.data.write import write_image_store, write_plate
 from gradcamo.scorer.pipeline import score
+from gradcamo.scorer.regions import ChunkCache
 from gradcamo.scorer.sink import read_scores
 from tests.reference import assert_matches, reference_rows
 from tests.tiny_models import CROP_2D
@@ -169,6 +171,30 @@ def test_a_blocked_image_flags_the_blocks_that_read_the_missing_chunk(tmp_path, 
     in_last_block = (np.floor(rows.centroid_y + 0.5) >= 48) & (np.floor(rows.centroid_x + 0.5) >= 48)
     assert in_last_block.any() and (~in_last_block).any()
     assert rows.missing_chunks.tolist() == in_last_block.tolist()
+
+
+def test_a_chunk_read_as_zeros_served_from_the_cache_still_flags_the_unit(tmp_path, model_2d):
+    """Each Dask task unpickles its own copy of the image; the worker's chunk cache serves one copy's
+    read to the next unit, and says that the chunk was read as zeros. Two blocks' halos read it here."""
+    image, labels = make_cells((96, 96), 24, n_channels=3, radius=5, seed=9)
+    store = write_image_store(tmp_path / "big.zarr", image, labels, chunks=(16, 16))
+    (store / "s0/c/0/2/2").unlink()  # y 32:48, x 32:48: in the block [0:48, 0:48] and the halos of the 3 others
+    summary = score([store], model_2d, tmp_path / "scores", block_shape=(48, 48), missing_chunks="zeros",
+                    workers=1, threads=1)
+    assert summary.units == 4 and summary.missing_chunks == {"big.zarr": ["big.zarr/s0/c/0/2/2"]}
+    assert read_scores(tmp_path / "scores").to_pandas().missing_chunks.all()
+
+    source = open_image(discover_images(store)[0], missing_chunks="zeros")
+    first, second = (pickle.loads(pickle.dumps(source)) for _ in range(2))  # what two tasks unpickle
+    cache = ChunkCache(max_bytes=10**8)
+    index = (slice(None), slice(32, 64), slice(32, 64))
+    np.testing.assert_array_equal(cache.read(first.image, index)[0, :16, :16], 0)
+    reads = cache.reads
+    assert chunks_read_as_fill(second.image, index) == []  # it read nothing yet
+    cache.read(second.image, index)
+    assert cache.reads == reads  # served from the cache ...
+    assert chunks_read_as_fill(second.image, index) == ["big.zarr/s0/c/0/2/2"]  # ... and noted as read as zeros
+    assert chunks_read_as_fill(source.image, index) == []  # the copies' notes are their own
 
 
 @pytest.mark.parametrize("ngff_version, key", [("0.4", "1/0/1"), ("0.5", "c/1/0/1")])

@@ -116,6 +116,9 @@ def test_select_gpus_and_one_worker_per_gpu():
     ("0,5", None, "no GPU 5 here; visible: 0 "),
     ("0,0", None, "device given twice"),
     ("first", None, "expected all or comma-separated"),
+    ("foo", [], r"expected all or comma-separated device numbers such as 0,1,3, got 'foo'"),  # before "no GPU"
+    ("0,-1", [], r"got '0,-1'"),
+    ("1,1", [], "device given twice in '1,1'"),
 ])
 def test_select_gpus_refuses(request_, visible, message):
     visible = visible_gpus(parse_gpu_list(SMI), None) if visible is None else visible

@@ -131,6 +131,19 @@ def test_empty_label_image_gives_a_valid_empty_dataset(tmp_path, capsys, cells, 
     assert read_scores(tmp_path / "scores").num_rows == 0
 
 
+def test_the_last_line_counts_in_the_singular_for_one(tmp_path, capsys, model_2d):
+    """One cell of one image in one work unit: no "1 cells" in the run's last line, nor when nothing is left to do."""
+    image, labels = make_cells((24, 24), 1, n_channels=3, radius=5, seed=3)
+    path = write_image_store(tmp_path / "one.zarr", image, labels)
+    output = tmp_path / "scores"
+    code, out, _ = run_score(capsys, path, "-m", model_2d, "-o", output, "--quiet")
+    assert code == 0 and out.startswith(f"wrote 1 row for 1 cell of 1 image to {output} (0 of 1 work unit resumed, ")
+    code, out, _ = run_score(capsys, path, "-m", model_2d, "-o", output, "--quiet")
+    assert code == 0 and out == f"nothing to do: {output} already holds the scores of all 1 work unit of 1 image\n"
+    code, out, _ = run_score(capsys, path, "-m", model_2d, "-o", tmp_path / "all", "--target", "all", "--quiet")
+    assert code == 0 and out.startswith("wrote 3 rows for 1 cell of 1 image to ")
+
+
 def test_time_axis_channel_choice_and_file_url(tmp_path, capsys, model_2d):
     image, labels = make_cells((36, 36), 4, n_channels=4, radius=5, seed=5)
     timecourse = np.stack([np.zeros_like(image), image])  # t=0 is blank; t=1 holds the cells

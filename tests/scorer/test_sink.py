@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from gradcamo.errors import InputError
+from gradcamo.scorer.causal import CausalSpec
 from gradcamo.scorer.sink import LOCK, MANIFEST, SCORE_SCHEMA, ScoreDataset, make_table, read_scores
 
 PROVENANCE = {"model_sha256": "ab" * 32, "target_layer": "layer4", "convention": "raw"}
@@ -79,6 +80,24 @@ def test_other_parameters_are_refused_unless_overwrite(tmp_path):
     with ScoreDataset.open(tmp_path, other, overwrite=True) as dataset:
         assert dataset.completed_units() == set()
     assert json.loads((tmp_path / MANIFEST).read_text())["parameters"] == other
+
+
+def test_a_causal_refusal_names_only_what_differs_and_the_cli_way_out(tmp_path):
+    """A run records the causal checks only when asked for one; ``ablation: false`` is what a run without
+    them did. The refusal names the parameters that differ and says ``--overwrite`` (no Python spelling)."""
+    deletion = {**PARAMETERS, **CausalSpec(deletion_steps=4).parameters()}
+    with ScoreDataset.open(tmp_path, deletion) as dataset:
+        dataset.write_part("u1", make_table(rows(3), provenance=PROVENANCE))
+    for other, changed in [(PARAMETERS, "deletion_steps"),
+                           ({**PARAMETERS, **CausalSpec(ablation=True).parameters()}, "ablation, deletion_steps"),
+                           ({**deletion, "deletion_curves": True}, "deletion_curves")]:
+        with pytest.raises(InputError) as refused:
+            with ScoreDataset.open(tmp_path, other):
+                pass
+        assert str(refused.value) == (f"output {tmp_path}: holds rows made with other parameters ({changed}); "
+                                      "pass --overwrite to replace them or choose another directory")
+    with ScoreDataset.open(tmp_path, {**PARAMETERS, "deletion_steps": 4}) as dataset:  # the same run, resumed
+        assert dataset.completed_units() == {"u1"}
 
 
 def test_a_dataset_of_the_previous_release_resumes_with_the_defaults_and_its_old_parts_are_redone(tmp_path, caplog):

@@ -78,7 +78,7 @@ def test_well_hover_text_shows_the_well_summary(page, report):
     hovers = {(plate, text.split(":")[0]): text for plate, texts in titles for text in texts}
     for row in rows:
         text = hovers[(row["Metadata_Plate"], row["Metadata_Well"])]
-        assert f"median {row['median_grad_camo']:.3f}, {row['cells']} cells" in text
+        assert f"median {row['median_grad_camo']:.3f}, {row['cells']} cell{'s' * (row['cells'] != 1)}" in text
 
 
 def test_screenshot(page, tmp_path):

@@ -1,14 +1,18 @@
 """`gradcamo cams`: the written arrays against the recorded scores, naive crops and an independent torch CAM."""
 
+import gc
 import json
 import shutil
 
 import numpy as np
+import onnxruntime as ort
 import pyarrow.parquet as pq
 import pytest
+import torch
 import zarr
 from PIL import Image
 
+import gradcamo
 from gradcamo.cli import main
 from gradcamo.data.write import write_image_store
 from gradcamo.scorer.pipeline import score
@@ -174,3 +178,33 @@ def test_model_named_by_the_manifest_needs_no_option(tmp_path, capsys, datasets)
     assert main([*base, "-o", str(tmp_path / "a")]) == 2
     assert "named in _gradcamo.json not found; pass --model" in capsys.readouterr().err
     assert main([*base, "-o", str(tmp_path / "b"), "--input", f"{tmp_path / 'gone'}={moved.parent}"]) == 0
+
+
+def _live_sessions():
+    gc.collect()
+    return sum(type(thing) is ort.InferenceSession for thing in gc.get_objects())
+
+
+def test_a_second_cams_in_one_process_uses_the_model_file_as_it_is_then_and_keeps_no_session(
+        tmp_path, capsys, inputs, model_2d):
+    """The command owns its sessions: none is left after it, and a changed model file (same path) is read again."""
+    image, labels, store = inputs[2]
+    model = tmp_path / "model.onnx"
+    shutil.copy(model_2d, model)
+    changed = tiny_classifier(2)
+    with torch.no_grad():
+        changed[0].weight.neg_()  # another classifier, the same file name
+    before = _live_sessions()
+    for name, classifier in (("first", tiny_classifier(2)), ("second", changed)):
+        if name == "second":
+            gradcamo.export_model(changed, "2", CROP_2D, model, mean=[100.0] * 3, std=[300.0] * 3)
+        score([store], model, tmp_path / name, target="all", workers=1, threads=1)
+        assert main(["cams", str(tmp_path / name), "-o", str(tmp_path / f"cams-{name}"), "-m", str(model),
+                     "--limit", "500", "-q"]) == 0, capsys.readouterr().err  # each row's share checked on the way
+        assert _live_sessions() == before
+        rows, image_crops, _, cam = read_cams(tmp_path / f"cams-{name}")
+        reference = torch_gradcam(classifier, "2", image_crops, rows["target_class"].to_numpy(),
+                                  mean=[100.0] * 3, std=[300.0] * 3, convention="raw")
+        for k in range(len(rows)):
+            peak = np.abs(reference.upsampled[k]).max()
+            np.testing.assert_allclose(cam[k], reference.upsampled[k], rtol=0, atol=1e-4 * peak)

@@ -1,10 +1,13 @@
 """`gradcamo report` without a browser: one self-contained file, plate layouts, options and bad input."""
 
+import json
 import re
+import shutil
 
 import pytest
 
 from gradcamo.cli import main
+from gradcamo.scorer.sink import read_scores
 from gradcamo.visual.plates import parse_well, plate_shape, row_name
 from gradcamo.visual.stats import report_stats
 
@@ -62,3 +65,23 @@ def test_histogram_and_density_count_every_scored_row(datasets):
         assert int(stats.density[row["dataset"]].sum()) == scored
     for row in stats.per_target:
         assert int(stats.histograms[row["dataset"]][row["target_name"]].sum()) == row["cells"] - row["nan_scores"]
+
+
+def test_report_and_cams_warn_once_per_problem_and_again_in_the_next_command(tmp_path, capsys, datasets):
+    """A command resolves each dataset once and warns then (``report`` opens a dataset for every figure and
+    gallery); nothing is remembered across commands, so the next one in the same process warns again."""
+    scored = datasets[(2, "raw")]
+    copy = shutil.copytree(scored.scores, tmp_path / "scores")
+    manifest = json.loads((copy / "_gradcamo.json").read_text())
+    image = read_scores(copy).column("Metadata_Image")[0].as_py()
+    manifest["failures"] = [{"image": "elsewhere.zarr", "block": "whole image", "cause": "OSError: gone"}]
+    manifest["missing_chunks"] = {image: [f"{image}/s0/c/0/9/9"]}  # cams then reads that image in zeros mode
+    (copy / "_gradcamo.json").write_text(json.dumps(manifest))
+    commands = [["report", str(copy), "-o", str(tmp_path / "report.html"), "--gallery", "2", "-m", str(scored.model)],
+                ["cams", str(copy), "-o", str(tmp_path / "cams"), "--limit", "2", "-m", str(scored.model)],
+                ["report", str(copy), "-o", str(tmp_path / "again.html"), "--gallery", "2", "-m", str(scored.model)]]
+    for argv in commands:
+        assert main(argv) == 0
+        err = " ".join(capsys.readouterr().err.split())
+        assert err.count("incomplete: 1 of 1 work unit failed") == 1, (argv[0], err)
+        assert err.count("1 missing image chunk read as zeros") == 1, (argv[0], err)

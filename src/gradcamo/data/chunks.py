@@ -6,8 +6,11 @@ background); for an image it hides an incomplete copy or an object a server answ
 :func:`strict_array` puts a :class:`ChunkCheckingStore` under an image array: every chunk
 read that finds nothing (a missing file, an HTTP 404, an S3 NoSuchKey: zarr's stores answer
 those with ``None``) raises :class:`MissingChunkError` naming the store, the array and the
-chunk key; in ``zeros`` mode it is read as the fill value and remembered, so that the unit
-that read it can say so (:func:`chunks_read_as_fill`). The check costs nothing on the way: it
+chunk key; in ``zeros`` mode it is read as the fill value and remembered by that store (each
+opened image, and each copy of it a Dask task unpickles, remembers what it read), so that the unit
+that read it can say so (:func:`chunks_read_as_fill`); a cache that serves the chunk to another
+unit passes the note on (:func:`read_as_fill`, :func:`mark_read_as_fill`). Nothing is kept at
+module level: the notes live as long as the opened image. The check costs nothing on the way: it
 looks at what the read returned, it lists nothing.
 
 Sharded arrays (Zarr v3 ``sharding_indexed``): a shard is one stored object, and a missing
@@ -34,11 +37,6 @@ MODES = ("error", "zeros")
 METADATA_NAMES = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
 CHECKS_IN_FLIGHT = 32
 """Chunks looked up at once by :func:`find_missing_chunks` where the store cannot be listed."""
-
-_read_as_fill: set[tuple[str, str]] = set()
-"""``(store, key)`` of the chunks this process read as the fill value in ``zeros`` mode."""
-_read_as_fill_lock = threading.Lock()
-
 
 class MissingChunkError(LookupError):
     """An image chunk is not in the store (an incomplete copy, an HTTP 404, an S3 NoSuchKey).
@@ -77,9 +75,25 @@ class ChunkCheckingStore(WrapperStore):
         self.array_path = array_path
         self.array_name = array_name
         self.mode = check_mode(mode)
+        self._forget()
+
+    def _forget(self) -> None:
+        self._read_as_fill: set[str] = set()
+        """Store keys of the chunks read through this wrapper as the fill value (``zeros`` mode)."""
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        """Pickled (shipped to a Dask task) without its notes: a copy remembers what it reads itself."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("_read_as_fill", "_lock")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._forget()
 
     def _with_store(self, store):
-        return type(self)(store, array_path=self.array_path, array_name=self.array_name, mode=self.mode)
+        wrapper = type(self)(store, array_path=self.array_path, array_name=self.array_name, mode=self.mode)
+        wrapper._read_as_fill, wrapper._lock = self._read_as_fill, self._lock  # the same image: the same notes
+        return wrapper
 
     def _chunk_key(self, key):
         """The chunk key relative to the array (``c/0/1/0``), or None when ``key`` is no chunk of it."""
@@ -96,12 +110,21 @@ class ChunkCheckingStore(WrapperStore):
         if value is None:
             if self.mode == "error":
                 raise MissingChunkError(self.array_name, chunk)
-            with _read_as_fill_lock:
-                _read_as_fill.add((str(self._store), key))
-        elif self.mode == "zeros" and _read_as_fill:  # it is back (the copy was completed since)
-            with _read_as_fill_lock:
-                _read_as_fill.discard((str(self._store), key))
+            self.mark_read_as_fill([key])
+        elif self._read_as_fill:  # it is back (the copy was completed since)
+            with self._lock:
+                self._read_as_fill.discard(key)
         return value
+
+    def mark_read_as_fill(self, keys) -> None:
+        """Note store ``keys`` as read as the fill value (by this wrapper, or by a copy whose read a cache serves)."""
+        with self._lock:
+            self._read_as_fill.update(keys)
+
+    def read_as_fill(self, keys) -> frozenset[str]:
+        """Those of the store ``keys`` noted as read as the fill value."""
+        with self._lock:
+            return frozenset(self._read_as_fill.intersection(keys))
 
     async def get(self, key, prototype, byte_range=None) -> Buffer | None:
         return self._checked(key, await self._store.get(key, prototype, byte_range))
@@ -143,26 +166,37 @@ def _stored_positions(array, index):
     return itertools.product(*ranges)
 
 
+def read_as_fill(array, index) -> frozenset[str]:
+    """Store keys of the stored objects of ``array[index]`` that ``array`` (this opened image, or
+    a copy marked by :func:`mark_read_as_fill`) read as the fill value; empty for an array not read
+    in ``zeros`` mode (label images among them)."""
+    store = array.store
+    if not isinstance(store, ChunkCheckingStore) or store.mode != "zeros":
+        return frozenset()
+    prefix = f"{array.path}/" if array.path else ""
+    return store.read_as_fill(prefix + array.metadata.encode_chunk_key(p) for p in _stored_positions(array, index))
+
+
+def mark_read_as_fill(array, keys) -> None:
+    """Note ``keys`` (from :func:`read_as_fill` on another copy of the same image) as read as the
+    fill value by ``array``: a chunk cache serving a copy's read to another unit says so."""
+    if keys and isinstance(array.store, ChunkCheckingStore):
+        array.store.mark_read_as_fill(keys)
+
+
 def chunks_read_as_fill(array, index) -> list[str]:
-    """Chunks of ``array[index]`` that this process read as the fill value (``zeros`` mode).
+    """Chunks of ``array[index]`` that ``array`` read as the fill value (``zeros`` mode).
 
     Returns
     -------
     list of str
         ``store name/array path/chunk key``, sorted; empty for an array not read in ``zeros`` mode.
     """
-    store = array.store
-    if not isinstance(store, ChunkCheckingStore) or store.mode != "zeros" or not _read_as_fill:
+    keys = read_as_fill(array, index)
+    if not keys:
         return []
-    inner = str(store._store)
     prefix = f"{array.path}/" if array.path else ""
-    found = []
-    with _read_as_fill_lock:
-        for position in _stored_positions(array, index):
-            key = array.metadata.encode_chunk_key(position)
-            if (inner, prefix + key) in _read_as_fill:
-                found.append(f"{store.array_name}/{key}")
-    return sorted(found)
+    return sorted(f"{array.store.array_name}/{key[len(prefix):]}" for key in keys)
 
 
 async def _stored_keys(store, prefix):
@@ -201,4 +235,4 @@ def find_missing_chunks(array, *, listable=True) -> list[str]:
 
 
 __all__ = ["MODES", "ChunkCheckingStore", "MissingChunkError", "check_mode", "chunks_read_as_fill",
-           "find_missing_chunks", "storage_grid", "strict_array"]
+           "find_missing_chunks", "mark_read_as_fill", "read_as_fill", "storage_grid", "strict_array"]

@@ -32,6 +32,7 @@ from gradcamo.data.write import write_field
 from gradcamo.errors import InputError, Interrupted
 from gradcamo.progress import cell_progress
 from gradcamo.options import check_whole_number
+from gradcamo.wording import counted
 
 IMPORT_THREADS = 8
 """Fields written at once: the work is reading TIFFs and compressing chunks, mostly outside the GIL."""
@@ -191,8 +192,8 @@ def import_loaddata(csv_path, output, *, channels=None, objects=None, base_dir=N
             for future in futures:
                 future.cancel()
             if isinstance(stop, (KeyboardInterrupt, Interrupted)):
-                raise Interrupted(f"{len(finished) + done} of {len(placed)} fields imported, kept in {output}; run "
-                                  "the same command again to import the rest") from stop
+                raise Interrupted(f"{len(finished) + done} of {counted(len(placed), 'field')} imported, kept in "
+                                  f"{output}; run the same command again to import the rest") from stop
             raise
     for store, wells in stores.items():
         _write_metadata(store, wells, screen)

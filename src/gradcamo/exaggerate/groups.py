@@ -88,7 +88,7 @@ def read_groups(latents, high, low, latent_size) -> Groups:
     InputError
         SQL that DuckDB rejects, a condition that selects no cell, or a cell selected by both.
     """
-    con = connect(resolve_datasets([latents]))
+    con = connect(resolve_datasets([latents], warn=False))  # check_latents warned
     try:
         _condition(con, "high", high, latents)
         _condition(con, "low", low, latents)

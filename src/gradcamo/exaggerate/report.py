@@ -20,6 +20,7 @@ from gradcamo.visual.colors import DIVERGING, apply_colormap
 from gradcamo.visual.figures import trajectory_svg
 from gradcamo.visual.overlay import BACKGROUND, CAPTION_COLOR, composite, draw_outline
 from gradcamo.visual.report import format_value, value_cell, write_page
+from gradcamo.wording import counted
 
 TILE_PIXELS = 64
 """A decoded crop's longer side is scaled (nearest neighbour) to about this many pixels."""
@@ -110,8 +111,10 @@ def _headline(record):
     folds = record.get("folds") or {}
     lines = [
         ("direction", record["direction"]),
-        ("high group", f"{record['high']} ({record['cells']['high']:,} cells, {record['trajectory_cells']['high']} drawn)"),
-        ("low group", f"{record['low']} ({record['cells']['low']:,} cells, {record['trajectory_cells']['low']} drawn)"),
+        ("high group", f"{record['high']} ({counted(record['cells']['high'], 'cell', ',')}, "
+                       f"{record['trajectory_cells']['high']} drawn)"),
+        ("low group", f"{record['low']} ({counted(record['cells']['low'], 'cell', ',')}, "
+                      f"{record['trajectory_cells']['low']} drawn)"),
         ("AUROC", auroc + (f" ({folds.get('scheme')}, {folds.get('folds')} folds)" if folds else "")),
         ("note", record.get("auroc_note") or ""),
         ("steps (SD)", ", ".join(f"{s:g}" for s in record["steps"])),

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from gradcamo.errors import InputError
 from gradcamo.errors import first_line
+from gradcamo.wording import counted
 
 LOGGER = logging.getLogger(__name__)
 
@@ -30,13 +31,17 @@ DATASET_COLUMN = "dataset"
 DEFAULT_METHODS = ("gradcam",)
 
 
-def resolve_datasets(paths) -> dict[str, pathlib.Path]:
+def resolve_datasets(paths, *, warn=True) -> dict[str, pathlib.Path]:
     """Check that each path is a score dataset and give each a short, unique name.
 
     Parameters
     ----------
     paths : str or path-like, or a sequence of them
         Dataset directories, in the order they should appear.
+    warn : bool
+        Log a warning for each dataset that lacks rows (:func:`incompleteness`) or was read
+        with missing chunks as zeros. A command resolves its datasets once and warns then;
+        the functions it calls afterwards check again with ``warn=False``.
 
     Returns
     -------
@@ -58,7 +63,7 @@ def resolve_datasets(paths) -> dict[str, pathlib.Path]:
         raise InputError("SCORES: no score dataset given; pass the directory written by `gradcamo score`")
     seen: dict = {}
     for path in paths:
-        _check_dataset(path)
+        _check_dataset(path, warn)
         resolved = path.resolve()
         if resolved in seen:
             raise InputError(f"SCORES: {path} is given twice (also as {seen[resolved]}); give each dataset once")
@@ -66,7 +71,7 @@ def resolve_datasets(paths) -> dict[str, pathlib.Path]:
     return dict(zip(_unique_names(list(seen)), paths))
 
 
-def _check_dataset(path):
+def _check_dataset(path, warn):
     if not path.exists():
         raise InputError(f"{path}: no such directory; expected a score dataset written by `gradcamo score`")
     if not path.is_dir():
@@ -86,23 +91,11 @@ def _check_dataset(path):
     if not isinstance(content, dict):
         raise InputError(f"{manifest}: expected a JSON object, got {type(content).__name__}")
     missing = incompleteness(content)
-    if missing:
-        _warn_once(manifest, f"{path}: incomplete: {missing}")
+    if warn and missing:
+        LOGGER.warning("%s: incomplete: %s", path, missing)
     zeros = describe_missing_chunks(content.get("missing_chunks"))
-    if zeros:
-        _warn_once(manifest, f"{path}: {zeros}")
-
-
-_WARNED: set = set()
-"""(manifest, its mtime, message) already warned about: a command that opens a dataset many
-times (``report`` with galleries) says each thing once."""
-
-
-def _warn_once(manifest, message):
-    key = (str(manifest.resolve()), manifest.stat().st_mtime_ns, message)
-    if key not in _WARNED:
-        _WARNED.add(key)
-        LOGGER.warning("%s", message)
+    if warn and zeros:
+        LOGGER.warning("%s: %s", path, zeros)
 
 
 def incompleteness(manifest) -> str | None:
@@ -126,7 +119,8 @@ def incompleteness(manifest) -> str | None:
     if not failures:
         return None
     first = failures[0]
-    return (f"{len(failures)} of {manifest['counts'].get('units', '?')} work units failed (first: {first.get('image')} "
+    units = counted(manifest["counts"].get("units", "?"), "work unit")
+    return (f"{len(failures)} of {units} failed (first: {first.get('image')} "
             f"({first.get('block')}): {first.get('cause')}); their cells are missing; run the same "
             "`gradcamo score` command again to retry them")
 
@@ -150,9 +144,8 @@ def describe_missing_chunks(missing) -> str | None:
     count = sum(len(chunks) for chunks in missing.values())
     shown = ", ".join(f"{image}: {len(chunks)}" for image, chunks in list(missing.items())[:3])
     more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-    images = f"{len(missing)} image{'s' if len(missing) > 1 else ''}"
-    return (f"{count} missing image chunk{'s' if count > 1 else ''} read as zeros (--missing-chunks zeros) in "
-            f"{images} ({shown}{more}); the rows read with them have missing_chunks = true")
+    return (f"{counted(count, 'missing image chunk')} read as zeros (--missing-chunks zeros) in "
+            f"{counted(len(missing), 'image')} ({shown}{more}); the rows read with them have missing_chunks = true")
 
 
 def _unique_names(resolved):

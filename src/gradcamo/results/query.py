@@ -24,7 +24,7 @@ _ROW_STATEMENTS = ("SELECT", "EXPLAIN", "PRAGMA", "CALL")
 """Statement types that return rows; DuckDB 2 also returns a row count for CREATE, INSERT, ..."""
 
 
-def run_query(paths, sql, *, method=None) -> pa.Table:
+def run_query(paths, sql, *, method=None, warn=True) -> pa.Table:
     """Run one SQL query over the view ``scores`` of the given datasets.
 
     Parameters
@@ -37,6 +37,9 @@ def run_query(paths, sql, *, method=None) -> pa.Table:
         DuckDB SQL. With several statements, the result of the last one is returned.
     method : str, optional
         Let the views hold only this CAM method's rows.
+    warn : bool
+        Warn about incomplete datasets (:func:`gradcamo.results.datasets.resolve_datasets`); False
+        where the calling command has resolved them already.
 
     Returns
     -------
@@ -52,7 +55,7 @@ def run_query(paths, sql, *, method=None) -> pa.Table:
     """
     if not isinstance(sql, str) or not sql.strip():
         raise InputError("SQL: empty query; expected e.g. \"SELECT * FROM scores LIMIT 10\"")
-    con = connect(resolve_datasets(paths), method=method)
+    con = connect(resolve_datasets(paths, warn=warn), method=method)
     try:
         statements = con.extract_statements(sql)
         relation = con.sql(sql)

@@ -26,7 +26,7 @@ METRIC_COLUMNS = {"method": "VARCHAR", "enrichment": "DOUBLE", "rank_accuracy": 
 """Columns added by issue #16 and their type; datasets written before it have gradcam rows and no metrics."""
 
 
-def summarize(paths, by=DEFAULT_BY, *, method=None) -> pa.Table:
+def summarize(paths, by=DEFAULT_BY, *, method=None, warn=True) -> pa.Table:
     """One row per group: how many cells, how many NaN scores, and how the scores spread.
 
     Parameters
@@ -40,6 +40,8 @@ def summarize(paths, by=DEFAULT_BY, *, method=None) -> pa.Table:
         one row for everything.
     method : str, optional
         Summarise only this CAM method's rows.
+    warn : bool
+        Warn about incomplete datasets; False where the calling command has resolved them already.
 
     Returns
     -------
@@ -69,7 +71,7 @@ def summarize(paths, by=DEFAULT_BY, *, method=None) -> pa.Table:
         repeated column, or a dataset holds no rows of ``method``.
     """
     by = _split_by(by)
-    con = connect(resolve_datasets(paths), method=method)
+    con = connect(resolve_datasets(paths, warn=warn), method=method)
     try:
         schema = {row[0]: row[1] for row in con.execute(f"DESCRIBE {VIEW}").fetchall()}
         missing = {name: kind for name, kind in METRIC_COLUMNS.items() if name not in schema}

@@ -31,6 +31,7 @@ from gradcamo.scorer.units import STAGES, assign_objects, measure_block, merge_b
 from gradcamo.scorer.worker import PLUGIN_NAME, ScorerPlugin
 from gradcamo.signals import children_ignore_sigint
 from gradcamo.options import check_whole_number
+from gradcamo.wording import counted
 
 LOGGER = logging.getLogger(__name__)
 LOCAL_ALLOWED_FAILURES = 1
@@ -459,8 +460,8 @@ def run_units(kind: PassKind, images, output, parameters, *, record, overwrite=F
             with_stages = {stage: round(seconds, 3) for stage, seconds in stages.items()}
             with_stages["write"] = round(writer.seconds, 3)
         except (KeyboardInterrupt, Interrupted) as stop:  # parts written so far are whole: say so
-            raise Interrupted(f"{len(part_files(dataset.directory))} of {counts['units']} work units done, kept "
-                              f"in {output}; run the same command again to resume") from stop
+            raise Interrupted(f"{len(part_files(dataset.directory))} of {counted(counts['units'], 'work unit')} done, "
+                              f"kept in {output}; run the same command again to resume") from stop
         finally:
             try:
                 client.unregister_worker_plugin(PLUGIN_NAME)

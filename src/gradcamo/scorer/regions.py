@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 
+from gradcamo.data.chunks import mark_read_as_fill, read_as_fill
 from gradcamo.errors import InputError
 from gradcamo.scorer.channels import choose_channels
 
@@ -61,21 +62,29 @@ class ChunkCache:
         """Chunks read from the store (misses)."""
 
     def chunk(self, array, position) -> np.ndarray:
-        """The whole chunk at grid ``position`` (clipped at the array's end), as numpy."""
+        """The whole chunk at grid ``position`` (clipped at the array's end), as numpy.
+
+        A chunk that was read as the fill value (``--missing-chunks zeros``) is noted as such on
+        ``array`` each time it is served, so that every unit it goes to says so
+        (:func:`gradcamo.data.chunks.chunks_read_as_fill`).
+        """
         key = (str(array.store), array.path, position)
         with self._lock:
             if key in self._chunks:
                 self._chunks.move_to_end(key)
-                return self._chunks[key]
+                data, fill = self._chunks[key]
+                mark_read_as_fill(array, fill)
+                return data
         index = tuple(slice(p * c, min((p + 1) * c, n)) for p, c, n in zip(position, array.chunks, array.shape))
         data = np.asarray(array[index])
+        fill = read_as_fill(array, index)
         with self._lock:
             self.reads += 1
             if key not in self._chunks:
-                self._chunks[key] = data
+                self._chunks[key] = data, fill
                 self._bytes += data.nbytes
             while self._bytes > self.max_bytes and len(self._chunks) > 1:
-                _, dropped = self._chunks.popitem(last=False)
+                _, (dropped, _) = self._chunks.popitem(last=False)
                 self._bytes -= dropped.nbytes
         return data
 

@@ -232,27 +232,41 @@ def list_gpus(environ=None) -> list[Gpu]:
     return visible_gpus(parse_gpu_list(listed.stdout), environ.get("CUDA_VISIBLE_DEVICES"))
 
 
+def parse_gpu_request(request) -> tuple[int, ...] | None:
+    """``--gpus`` read before any GPU is looked for: ``all`` (or None) -> None, ``0,1,3`` -> ``(0, 1, 3)``.
+
+    Raises
+    ------
+    InputError
+        Neither ``all`` nor a comma-separated list of device numbers (integers >= 0); a number given twice.
+    """
+    text = "all" if request is None else str(request).strip()
+    if text == "all":
+        return None
+    entries = [e.strip() for e in text.split(",")]
+    if not all(re.fullmatch(r"[0-9]+", e) for e in entries):
+        raise InputError(f"--gpus: expected all or comma-separated device numbers such as 0,1,3, got {text!r}",
+                         argument="gpus")
+    numbers = tuple(int(e) for e in entries)
+    if len(set(numbers)) != len(numbers):
+        raise InputError(f"--gpus: device given twice in {text!r}", argument="gpus")
+    return numbers
+
+
 def select_gpus(request, visible) -> list[Gpu]:
     """The GPUs ``--gpus`` asks for: ``all`` (or None) -> every visible GPU, ``0,1,3`` -> those.
 
     Raises
     ------
     InputError
-        No GPU visible; an entry that is not a visible ordinal; an ordinal given twice.
+        As :func:`parse_gpu_request` (checked first); no GPU visible; a number that is not a visible ordinal.
     """
+    numbers = parse_gpu_request(request)
     if not visible:
         raise InputError("--gpus: no NVIDIA GPU is visible to this process (nvidia-smi -L lists none, or "
                          "CUDA_VISIBLE_DEVICES hides them); use --device cpu", argument="gpus")
-    text = "all" if request is None else str(request).strip()
-    if text == "all":
+    if numbers is None:
         return list(visible)
-    entries = [e.strip() for e in text.split(",")]
-    if not all(e.isdigit() for e in entries):
-        raise InputError(f"--gpus: expected all or comma-separated device numbers such as 0,1,3, got {text!r}",
-                         argument="gpus")
-    numbers = [int(e) for e in entries]
-    if len(set(numbers)) != len(numbers):
-        raise InputError(f"--gpus: device given twice in {text!r}", argument="gpus")
     by_ordinal = {gpu.ordinal: gpu for gpu in visible}
     missing = [n for n in numbers if n not in by_ordinal]
     if missing:
@@ -326,7 +340,8 @@ def choose_gpu_workers(request, *, device, scheduler, workers, cpus) -> list[Gpu
     Raises
     ------
     InputError
-        ``--gpus`` with ``--device cpu``, ``--scheduler`` or ``--workers``; as :func:`select_gpus`.
+        A ``request`` that is no ``--gpus`` value (:func:`parse_gpu_request`, checked first); ``--gpus``
+        with ``--device cpu``, ``--scheduler`` or ``--workers``; as :func:`select_gpus`.
     """
     if request is None:
         import onnxruntime
@@ -337,6 +352,7 @@ def choose_gpu_workers(request, *, device, scheduler, workers, cpus) -> list[Gpu
             return None
         visible = list_gpus()
         return gpu_workers(visible, cpus) if len(visible) > 1 else None
+    parse_gpu_request(request)
     for given, option in ((device == "cpu", "--device cpu"), (scheduler, "--scheduler"), (workers, "--workers")):
         if given:
             raise InputError(f"--gpus: not with {option} (--gpus starts one local worker process per GPU; "
@@ -346,6 +362,6 @@ def choose_gpu_workers(request, *, device, scheduler, workers, cpus) -> list[Gpu
 
 __all__ = [
     "DEVICE_ID_ENV", "CpuAllocation", "Gpu", "GpuWorker", "cgroup_cpu_limit", "choose_gpu_workers", "describe_worker",
-    "gpu_workers", "list_gpus", "parse_gpu_list", "process_cpus", "select_gpus", "task_threads", "usable_cpus",
-    "visible_gpus", "worker_device_id",
+    "gpu_workers", "list_gpus", "parse_gpu_list", "parse_gpu_request", "process_cpus", "select_gpus", "task_threads",
+    "usable_cpus", "visible_gpus", "worker_device_id",
 ]

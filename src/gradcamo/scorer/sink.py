@@ -153,9 +153,19 @@ a run that agrees resumes it."""
 
 
 def _changed_parameters(old, new):
-    """Names of the parameters that differ between a dataset's manifest (``old``) and a run (``new``)."""
+    """Names of the parameters that differ between a dataset's manifest (``old``) and a run (``new``).
+
+    A parameter recorded as false or null is what a run that does not record it did (a run records
+    the causal checks only when asked for one: ``ablation: false`` is no ablation).
+    """
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
+                  and not (_is_unset(old.get(k)) and _is_unset(new.get(k)))
                   and not (k not in old and k in LATER_PARAMETERS and LATER_PARAMETERS[k](new[k])))
+
+
+def _is_unset(value):
+    """False or None (not 0: ``timepoint: 0`` is a choice)."""
+    return value is None or value is False
 
 
 def _part_problem(path, expected):
@@ -244,7 +254,7 @@ class ScoreDataset:
             if not overwrite:
                 raise InputError(
                     f"output {directory}: holds rows made with other parameters "
-                    f"({', '.join(changed)}); pass --overwrite (overwrite=True) to replace them or choose another "
+                    f"({', '.join(changed)}); pass --overwrite to replace them or choose another "
                     "directory",
                     argument="output",
                 )

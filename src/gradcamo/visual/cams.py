@@ -24,9 +24,10 @@ import zarr
 from gradcamo.errors import InputError
 from gradcamo.files import staged_directory
 from gradcamo.progress import cell_progress
+from gradcamo.results.datasets import resolve_datasets
 from gradcamo.scorer.causal import ABLATIONS, ablated_crops
 from gradcamo.visual.overlay import batch_overlays, render_overlay
-from gradcamo.visual.recompute import iter_cams
+from gradcamo.visual.recompute import CamSessions, iter_cams
 from gradcamo.visual.select import select_rows
 from gradcamo.visual.source import open_source
 
@@ -123,17 +124,18 @@ def write_cams(
     started = time.time()
     output = pathlib.Path(output)
     _check_output(output, overwrite)
+    resolve_datasets([scores])  # once: warns about an incomplete dataset; the steps below check silently
     table = select_rows(scores, where=where, order_by=order_by, limit=limit, method=method)
     if table.num_rows == 0:
         raise InputError(f"--where {where!r}: selects no rows of {scores}; nothing written")
     source = open_source(scores, models=models, input_map=input_map)
     rows = table.to_pydict()
     n = table.num_rows
-    with staged_directory(output) as staging, cell_progress(progress) as bar:
+    with staged_directory(output) as staging, cell_progress(progress) as bar, CamSessions() as sessions:
         arrays = _create_arrays(staging, n, source.model, ablated)
         (staging / PNG_DIR).mkdir()
         task = bar.add_task("cams", total=n)
-        for batch in iter_cams(source, rows):
+        for batch in iter_cams(source, rows, sessions):
             modified, pngs = _ablated_pngs(batch, rows) if ablated else ({}, [])
             for name in arrays:
                 values = modified[name] if name in modified else getattr(batch, name)

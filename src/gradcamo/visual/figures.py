@@ -9,6 +9,7 @@ import html
 import numpy as np
 
 from gradcamo.visual.colors import VIRIDIS, hex_color
+from gradcamo.wording import counted
 
 SERIES_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 EMPTY_WELL = "#e4e4e4"
@@ -79,7 +80,7 @@ def histogram_svg(series, *, width=320, height=190, label="grad_camo histogram")
         color = SERIES_COLORS[index % len(SERIES_COLORS)]
         body.append(
             f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.8">'
-            f"<title>{html.escape(name)}: {int(counts.sum())} cells</title></polyline>"
+            f"<title>{html.escape(name)}: {counted(int(counts.sum()), 'cell')}</title></polyline>"
         )
         body.append(_text(width - MARGIN[2] - 4, MARGIN[1] + 12 + 12 * index, name, anchor="end", color=color))
     return _svg(width, height, body, label)
@@ -103,7 +104,7 @@ def density_svg(counts, *, width=320, height=250, label="grad_camo against prob_
         body.append(
             f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{x1 - x0 + 0.3:.1f}" height="{y1 - y0 + 0.3:.1f}" fill="{shade}">'
             f"<title>Grad-CAMO {i / bins:.2f}-{(i + 1) / bins:.2f}, p {j / bins:.2f}-{(j + 1) / bins:.2f}: "
-            f"{int(counts[i, j])} cells</title></rect>"
+            f"{counted(int(counts[i, j]), 'cell')}</title></rect>"
         )
     body.append(
         f'<rect x="{to_x(0)}" y="{to_y(1)}" width="{to_x(0.5) - to_x(0)}" height="{to_y(0.9) - to_y(1)}" '

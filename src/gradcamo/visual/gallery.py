@@ -33,8 +33,9 @@ def select_galleries(directory, size, method) -> dict:
             for kind, (where, order) in KINDS.items()}
 
 
-def render_galleries(source, selections, advance) -> list[Gallery]:
-    """Recompute and draw the cells of each selection; ``advance(n)`` reports progress.
+def render_galleries(source, selections, advance, sessions) -> list[Gallery]:
+    """Recompute and draw the cells of each selection with the command's ``sessions``
+    (:class:`~gradcamo.visual.recompute.CamSessions`); ``advance(n)`` reports progress.
 
     Returns
     -------
@@ -44,7 +45,7 @@ def render_galleries(source, selections, advance) -> list[Gallery]:
     for kind, table in selections.items():
         rows = table.to_pydict()
         images: list[tuple[str, str] | None] = [None] * table.num_rows
-        for batch in iter_cams(source, rows):
+        for batch in iter_cams(source, rows, sessions):
             for index, png in batch_overlays(batch, rows, panel_pixels=GALLERY_PIXELS):
                 alt = f"{rows['Metadata_Image'][index]} object {rows['Metadata_ObjectNumber'][index]}"
                 images[index] = (alt, "data:image/png;base64," + base64.b64encode(png).decode("ascii"))

@@ -8,7 +8,6 @@ and ``cam_total``: the map is exposed as an extra output, nothing is computed tw
 """
 
 import dataclasses
-import functools
 from collections.abc import Iterator
 
 import numpy as np
@@ -46,15 +45,38 @@ class CamBatch:
     background: np.ndarray | None = None
 
 
-@functools.lru_cache(maxsize=4)
-def cam_session(model_path, model_sha256, crop_spatial, convention, method="gradcam") -> ort.InferenceSession:
-    """A CPU session of the scorer's graph for this model, convention and CAM method, with ``crop_cam`` exposed.
-
-    ``model_sha256`` is part of the cache key only.
-    """
+def cam_session(model_path, crop_spatial, convention, method="gradcam") -> ort.InferenceSession:
+    """A CPU session of the scorer's graph for this model, convention and CAM method, with ``crop_cam`` exposed."""
     headed = append_score_head(onnx.load(str(model_path)), crop_spatial=tuple(crop_spatial), convention=convention,
                                methods=(method,))
     return create_session(expose_crop_cam(headed).SerializeToString(), device="cpu")
+
+
+class CamSessions:
+    """The :func:`cam_session` sessions of one command (``cams``, ``report``), owned by it: each built on
+    first use and kept until the command ends (``with CamSessions() as sessions:``); none outlives it,
+    so a later command in the same process reads the model file as it is then."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[tuple, ort.InferenceSession] = {}
+
+    def __enter__(self) -> "CamSessions":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def get(self, info, crop_spatial, convention, method="gradcam") -> ort.InferenceSession:
+        """The session of model ``info`` (a :class:`~gradcamo.model_file.ModelInfo`: its path and sha256
+        are the key) for this crop, convention and method."""
+        key = (str(info.path), info.sha256, tuple(crop_spatial), convention, method)
+        if key not in self._sessions:
+            self._sessions[key] = cam_session(info.path, crop_spatial, convention, method)
+        return self._sessions[key]
+
+    def close(self) -> None:
+        """Drop every session."""
+        self._sessions.clear()
 
 
 def _cut(source, layout, start, crop):
@@ -101,7 +123,7 @@ def _check_scores(source, rows, indices, inside, total):
         )
 
 
-def iter_cams(source, rows, *, batch_size=BATCH_SIZE) -> Iterator[CamBatch]:
+def iter_cams(source, rows, sessions, *, batch_size=BATCH_SIZE) -> Iterator[CamBatch]:
     """Recompute crops, masks and CAMs of score rows, image by image, in batches.
 
     Parameters
@@ -111,6 +133,8 @@ def iter_cams(source, rows, *, batch_size=BATCH_SIZE) -> Iterator[CamBatch]:
     rows : dict of str to sequence
         Score columns (at least keys, centroids, ``target_class`` and ``grad_camo``; ``method``
         where the dataset has it, else every row is ``gradcam``).
+    sessions : CamSessions
+        The calling command's sessions.
     batch_size : int
 
     Yields
@@ -132,7 +156,7 @@ def iter_cams(source, rows, *, batch_size=BATCH_SIZE) -> Iterator[CamBatch]:
     names = list(rows["Metadata_Image"])
     methods = list(rows.get("method") or ["gradcam"] * len(names))
     for name, method in dict.fromkeys(zip(names, methods)):
-        session = cam_session(str(info.path), info.sha256, tuple(int(c) for c in crop), parameters["convention"], method)
+        session = sessions.get(info, tuple(int(c) for c in crop), parameters["convention"], method)
         if name not in source.images:
             raise InputError(f"{source.directory}: image {name} is not among the recorded inputs")
         zeros = name in (source.manifest.get("missing_chunks") or {})  # scored with missing chunks as zeros

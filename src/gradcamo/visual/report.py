@@ -21,9 +21,11 @@ from gradcamo.visual.causal import causal_section
 from gradcamo.visual.figures import colorbar_svg, density_svg, histogram_svg, plate_svg
 from gradcamo.visual.gallery import render_galleries, select_galleries
 from gradcamo.visual.plates import parse_well, plate_shape, row_name
+from gradcamo.visual.recompute import CamSessions
 from gradcamo.visual.source import open_source, read_manifest
 from gradcamo.visual.stats import CONFIDENT, report_stats, well_stats
 from gradcamo.options import check_whole_number
+from gradcamo.wording import counted
 
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; max-width: 1600px; }
@@ -124,7 +126,7 @@ def _per_dataset(stats, render):
 
 
 def _hover(name, row):
-    parts = [f"median {format_value(row['median_grad_camo'], '{:.3f}')}", f"{row['cells']} cells",
+    parts = [f"median {format_value(row['median_grad_camo'], '{:.3f}')}", counted(row['cells'], 'cell'),
              f"{format_value(row['share_above_half'], '{:.0%}')} > 0.5", f"{row['nan_scores']} NaN"]
     return f"{name}: " + ", ".join(parts)
 
@@ -260,10 +262,10 @@ def write_report(paths, output, *, gallery=16, models=(), input_map=None, progre
         name: select_galleries(path, gallery, stats.method) for name, path in stats.datasets.items()
     } if gallery else {}
     total = sum(t.num_rows for s in selections.values() for t in s.values())
-    with cell_progress(progress) as bar:
+    with cell_progress(progress) as bar, CamSessions() as sessions:
         task = bar.add_task("galleries", total=total)
         galleries = {
-            name: render_galleries(sources[name], chosen, lambda n: bar.update(task, advance=n))
+            name: render_galleries(sources[name], chosen, lambda n: bar.update(task, advance=n), sessions)
             for name, chosen in selections.items()
         }
     incomplete = "".join(  # datasets lacking rows (failed work units, a run not finished), said first

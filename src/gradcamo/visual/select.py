@@ -43,13 +43,13 @@ def select_rows(directory, *, where=None, order_by=None, limit=64, method=None) 
         SQL that DuckDB rejects, a bad ``limit``, or a ``method`` the dataset does not hold.
     """
     check_limit(limit)
-    resolve_datasets([directory])  # a path that is no dataset is named as such, not blamed on the SQL
+    resolve_datasets([directory], warn=False)  # a path that is no dataset is named as such, not blamed on the SQL
     sql = (
         f"SELECT * EXCLUDE ({DATASET_COLUMN}) FROM {VIEW} WHERE ({where or 'TRUE'}) "
         f"ORDER BY {order_by or DEFAULT_ORDER} LIMIT {limit}"
     )
     try:
-        return run_query(directory, sql, method=method)
+        return run_query(directory, sql, method=method, warn=False)
     except InputError as error:
         if error.argument == "method":
             raise

@@ -59,9 +59,10 @@ def map_path(path, mapping) -> str:
 
 
 def read_manifest(directory) -> dict:
-    """The ``_gradcamo.json`` of one score dataset (checked by :func:`resolve_datasets`)."""
+    """The ``_gradcamo.json`` of one score dataset (checked by :func:`resolve_datasets`, which the
+    calling command has warned with)."""
     directory = pathlib.Path(directory)
-    resolve_datasets([directory])
+    resolve_datasets([directory], warn=False)
     manifest = json.loads((directory / MANIFEST).read_text())
     if not isinstance(manifest.get("parameters"), dict) or "model_sha256" not in manifest["parameters"]:
         raise InputError(f"{directory / MANIFEST}: records no scoring parameters; expected one written by `gradcamo score`")

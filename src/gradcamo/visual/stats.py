@@ -105,9 +105,9 @@ def report_stats(paths, method=None) -> ReportStats:
     return ReportStats(
         datasets=datasets,
         method=method,
-        headline=summarize(paths, by=["dataset"], method=method).to_pylist(),
-        per_target=summarize(paths, by=["dataset", "target_name"], method=method).to_pylist(),
-        per_method=summarize(paths, by=["dataset", "method"]).to_pylist(),
+        headline=summarize(paths, by=["dataset"], method=method, warn=False).to_pylist(),
+        per_target=summarize(paths, by=["dataset", "target_name"], method=method, warn=False).to_pylist(),
+        per_method=summarize(paths, by=["dataset", "method"], warn=False).to_pylist(),
         histograms=histograms,
         density=density,
         confident_elsewhere=confident,
@@ -124,6 +124,8 @@ def well_stats(directory, targets, method) -> tuple[list[dict], list[dict]]:
         ``summarize`` columns.
     """
     by_target = ["target_name"] if len(targets) > 1 else []
-    wells = summarize([directory], by=by_target + ["Metadata_Plate", "Metadata_Well"], method=method).to_pylist()
-    images = summarize([directory], by=by_target + ["Metadata_Plate", "Metadata_Image"], method=method).to_pylist()
+    wells = summarize([directory], by=by_target + ["Metadata_Plate", "Metadata_Well"], method=method,
+                      warn=False).to_pylist()
+    images = summarize([directory], by=by_target + ["Metadata_Plate", "Metadata_Image"], method=method,
+                       warn=False).to_pylist()
     return [w for w in wells if w["Metadata_Plate"] is not None], [i for i in images if i["Metadata_Plate"] is None]
