@@ -3,7 +3,7 @@
 The crops are cut with the scorer's own functions (centroid, or the centre object's centroid
 with ``--center-labels`` -> :func:`crop_starts`, region
 read with :func:`read_region`, zero-padded :func:`cut_window`), and the CAM is the tensor
-of the scorer's own graph (:func:`append_score_head`) whose masked sums are ``cam_inside``
+of the scorer's own graph (:func:`~gradcamo.scorer.session.build_scoring_session`) whose masked sums are ``cam_inside``
 and ``cam_total``: the map is exposed as an extra output, nothing is computed twice.
 """
 
@@ -11,7 +11,6 @@ import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from gradcamo import contract
@@ -19,9 +18,9 @@ from gradcamo.data.chunks import MissingChunkError
 from gradcamo.data.read import open_image
 from gradcamo.errors import InputError, UnreadableError
 from gradcamo.scorer.crops import crop_starts, cut_window, measure_objects, window_inside
-from gradcamo.scorer.head import CAM_INSIDE, CAM_TOTAL, CROP_CAM, MASK, append_score_head, expose_crop_cam
+from gradcamo.scorer.head import CAM_INSIDE, CAM_TOTAL, CROP_CAM, MASK
 from gradcamo.scorer.regions import plan_layout, read_region
-from gradcamo.scorer.session import create_session
+from gradcamo.scorer.session import build_scoring_session
 
 BATCH_SIZE = 32
 SCORE_TOLERANCE = 1e-4
@@ -47,9 +46,7 @@ class CamBatch:
 
 def cam_session(model_path, crop_spatial, convention, method="gradcam") -> ort.InferenceSession:
     """A CPU session of the scorer's graph for this model, convention and CAM method, with ``crop_cam`` exposed."""
-    headed = append_score_head(onnx.load(str(model_path)), crop_spatial=tuple(crop_spatial), convention=convention,
-                               methods=(method,))
-    return create_session(expose_crop_cam(headed).SerializeToString(), device="cpu")
+    return build_scoring_session(str(model_path), crop_spatial, convention, "cpu", None, (method,), crop_cam=True)
 
 
 class CamSessions:
