@@ -8,7 +8,7 @@ import gradcamo
 from gradcamo.cam import METHODS, crop_cam, gradcamo_score
 from gradcamo.localisation import peak_values, rank_counts
 from gradcamo.scorer.head import HEAD_OUTPUTS, MASK, METRIC_OUTPUTS, append_score_head
-from gradcamo.visual.recompute import CROP_CAM, expose_crop_cam
+from gradcamo.scorer.head import CROP_CAM, expose_crop_cam
 from tests.tiny_models import tiny_classifier
 
 
