@@ -73,7 +73,7 @@ def test_the_last_line_counts_cells_without_a_centre(tmp_path, capsys, model_2d)
                  "--center-labels", "nuclei", "--workers", "1", "--threads", "1"])
     out = capsys.readouterr().out
     assert code == 0
-    assert f"for {len(np.unique(labels)) - 3} cells of 1 images to {tmp_path / 'scores'} (" in out
+    assert f"for {len(np.unique(labels)) - 3} cells of 1 image to {tmp_path / 'scores'} (" in out
     assert out.rstrip().endswith("; 2 cells without a nuclei object skipped")
 
 
