@@ -6,9 +6,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any
 
-import pyarrow.compute as pc
 from distributed import Client, LocalCluster, as_completed
 
 from gradcamo.data.chunks import check_mode
@@ -17,7 +15,7 @@ from gradcamo.model_file import read_model_info
 from gradcamo.cam import CONVENTIONS, check_choice, check_methods
 from gradcamo.scorer.causal import check_causal_options
 from gradcamo.scorer.channels import channel_note, describe_choices, parse_channels
-from gradcamo.scorer.empty import EMPTY_MAPS_KEY, empty_maps_warning
+from gradcamo.scorer.empty import empty_maps_warning
 from gradcamo.scorer.failures import DEFAULT_MAX_FAILURES, FailureLog, UnitFailure
 from gradcamo.scorer.plan import UNIT_MAX_BYTES, parse_targets, plan_inputs
 from gradcamo.progress import RunProgress, cell_progress
@@ -27,7 +25,8 @@ from gradcamo.scorer.sink import ScoreDataset, part_files
 from gradcamo.scorer.features import feature_count
 from gradcamo.scorer.engine import PassKind, run_unit
 from gradcamo.scorer.score_pass import ScorePass
-from gradcamo.scorer.units import STAGES, assign_objects, measure_block, merge_blocks
+from gradcamo.scorer.tally import RunTally
+from gradcamo.scorer.units import assign_objects, measure_block, merge_blocks
 from gradcamo.scorer.worker import PLUGIN_NAME, ScorerPlugin
 from gradcamo.signals import children_ignore_sigint
 from gradcamo.options import check_whole_number
@@ -407,18 +406,13 @@ def run_units(kind: PassKind, images, output, parameters, *, record, overwrite=F
             **cpus.to_json(), "gpus": [{"worker": w.name, "device": w.gpu.label, "name": w.gpu.name,
                                         "uuid": w.gpu.uuid} for w in gpu_workers or ()]})
         done = dataset.completed_units()
-        counts: dict[str, Any] = {"images": len(images), "units": sum(len(i.blocks) or 1 for i in images),
-                                  "cells": 0, "rows": 0}
-        if parameters.get("center_labels") is not None:
-            counts["cells_without_centre"] = 0
-        providers, stages = set(), dict.fromkeys(STAGES, 0.0)
+        tally = RunTally(images, centre_labels=parameters.get("center_labels") is not None,
+                         missing_chunks=dataset.missing_chunks())
         failures = FailureLog(max_failures)
-        missing: dict[str, Any] = {image: set(chunks) for image, chunks in dataset.missing_chunks().items()}
         for image in images:
             if not image.blocks:  # a plate field that could not be opened
                 failures.record(UnitFailure.unopened(image))
         client, cluster = _open_client(scheduler, workers, threads, cpus.cpus, gpu_workers)
-        per_worker: dict[str, dict] = {}
         try:
             client.register_plugin(ScorerPlugin(), name=PLUGIN_NAME)
             nthreads = [w["nthreads"] for w in client.scheduler_info()["workers"].values()]
@@ -426,42 +420,20 @@ def run_units(kind: PassKind, images, output, parameters, *, record, overwrite=F
             todo = [image for image in images if any(b.unit_id not in done for b in image.blocks)]
             with cell_progress(progress) as bar, _PartWriter(dataset) as writer:
                 shown = RunProgress(bar, verb, [w.gpu.label for w in gpu_workers or ()])
-                finished_images: collections.Counter = collections.Counter()
 
                 def on_result(item, result):
-                    block = item[1]
-                    writer.write(block.unit_id, result.table)
-                    counts["cells"] += result.cells
-                    counts["rows"] += result.table.num_rows
-                    if "cells_without_centre" in counts:
-                        counts["cells_without_centre"] += result.without_centre
-                    if "cam_empty" in result.table.column_names:
-                        # pyarrow.compute: a bool column's to_numpy() imports pandas on first use, and pyarrow's
-                        # guard around that import would swallow the Interrupted that Ctrl-C raises there
-                        empty = pc.sum(result.table["cam_empty"]).as_py() or 0
-                        counts[EMPTY_MAPS_KEY] = counts.get(EMPTY_MAPS_KEY, 0) + empty
-                    providers.update([result.provider] if result.provider else [])
-                    for stage, seconds in result.seconds.items():
-                        stages[stage] += seconds
-                    finished_images[block.ref] += 1
-                    if result.missing_chunks:
-                        missing.setdefault(block.ref.name, set()).update(result.missing_chunks)
-                    estimate = counts["cells"] / len(finished_images) * len(todo) if finished_images else None
-                    worker = result.worker
-                    if worker is not None:
-                        entry = per_worker.setdefault(worker["worker"], {**worker, "cells": 0})
-                        entry["cells"] += result.cells
-                    shown.advance(result.cells, max(estimate or 0, counts["cells"]) or None,
-                                  worker["device"] if worker else None)
+                    writer.write(item[1].unit_id, result.table)
+                    tally.add(item[1], result)
+                    shown.advance(result.cells, tally.expected_cells(len(todo)),
+                                  result.worker["device"] if result.worker else None)
 
                 items = _work_items(client, todo, kind, done, spatial_dims, failures)
                 _run_bounded(client, run_unit, items, window, on_result, failures)
-            counts["providers"] = sorted(providers)
-            with_stages = {stage: round(seconds, 3) for stage, seconds in stages.items()}
-            with_stages["write"] = round(writer.seconds, 3)
+            stage_seconds = {stage: round(seconds, 3) for stage, seconds in tally.stages.items()}
+            stage_seconds["write"] = round(writer.seconds, 3)
         except (KeyboardInterrupt, Interrupted) as stop:  # parts written so far are whole: say so
-            raise Interrupted(f"{len(part_files(dataset.directory))} of {counted(counts['units'], 'work unit')} done, "
-                              f"kept in {output}; run the same command again to resume") from stop
+            raise Interrupted(f"{len(part_files(dataset.directory))} of {counted(tally.counts['units'], 'work unit')} "
+                              f"done, kept in {output}; run the same command again to resume") from stop
         finally:
             try:
                 client.unregister_worker_plugin(PLUGIN_NAME)
@@ -470,23 +442,15 @@ def run_units(kind: PassKind, images, output, parameters, *, record, overwrite=F
             client.close()
             if cluster is not None:
                 cluster.close()
-        missing = {image: sorted(chunks) for image, chunks in sorted(missing.items())}
-        if missing:
-            dataset.record(missing_chunks=missing)
-        workers_used = [per_worker[name] for name in sorted(per_worker)]
-        for entry in workers_used:
-            LOGGER.info("worker %s on %s: %d cells", entry["worker"], entry["device"], entry["cells"])
-        dataset.record(workers=workers_used)
-        warning = empty_maps_warning(counts.get(EMPTY_MAPS_KEY, 0), counts["rows"])
-        if warning:
-            dataset.record(warnings=[warning])
-        dataset.finish(counts, failures=failures.to_json(), stopped_early=failures.exceeded)
+        tally.record(dataset)
+        dataset.finish({**tally.counts, "providers": sorted(tally.providers)}, failures=failures.to_json(),
+                       stopped_early=failures.exceeded)
     summary = RunSummary(
-        output=str(output), images=len(images), units=counts["units"],
-        units_resumed=len(done), cells=counts["cells"], rows=counts["rows"], seconds=time.time() - started,
-        providers=tuple(counts["providers"]), stage_seconds=with_stages,
-        failures=tuple(failures.failures), stopped_early=failures.exceeded, missing_chunks=missing,
-        cells_without_centre=counts.get("cells_without_centre"), empty_maps=counts.get(EMPTY_MAPS_KEY, 0),
+        output=str(output), images=len(images), units=tally.counts["units"], units_resumed=len(done),
+        cells=tally.counts["cells"], rows=tally.counts["rows"], seconds=time.time() - started,
+        providers=tuple(sorted(tally.providers)), stage_seconds=stage_seconds, failures=tuple(failures.failures),
+        stopped_early=failures.exceeded, missing_chunks=tally.missing_chunks,
+        cells_without_centre=tally.counts.get("cells_without_centre"), empty_maps=tally.empty_maps,
     )
     LOGGER.info(
         "%s %d cells (%d rows) in %.1f s on %s", verb, summary.cells, summary.rows, summary.seconds,

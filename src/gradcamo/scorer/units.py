@@ -16,6 +16,7 @@ import dataclasses
 import time
 
 import numpy as np
+import pyarrow as pa
 
 from gradcamo.data.chunks import chunks_read_as_fill
 from gradcamo.data.read import ImageRef, ImageSource
@@ -100,18 +101,19 @@ class Objects:
 
 @dataclasses.dataclass(frozen=True)
 class UnitResult:
-    """What a scored unit sends back: its finished rows, the provider used and seconds per stage;
+    """What a unit sends back: its finished rows, the provider used and seconds per stage;
     ``worker`` describes the worker that ran it (:func:`gradcamo.scorer.resources.describe_worker`)."""
 
-    table: object
+    table: pa.Table
     cells: int
-    provider: object
-    seconds: dict
+    provider: str | None
+    """The execution provider of the unit's first session; None when it ran none (no cells)."""
+    seconds: dict[str, float]
     without_centre: int = 0
     """Cells left out for want of a centre object (``--center-labels``)."""
-    missing_chunks: tuple = ()
+    missing_chunks: tuple[str, ...] = ()
     """Image chunks read as the fill value (``--missing-chunks zeros``): ``store/array/key``."""
-    worker: object = None
+    worker: dict | None = None
 
 
 def _slices(start, stop):
