@@ -129,7 +129,8 @@ def measure(plate, model_path, cells, scratch, *, batch_size=64, repeats=2, crop
     if direct_times:  # the bound with the scorer's own reader (the chunk files read directly) in place of zarr's
         rates["read_direct"] = cells / min(direct_times)
         bound = 1 / (1 / rates["ort_graph"] + 1 / rates["read_direct"])
-        direct = {"shared_core_bound_direct_read": bound, "steady_vs_shared_core_bound_direct_read": rates["steady"] / bound}
+        direct = {"shared_core_bound_direct_read": bound,
+                  "steady_vs_shared_core_bound_direct_read": rates["steady"] / bound}
     serial = serial_stages(plate, model_path, scratch, batch_size=batch_size, **options)
     return {"cells": cells, "fields": fields, "crop": list(crop), "batch_size": batch_size, "options": options,
             "cells_per_s": rates, "ceiling_ratio": rates["end_to_end"] / min(rates["ort_graph"], rates["read"]),

@@ -44,7 +44,7 @@ def _local_root(array):
 
 
 def _decoder(array):
-    """A function ``compressed bytes -> bytes`` of one chunk of ``array``, or None when its layout is not the usual one."""
+    """A function ``compressed bytes -> bytes`` for ``array``'s chunks; None when its layout is not the usual one."""
     metadata = array.metadata
     if metadata.zarr_format != 3 or not isinstance(metadata.chunk_grid, RegularChunkGrid):
         return None
