@@ -9,7 +9,7 @@ import zarr
 from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, TransposeCodec, ZstdCodec
 
 from gradcamo.data.chunks import MissingChunkError, strict_array
-from gradcamo.data.direct import read_array, read_chunks, _decoder, _local_root
+from gradcamo.data.direct import read_array, read_chunks, reads_directly
 
 SHAPE, CHUNKS = (3, 50, 45), (1, 16, 20)  # edge chunks on both spatial axes
 REGIONS = [
@@ -34,7 +34,7 @@ def _array(path, dtype, **options):
                                          GzipCodec(level=1), None], ids=["zstd", "blosc", "gzip", "none"])
 def test_direct_reads_equal_zarr(tmp_path, dtype, compressors):
     array, data = _array(tmp_path / "a.zarr", dtype, compressors=compressors)
-    assert _local_root(array) is not None and _decoder(array) is not None  # the direct path is taken
+    assert reads_directly(array)
     for region in REGIONS:
         got = read_array(array, region)
         assert got.dtype == array.dtype and np.array_equal(got, np.asarray(array[region]))
@@ -49,13 +49,13 @@ def test_other_layouts_go_through_zarr(tmp_path):
     }
     for name, options in layouts.items():
         array, data = _array(tmp_path / f"{name}.zarr", np.uint16, **options)
-        assert _decoder(array) is None, name
+        assert not reads_directly(array), name
         assert np.array_equal(read_array(array, REGIONS[1]), data[REGIONS[1]])
     array, data = _array(tmp_path / "v2.zarr", np.uint16, zarr_format=2)
-    assert _decoder(array) is None and np.array_equal(read_array(array, REGIONS[0]), data)
+    assert not reads_directly(array) and np.array_equal(read_array(array, REGIONS[0]), data)
     memory = zarr.create_array(zarr.storage.MemoryStore(), shape=SHAPE, chunks=CHUNKS, dtype=np.uint16)
     memory[...] = data
-    assert _local_root(memory) is None and np.array_equal(read_array(memory, REGIONS[0]), data)
+    assert not reads_directly(memory) and np.array_equal(read_array(memory, REGIONS[0]), data)
 
 
 def test_a_missing_chunk_is_zarrs_to_read(tmp_path):
@@ -65,11 +65,11 @@ def test_a_missing_chunk_is_zarrs_to_read(tmp_path):
     expected[1, 0:16, 20:40] = 7  # a plain local store: the fill value, as zarr reads it
     assert np.array_equal(read_array(array, REGIONS[0]), expected)
     strict = strict_array(array, "a.zarr")  # an image: a missing chunk is refused by name
-    assert _local_root(strict) is not None
+    assert reads_directly(strict)
     with pytest.raises(MissingChunkError, match="c/1/0/1"):
         read_array(strict, REGIONS[0])
     assert np.array_equal(read_array(strict, (0, slice(0, 50), slice(0, 45))), data[0])  # other chunks: direct
-    assert _local_root(strict_array(array, "a.zarr", mode="zeros")) is None  # zeros: zarr counts what it fills
+    assert not reads_directly(strict_array(array, "a.zarr", mode="zeros"))  # zeros: zarr counts what it fills
 
 
 def test_read_chunks_assembles_any_region():

@@ -101,6 +101,11 @@ def _direct_chunk(root, array, decode):
     return chunk
 
 
+def reads_directly(array) -> bool:
+    """Whether :func:`read_array` reads ``array``'s chunk files itself (else zarr reads it)."""
+    return _local_root(array) is not None and _decoder(array) is not None
+
+
 def read_array(array, index) -> np.ndarray:
     """``array[index]`` as numpy (``index``: step-1 slices and integers, one per axis): read from the
     chunk files directly where the layout allows (see the module), else by zarr."""
@@ -113,4 +118,4 @@ def read_array(array, index) -> np.ndarray:
     return np.asarray(array[index])
 
 
-__all__ = ["read_array", "read_chunks"]
+__all__ = ["read_array", "read_chunks", "reads_directly"]
