@@ -68,15 +68,18 @@ def write_grid_plate(path, *, wells, fields_per_well, field_shape, spacing, chun
     return cells
 
 
-def read_whole_arrays(plate):
-    """Read every field's level-0 image and labels once, whole arrays; returns the fields read."""
+def read_whole_arrays(plate, direct=False):
+    """Read every field's level-0 image and labels once, whole arrays, with zarr-python (``direct``:
+    with the scorer's own reader, :func:`gradcamo.data.direct.read_array`); returns the fields read."""
     from gradcamo.data.read import discover_images, open_image
 
+    if direct:
+        from gradcamo.data.direct import read_array
     refs = discover_images(str(plate))
     for ref in refs:
         source = open_image(ref)
-        source.image[...]
-        source.labels[...]
+        for array in (source.image, source.labels):
+            read_array(array, tuple(slice(0, n) for n in array.shape)) if direct else array[...]
     return len(refs)
 
 

@@ -77,6 +77,11 @@ class ChunkCheckingStore(WrapperStore):
         self.mode = check_mode(mode)
         self._forget()
 
+    @property
+    def inner(self):
+        """The store this one checks the reads of."""
+        return self._store
+
     def _forget(self) -> None:
         self._read_as_fill: set[str] = set()
         """Store keys of the chunks read through this wrapper as the fill value (``zeros`` mode)."""

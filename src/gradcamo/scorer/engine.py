@@ -131,8 +131,10 @@ class Inference:
 
     def session(self, build: Callable[..., ort.InferenceSession], *arguments: Any) -> ort.InferenceSession:
         """``build(*arguments, device=, threads=, device_id=)``: this worker's session, built once per run."""
+        self._clock.lap("cut")
         session = self._state.session(build, *arguments, device=self._kind.device, threads=self.threads,
                                       device_id=worker_device_id())
+        self._clock.lap("wait")  # building it (first use on this worker), or waiting for another task to
         if self.provider is None:
             self.provider = session.get_providers()[0]
         return session

@@ -2,13 +2,13 @@
 
 import collections
 import dataclasses
-import itertools
 import math
 import threading
 
 import numpy as np
 
 from gradcamo.data.chunks import mark_read_as_fill, read_as_fill
+from gradcamo.data.direct import read_array, read_chunks
 from gradcamo.errors import InputError
 from gradcamo.scorer.channels import choose_channels
 
@@ -76,7 +76,7 @@ class ChunkCache:
                 mark_read_as_fill(array, fill)
                 return data
         index = tuple(slice(p * c, min((p + 1) * c, n)) for p, c, n in zip(position, array.chunks, array.shape))
-        data = np.asarray(array[index])
+        data = read_array(array, index)
         fill = read_as_fill(array, index)
         with self._lock:
             self.reads += 1
@@ -90,19 +90,7 @@ class ChunkCache:
 
     def read(self, array, index) -> np.ndarray:
         """``array[index]`` (slices with step 1 and integers), assembled from cached chunks."""
-        bounds = [(i, i + 1) if isinstance(i, (int, np.integer)) else (i.start or 0, n if i.stop is None else i.stop)
-                  for i, n in zip(index, array.shape)]
-        out = np.empty([b - a for a, b in bounds], dtype=array.dtype)
-        grid = [range(a // c, (b - 1) // c + 1) if b > a else range(0) for (a, b), c in zip(bounds, array.chunks)]
-        for position in itertools.product(*grid):
-            data = self.chunk(array, position)
-            source, target = [], []
-            for p, c, (a, b) in zip(position, array.chunks, bounds):
-                low, high = max(a, p * c), min(b, (p + 1) * c)
-                source.append(slice(low - p * c, high - p * c))
-                target.append(slice(low - a, high - a))
-            out[tuple(target)] = data[tuple(source)]
-        return out[tuple(0 if isinstance(i, (int, np.integer)) else slice(None) for i in index)]
+        return read_chunks(array, index, lambda position: self.chunk(array, position))
 
 
 def read_region(array, axes, spatial_axes, region, *, channels=None, timepoint=0, cache=None) -> np.ndarray:
@@ -110,10 +98,11 @@ def read_region(array, axes, spatial_axes, region, *, channels=None, timepoint=0
 
     The array's axes may come in any order; an image without a ``c`` axis is one channel.
 
-    With a :class:`ChunkCache`, the chunks come from (and go to) the cache.
+    With a :class:`ChunkCache`, the chunks come from (and go to) the cache. Chunks are read by
+    :func:`gradcamo.data.direct.read_array` (local files directly where the layout allows, else zarr).
     """
     index, kept = region_index(axes, spatial_axes, region, channels=channels, timepoint=timepoint)
-    data = cache.read(array, index) if cache is not None else np.asarray(array[index])
+    data = cache.read(array, index) if cache is not None else read_array(array, index)
     order = (["c"] if "c" in kept else []) + list(spatial_axes)
     data = np.transpose(data, [kept.index(a) for a in order])
     if channels is None:

@@ -26,7 +26,8 @@ from gradcamo.scorer.regions import Layout, read_region, region_index
 from gradcamo.scorer.worker import worker_state
 
 STAGES = ("read", "measure", "cut", "wait", "infer", "table")
-"""Where a unit's seconds go; ``wait`` is time queued for the session while another task's batch runs."""
+"""Where a unit's seconds go: ``cut`` includes assembling batches; ``wait`` is time queued for the
+session while another task's batch runs, and building the worker's sessions on first use."""
 
 
 @dataclasses.dataclass(frozen=True)
