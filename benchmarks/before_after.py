@@ -1,13 +1,14 @@
-"""The quick suite (``run.py --quick``) on two source trees in one run, alternating, for a change
-that must not change speed (a restructure):
+"""The quick suite (``run.py --quick``) on two (or more) source trees in one run, alternating, for a
+change that must not change speed (a restructure):
 
     python benchmarks/before_after.py --before /path/to/old/checkout --after . --repeats 2
+    python benchmarks/before_after.py --before OLD --after NEW --also middle=/path/to/another/checkout
 
-Each repeat runs the suite once with the old tree's ``src`` first on ``PYTHONPATH`` and once
-with the new one's (the order alternates between repeats), each in a fresh process, so machine
-load falls on both alike. Prints, per model, the medians of end-to-end cells/s, R1b (end to
-end / torch eager) and R2 (end to end / bare onnxruntime) of each tree and after / before; and
-the pipeline ceiling's end-to-end cells/s and ratio. Writes the record as JSON to ``--output``.
+Each repeat runs the suite once per tree with that tree's ``src`` first on ``PYTHONPATH`` (the
+order rotates between repeats), each in a fresh process, so machine load falls on all alike.
+Prints, per model, the medians of end-to-end cells/s, R1b (end to end / torch eager) and R2
+(end to end / bare onnxruntime) of each tree and each tree / before; and the pipeline ceiling's
+end-to-end cells/s and ratio. Writes the record as JSON to ``--output``.
 """
 
 import argparse
@@ -49,24 +50,26 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", required=True, type=pathlib.Path, help="checkout of the old code")
     parser.add_argument("--after", default=pathlib.Path("."), type=pathlib.Path, help="checkout of the new code")
+    parser.add_argument("--also", action="append", default=[], metavar="NAME=PATH", help="another tree to run")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--output", type=pathlib.Path, default=None)
     args = parser.parse_args()
-    runs = {"before": [], "after": []}
+    trees = {"before": args.before, "after": args.after}
+    trees.update(entry.split("=", 1) for entry in args.also)
+    names = list(trees)
+    runs: dict = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as scratch:
         for repeat in range(args.repeats):
-            order = ("before", "after") if repeat % 2 == 0 else ("after", "before")
-            for name in order:
-                tree = args.before if name == "before" else args.after
+            for name in names[repeat % len(names):] + names[:repeat % len(names)]:
                 output = pathlib.Path(scratch) / f"{name}-{repeat}.json"
-                runs[name].append(figures(run_suite(tree, output)))
+                runs[name].append(figures(run_suite(trees[name], output)))
                 print(f"repeat {repeat + 1}/{args.repeats}: {name} done", file=sys.stderr)
     table = {}
     for key in runs["before"][0]:
-        before = statistics.median(run[key] for run in runs["before"])
-        after = statistics.median(run[key] for run in runs["after"])
-        table[key] = {"before": before, "after": after, "after / before": after / before}
-        print(f"{key:45s} before {before:10.3f}  after {after:10.3f}  after/before {after / before:5.2f}")
+        medians = {name: statistics.median(run[key] for run in runs[name]) for name in names}
+        table[key] = {**medians, **{f"{name} / before": medians[name] / medians["before"] for name in names[1:]}}
+        print(f"{key:40s} " + "  ".join(f"{name} {medians[name]:9.3f}" for name in names) + "  "
+              + "  ".join(f"{name}/before {medians[name] / medians['before']:5.2f}" for name in names[1:]))
     record = {"repeats": args.repeats, "load_average": os.getloadavg(), "figures": table, "runs": runs}
     if args.output:
         args.output.write_text(json.dumps(record, indent=1))
