@@ -21,7 +21,8 @@ import sys
 import tempfile
 
 SUITE = pathlib.Path(__file__).resolve().parent / "run.py"
-RATIOS = ("R1b e2e / torch_eager", "R2 e2e / ort_graph")
+RATIOS = ("R1b ", "R2 ", "R2s ")
+CEILING_RATIOS = ("ceiling_ratio", "steady_vs_shared_core_bound", "steady_vs_bare_ort")
 
 
 def run_suite(tree, output):
@@ -34,15 +35,19 @@ def run_suite(tree, output):
 
 
 def figures(record):
-    """``{name: value}`` of one suite record: per model e2e cells/s and ratios; the ceiling."""
+    """``{name: value}`` of one suite record: per model end-to-end (and steady) cells/s and the ratios
+    R1b, R2 (and R2s, steady / bare ORT, where the plate is large enough); the ceiling's."""
     values = {}
     for model in record["models"]:
-        values[f"{model['model']} e2e cells/s"] = model["cells_per_s"]["end_to_end"]
-        values.update({f"{model['model']} {name}": model["ratios"][name] for name in RATIOS})
+        rates = model["end_to_end"]["cells_per_s"]
+        values.update({f"{model['model']} {kind} cells/s": rates[kind] for kind in ("end_to_end", "steady")
+                       if kind in rates})
+        values.update({f"{model['model']} {name}": value for name, value in model["ratios"].items()
+                       if name.startswith(RATIOS)})
     ceiling = record.get("ceiling") or {}
     if ceiling:
-        values["ceiling e2e cells/s"] = ceiling["cells_per_s"]["end_to_end"]
-        values["ceiling ratio"] = ceiling["ceiling_ratio"]
+        values["ceiling end_to_end cells/s"] = ceiling["cells_per_s"]["end_to_end"]
+        values.update({f"ceiling {name}": ceiling[name] for name in CEILING_RATIOS if name in ceiling})
     return values
 
 
@@ -66,6 +71,8 @@ def main():
                 print(f"repeat {repeat + 1}/{args.repeats}: {name} done", file=sys.stderr)
     table = {}
     for key in runs["before"][0]:
+        if not all(key in run for name in names for run in runs[name]):
+            continue  # a figure the old tree's record lacks, or the other way round
         medians = {name: statistics.median(run[key] for run in runs[name]) for name in names}
         table[key] = {**medians, **{f"{name} / before": medians[name] / medians["before"] for name in names[1:]}}
         print(f"{key:40s} " + "  ".join(f"{name} {medians[name]:9.3f}" for name in names) + "  "
