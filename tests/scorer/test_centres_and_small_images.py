@@ -132,7 +132,8 @@ def test_features_are_the_mean_of_the_target_layer_activations(tmp_path, request
 def test_cams_recompute_nucleus_centred_crops(tmp_path, model_2d):
     """`cams` cuts its crops where the scorer did: a crop at the cell's centroid would score differently and
     be refused as changed inputs."""
-    from gradcamo.visual.recompute import CamSessions, iter_cams
+    from gradcamo.scorer.session import SessionCache
+    from gradcamo.visual.recompute import iter_cams
     from gradcamo.visual.source import open_source
 
     image, labels = make_cells((40, 36), 5, n_channels=3, radius=5, seed=21)
@@ -141,7 +142,7 @@ def test_cams_recompute_nucleus_centred_crops(tmp_path, model_2d):
     score([store], model_2d, tmp_path / "scores", labels="cells", centre_labels="nuclei", workers=1, threads=1)
     frame = read_rows(tmp_path / "scores")
     rows = {column: frame[column].tolist() for column in frame.columns}
-    with CamSessions() as sessions:
+    with SessionCache() as sessions:
         batches = list(iter_cams(open_source(tmp_path / "scores"), rows, sessions))
     crops = {int(cell): x[0] for cell, _, x, _, _ in reference_crops(image, labels, CROP_2D, nuclei)}
     for batch in batches:

@@ -138,7 +138,7 @@ def classify(info, images, masks, *, batch_size=64) -> tuple[np.ndarray, np.ndar
         NaN where the CAM is empty.
     """
     spatial = tuple(info.input_shape[1:])
-    session = cam_session(info.path, spatial, CONVENTION, METHOD)
+    session = cam_session(info.path, info.sha256, spatial, CONVENTION, METHOD)
     masks = np.broadcast_to(masks[:, None], (len(masks), *spatial)) if len(spatial) == 3 else masks
     feed = {contract.IMAGE: images, contract.TARGET: np.full(len(images), -1, np.int64), MASK: masks}
     logits, inside, total = run_in_batches(session, [contract.LOGITS, CAM_INSIDE, CAM_TOTAL], feed, batch_size)

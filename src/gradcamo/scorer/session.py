@@ -2,6 +2,7 @@
 
 import logging
 import os
+import threading
 
 import numpy as np
 import onnx
@@ -141,6 +142,37 @@ def run_in_batches(session, output_names, feed, batch_size, advance=None, run=No
         if advance is not None:
             advance(len(next(iter(batch.values()))))
     return parts[0] if len(parts) == 1 else [np.concatenate(column) for column in zip(*parts)]
+
+
+class SessionCache:
+    """Sessions built on first use and kept until :meth:`close`, keyed by builder and arguments: what a
+    run's worker plugin holds (:class:`gradcamo.scorer.worker.ScorerPlugin`), and what ``cams`` or
+    ``report`` holds for one command (``with SessionCache() as sessions:``). Nothing outlives its
+    owner, so a later run or command in the same process reads the model file as it is then."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[tuple, ort.InferenceSession] = {}
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "SessionCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def get(self, build, *arguments, **options) -> ort.InferenceSession:
+        """The session ``build(*arguments, **options)``, built on first use; the builder, the arguments and
+        the options are the key (a model file's sha256 among the arguments keys it by content)."""
+        key = (build, *arguments, *sorted(options.items()))
+        with self._lock:
+            if key not in self._sessions:
+                self._sessions[key] = build(*arguments, **options)
+            return self._sessions[key]
+
+    def close(self) -> None:
+        """Drop every session."""
+        with self._lock:
+            self._sessions.clear()
 
 
 def scoring_session(model_path, model_sha256, crop_spatial, convention, methods=("gradcam",), crop_cam=False, *,

@@ -23,7 +23,7 @@ from distributed import WorkerPlugin, get_worker
 
 from gradcamo.scorer.regions import ChunkCache
 from gradcamo.scorer.resources import process_cpus
-from gradcamo.scorer.session import CUDA
+from gradcamo.scorer.session import CUDA, SessionCache
 
 PLUGIN_NAME = "gradcamo-scorer"
 CHUNK_CACHE_BYTES = 1024 * 2**20
@@ -36,10 +36,9 @@ class ScorerPlugin(WorkerPlugin):
     idempotent = False
 
     def _clear(self):
-        self._sessions = {}
+        self._sessions = SessionCache()
         self.chunks = ChunkCache(CHUNK_CACHE_BYTES)
         """Decoded chunks of blocked images (whole-image units read each chunk once anyway)."""
-        self._guard = threading.Lock()
         self._gpu = threading.Lock()
 
     def setup(self, worker=None) -> None:
@@ -57,11 +56,7 @@ class ScorerPlugin(WorkerPlugin):
         convention, methods) with the worker's device and threads
         (:meth:`gradcamo.scorer.engine.Inference.session`).
         """
-        key = (build, *arguments, *sorted(options.items()))
-        with self._guard:
-            if key not in self._sessions:
-                self._sessions[key] = build(*arguments, **options)
-            return self._sessions[key]
+        return self._sessions.get(build, *arguments, **options)
 
     def batch_slot(self, session) -> contextlib.AbstractContextManager:
         """What to hold around ``session.run``: on CUDA the worker's GPU lock (one batch at a

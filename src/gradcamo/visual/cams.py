@@ -26,8 +26,9 @@ from gradcamo.files import staged_directory
 from gradcamo.progress import cell_progress
 from gradcamo.results.datasets import resolve_datasets
 from gradcamo.scorer.causal import ABLATIONS, ablated_crops
+from gradcamo.scorer.session import SessionCache
 from gradcamo.visual.overlay import batch_overlays, render_overlay
-from gradcamo.visual.recompute import CamSessions, iter_cams
+from gradcamo.visual.recompute import iter_cams
 from gradcamo.visual.select import select_rows
 from gradcamo.visual.source import open_source
 
@@ -131,7 +132,7 @@ def write_cams(
     source = open_source(scores, models=models, input_map=input_map)
     rows = table.to_pydict()
     n = table.num_rows
-    with staged_directory(output) as staging, cell_progress(progress) as bar, CamSessions() as sessions:
+    with staged_directory(output) as staging, cell_progress(progress) as bar, SessionCache() as sessions:
         arrays = _create_arrays(staging, n, source.model, ablated)
         (staging / PNG_DIR).mkdir()
         task = bar.add_task("cams", total=n)

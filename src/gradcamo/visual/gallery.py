@@ -35,7 +35,7 @@ def select_galleries(directory, size, method) -> dict:
 
 def render_galleries(source, selections, advance, sessions) -> list[Gallery]:
     """Recompute and draw the cells of each selection with the command's ``sessions``
-    (:class:`~gradcamo.visual.recompute.CamSessions`); ``advance(n)`` reports progress.
+    (:class:`~gradcamo.scorer.session.SessionCache`); ``advance(n)`` reports progress.
 
     Returns
     -------

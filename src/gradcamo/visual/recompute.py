@@ -44,36 +44,10 @@ class CamBatch:
     background: np.ndarray | None = None
 
 
-def cam_session(model_path, crop_spatial, convention, method="gradcam") -> ort.InferenceSession:
-    """A CPU session of the scorer's graph for this model, convention and CAM method, with ``crop_cam`` exposed."""
+def cam_session(model_path, model_sha256, crop_spatial, convention, method="gradcam") -> ort.InferenceSession:
+    """A CPU session of the scorer's graph for this model, convention and CAM method, with ``crop_cam`` exposed
+    (``model_sha256`` keys a :class:`~gradcamo.scorer.session.SessionCache` by the file's content; it is not read)."""
     return build_scoring_session(str(model_path), crop_spatial, convention, "cpu", None, (method,), crop_cam=True)
-
-
-class CamSessions:
-    """The :func:`cam_session` sessions of one command (``cams``, ``report``), owned by it: each built on
-    first use and kept until the command ends (``with CamSessions() as sessions:``); none outlives it,
-    so a later command in the same process reads the model file as it is then."""
-
-    def __init__(self) -> None:
-        self._sessions: dict[tuple, ort.InferenceSession] = {}
-
-    def __enter__(self) -> "CamSessions":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def get(self, info, crop_spatial, convention, method="gradcam") -> ort.InferenceSession:
-        """The session of model ``info`` (a :class:`~gradcamo.model_file.ModelInfo`: its path and sha256
-        are the key) for this crop, convention and method."""
-        key = (str(info.path), info.sha256, tuple(crop_spatial), convention, method)
-        if key not in self._sessions:
-            self._sessions[key] = cam_session(info.path, crop_spatial, convention, method)
-        return self._sessions[key]
-
-    def close(self) -> None:
-        """Drop every session."""
-        self._sessions.clear()
 
 
 def _cut(source, layout, start, crop):
@@ -130,7 +104,7 @@ def iter_cams(source, rows, sessions, *, batch_size=BATCH_SIZE) -> Iterator[CamB
     rows : dict of str to sequence
         Score columns (at least keys, centroids, ``target_class`` and ``grad_camo``; ``method``
         where the dataset has it, else every row is ``gradcam``).
-    sessions : CamSessions
+    sessions : gradcamo.scorer.session.SessionCache
         The calling command's sessions.
     batch_size : int
 
@@ -153,7 +127,8 @@ def iter_cams(source, rows, sessions, *, batch_size=BATCH_SIZE) -> Iterator[CamB
     names = list(rows["Metadata_Image"])
     methods = list(rows.get("method") or ["gradcam"] * len(names))
     for name, method in dict.fromkeys(zip(names, methods)):
-        session = sessions.get(info, tuple(int(c) for c in crop), parameters["convention"], method)
+        session = sessions.get(cam_session, str(info.path), info.sha256, tuple(int(c) for c in crop),
+                               parameters["convention"], method)
         if name not in source.images:
             raise InputError(f"{source.directory}: image {name} is not among the recorded inputs")
         zeros = name in (source.manifest.get("missing_chunks") or {})  # scored with missing chunks as zeros

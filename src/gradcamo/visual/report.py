@@ -21,7 +21,7 @@ from gradcamo.visual.causal import causal_section
 from gradcamo.visual.figures import colorbar_svg, density_svg, histogram_svg, plate_svg
 from gradcamo.visual.gallery import render_galleries, select_galleries
 from gradcamo.visual.plates import parse_well, plate_shape, row_name
-from gradcamo.visual.recompute import CamSessions
+from gradcamo.scorer.session import SessionCache
 from gradcamo.visual.source import open_source, read_manifest
 from gradcamo.visual.stats import CONFIDENT, report_stats, well_stats
 from gradcamo.options import check_whole_number
@@ -262,7 +262,7 @@ def write_report(paths, output, *, gallery=16, models=(), input_map=None, progre
         name: select_galleries(path, gallery, stats.method) for name, path in stats.datasets.items()
     } if gallery else {}
     total = sum(t.num_rows for s in selections.values() for t in s.values())
-    with cell_progress(progress) as bar, CamSessions() as sessions:
+    with cell_progress(progress) as bar, SessionCache() as sessions:
         task = bar.add_task("galleries", total=total)
         galleries = {
             name: render_galleries(sources[name], chosen, lambda n: bar.update(task, advance=n), sessions)
