@@ -123,7 +123,8 @@ def reconstruct(info, crops) -> np.ndarray:
     return decode(open_decoder(info, device="cpu"), codes)
 
 
-def run_exaggerate_demo(out="gradcamo-demo-exaggerate", *, seed=0, overwrite=False, workers=None, progress=False) -> "ExaggerateDemoResult":
+def run_exaggerate_demo(out="gradcamo-demo-exaggerate", *, seed=0, overwrite=False, workers=None,
+                        progress=False) -> "ExaggerateDemoResult":
     """Make the plate, train and export both models, encode, exaggerate; reuse what ``out`` already holds.
 
     Returns

@@ -21,7 +21,9 @@ import pyarrow as pa
 from gradcamo.data.chunks import chunks_read_as_fill
 from gradcamo.data.read import ImageRef, ImageSource
 from gradcamo.errors import InputError
-from gradcamo.scorer.crops import CropCutter, Measurements, centre_voxels, crop_starts, measure_objects, merge_measurements
+from gradcamo.scorer.crops import (
+    CropCutter, Measurements, centre_voxels, crop_starts, measure_objects, merge_measurements,
+)
 from gradcamo.scorer.regions import Layout, read_region, region_index
 from gradcamo.scorer.worker import worker_state
 
